@@ -1,0 +1,41 @@
+# vidserve: `make run` starts the whole service locally, `make test` runs the suite.
+SHELL := /bin/bash
+PY := .venv/bin/python
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: run test bench bench-quick lint venv models migrate clean
+
+venv: .venv/.installed
+
+.venv/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv .venv
+	@$(PY) -m pip install -q --upgrade pip
+	@if command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch; \
+	 else $(PY) -m pip install -q torch==$(TORCH_VERSION); fi
+	@$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+models: venv
+	@$(PY) -m vidserve.cli models build-tiny
+
+migrate: venv
+	@$(PY) -m vidserve.cli db upgrade
+
+run: venv
+	@$(PY) -m vidserve.devserver
+
+test: venv
+	@$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: venv
+	@$(PY) -m engine.bench $(BENCH_ARGS)
+
+bench-quick: venv
+	@$(PY) -m engine.bench --quick
+
+lint: venv
+	@.venv/bin/ruff check .
+	@.venv/bin/ruff format --check .
+
+clean:
+	rm -rf var .pytest_cache

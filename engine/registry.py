@@ -1,0 +1,194 @@
+"""The model registry: public model names mapped to a family, weights, device, limits and defaults.
+
+Read from a TOML file (see `models.toml` beside this module) without importing torch, so the API can list
+models and validate requests. `ModelSpec.resolve` turns a request's parameters into a `GenerationRequest`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from engine.family_rules import FamilyRules, rules_for
+from engine.request import GenerationRequest, InvalidRequest, ModelUnavailable
+
+DEFAULT_REGISTRY_FILE = Path(__file__).with_name("models.toml")
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    max_frames: int = 49
+    max_height: int = 480
+    max_width: int = 848
+    max_steps: int = 100
+    max_prompt_chars: int = 2000
+    max_guidance_scale: float = 20.0
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    num_frames: int = 9
+    height: int = 32
+    width: int = 32
+    num_inference_steps: int = 4
+    guidance_scale: float = 5.0
+    fps: int = 8
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """Per-forward limits for the engine's planner."""
+
+    max_rows: int = 16
+    max_tokens: int = 65536
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    family: str
+    path: str  # local pipeline directory or hub id
+    dtype: str = "float32"
+    devices: tuple[str, ...] = ("cpu",)
+    limits: ModelLimits = field(default_factory=ModelLimits)
+    defaults: ModelDefaults = field(default_factory=ModelDefaults)
+    batch: BatchLimits = field(default_factory=BatchLimits)
+    size_multiple: int | None = None  # overrides the family's spatial multiple
+    # Family-specific keyword arguments for the adapter (e.g. HunyuanVideo's prompt template).
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rules(self) -> FamilyRules:
+        base = rules_for(self.family)
+        return replace(base, size_multiple=self.size_multiple) if self.size_multiple else base
+
+    def public_dict(self) -> dict[str, Any]:
+        """What `GET /v1/models` shows."""
+        rules = self.rules
+        return {
+            "name": self.name,
+            "family": self.family,
+            "limits": {
+                **self.limits.__dict__,
+                "frame_rule": f"{rules.frame_multiple}k+1",
+                "size_multiple": rules.size_multiple,
+            },
+            "defaults": dict(self.defaults.__dict__),
+        }
+
+    def resolve(self, request_id: str, params: dict[str, Any]) -> GenerationRequest:
+        """Apply defaults and check every limit; raises `InvalidRequest` naming the field."""
+        d, lim, rules = self.defaults, self.limits, self.rules
+        prompt = params.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InvalidRequest("prompt", "must be a non-empty string")
+        negative = params.get("negative_prompt") or ""
+        for name, text in (("prompt", prompt), ("negative_prompt", negative)):
+            if not isinstance(text, str):
+                raise InvalidRequest(name, "must be a string")
+            if len(text) > lim.max_prompt_chars:
+                raise InvalidRequest(name, f"must be at most {lim.max_prompt_chars} characters")
+        num_frames = _int(params, "num_frames", d.num_frames, 1, lim.max_frames)
+        rules.check_frames(num_frames)
+        height = _int(params, "height", d.height, 1, lim.max_height)
+        width = _int(params, "width", d.width, 1, lim.max_width)
+        rules.check_size("height", height)
+        rules.check_size("width", width)
+        steps = _int(params, "num_inference_steps", d.num_inference_steps, 1, lim.max_steps)
+        guidance = _float(params, "guidance_scale", d.guidance_scale, 0.0, lim.max_guidance_scale)
+        seed = _int(params, "seed", 0, 0, 2**63 - 1)
+        fps = _int(params, "fps", d.fps, 1, 60)
+        return GenerationRequest(
+            id=request_id,
+            prompt=prompt,
+            negative_prompt=negative,
+            num_frames=num_frames,
+            height=height,
+            width=width,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            seed=seed,
+            fps=fps,
+            cache=params.get("cache"),
+        )
+
+
+def _int(params: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:
+    value = params.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(name, "must be an integer")
+    if not lo <= value <= hi:
+        raise InvalidRequest(name, f"must be between {lo} and {hi}")
+    return value
+
+
+def _float(params: dict[str, Any], name: str, default: float, lo: float, hi: float) -> float:
+    value = params.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRequest(name, "must be a number")
+    if not lo <= float(value) <= hi:
+        raise InvalidRequest(name, f"must be between {lo} and {hi}")
+    return float(value)
+
+
+class ModelRegistry:
+    """All registered models, by public name."""
+
+    def __init__(self, specs: dict[str, ModelSpec]) -> None:
+        self._specs = specs
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._specs
+
+    def __iter__(self):
+        return iter(self._specs.values())
+
+    def names(self) -> list[str]:
+        return list(self._specs)
+
+    def get(self, name: str) -> ModelSpec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise ModelUnavailable(f"unknown model {name!r}") from None
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str] | None = None, model_dir: str | None = None) -> ModelRegistry:
+        """Load a registry TOML file. Relative `path`s resolve against `model_dir`."""
+        path = Path(path or os.environ.get("VIDSERVE_MODELS_FILE") or DEFAULT_REGISTRY_FILE)
+        model_dir = model_dir or os.environ.get("VIDSERVE_MODEL_DIR") or "var/models"
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+        specs = {}
+        for name, entry in data.get("models", {}).items():
+            entry = dict(entry)
+            weights = entry.pop("path")
+            if weights.startswith("package:"):
+                weights = str(Path(__file__).parent / weights.removeprefix("package:"))
+            elif weights.startswith("hub:"):
+                weights = weights.removeprefix("hub:")
+            elif not os.path.isabs(weights):
+                weights = str(Path(model_dir) / weights)
+            specs[name] = ModelSpec(
+                name=name,
+                family=entry.pop("family"),
+                path=weights,
+                dtype=entry.pop("dtype", "float32"),
+                devices=tuple(entry.pop("devices", ["cpu"])),
+                limits=ModelLimits(**entry.pop("limits", {})),
+                defaults=ModelDefaults(**entry.pop("defaults", {})),
+                batch=BatchLimits(**entry.pop("batch", {})),
+                size_multiple=entry.pop("size_multiple", None),
+                options=entry.pop("options", {}),
+            )
+            rules_for(specs[name].family)
+            if entry:
+                raise ValueError(f"model {name!r}: unknown registry keys {sorted(entry)}")
+        return cls(specs)
