@@ -1,0 +1,326 @@
+"""The job lifecycle: every state change is one conditional UPDATE that checks the current state.
+
+`JobStore` is the only writer of job rows. A change that happens records a timeline event and, when the
+job has a webhook URL, a webhook delivery in the same transaction; `publish_delivery` is called with the
+new delivery ids after commit (the sweeper re-publishes any that were lost in between).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from vidserve.db import session_factory
+from vidserve.schema import DeliveryStatus, Job, JobEvent, JobStatus, WebhookDelivery
+
+WEBHOOK_EVENTS = frozenset({"job.running", "job.succeeded", "job.failed", "job.canceled"})
+
+
+class JobNotFound(LookupError):
+    pass
+
+
+class JobConflict(Exception):
+    """The job is not in a state that allows the change (e.g. canceling a finished job)."""
+
+
+JobView = Callable[[Job], dict[str, Any]]
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class JobStore:
+    def __init__(
+        self,
+        database_url: str,
+        view: JobView,
+        publish_delivery: Callable[[uuid.UUID], None] | None = None,
+    ) -> None:
+        self._sessions = session_factory(database_url)
+        self._view = view
+        self._publish_delivery = publish_delivery
+
+    # ---- reading -------------------------------------------------------------------------------
+    def get(self, job_id: uuid.UUID | str) -> Job:
+        with self._sessions() as s:
+            job = s.get(Job, _uuid(job_id))
+            if job is None:
+                raise JobNotFound(str(job_id))
+            return job
+
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        model: str | None = None,
+        limit: int = 20,
+        before: tuple[dt.datetime, uuid.UUID] | None = None,
+    ) -> list[Job]:
+        """Newest first; `before` is the (created_at, id) of the last job of the previous page."""
+        q = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+        if status:
+            q = q.where(Job.status == JobStatus(status))
+        if model:
+            q = q.where(Job.model == model)
+        if before:
+            at, last_id = before
+            q = q.where(or_(Job.created_at < at, and_(Job.created_at == at, Job.id < last_id)))
+        with self._sessions() as s:
+            return list(s.scalars(q))
+
+    def events(self, job_id: uuid.UUID | str) -> list[JobEvent]:
+        with self._sessions() as s:
+            return list(s.scalars(select(JobEvent).where(JobEvent.job_id == _uuid(job_id)).order_by(JobEvent.id)))
+
+    # ---- writing -------------------------------------------------------------------------------
+    def create(
+        self,
+        *,
+        model: str,
+        params: dict[str, Any],
+        webhook_url: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        job_id: uuid.UUID | None = None,
+    ) -> Job:
+        job = Job(
+            id=job_id or uuid.uuid4(),
+            status=JobStatus.QUEUED,
+            model=model,
+            params=params,
+            progress=0.0,
+            attempts=0,
+            webhook_url=webhook_url,
+            client_metadata=metadata,
+            cancel_requested=False,
+        )
+        with self._sessions() as s, s.begin():
+            s.add(job)
+            s.flush()
+            s.add(JobEvent(job_id=job.id, type="job.queued", attempt=0))
+        return self.get(job.id)
+
+    def mark_published(self, job_id: uuid.UUID) -> None:
+        with self._sessions() as s, s.begin():
+            s.execute(update(Job).where(Job.id == job_id).values(published_at=_now()))
+
+    def claim(self, job_id: uuid.UUID | str, owner: str, lease_seconds: int) -> Job | None:
+        """queued -> running for `owner`; None when the job is not queued (a duplicate delivery)."""
+        now = _now()
+        return self._transition(
+            job_id,
+            where=[Job.status == JobStatus.QUEUED, Job.cancel_requested.is_(False)],
+            values=dict(
+                status=JobStatus.RUNNING,
+                attempts=Job.attempts + 1,
+                lease_owner=owner,
+                lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
+                started_at=now,
+                progress=0.0,
+                error_code=None,
+                error_message=None,
+            ),
+            event="job.running",
+        )
+
+    def renew_lease(self, job_id: uuid.UUID | str, owner: str, lease_seconds: int) -> bool | None:
+        """Extend the lease; returns the job's cancel flag, or None when `owner` no longer holds it."""
+        with self._sessions() as s, s.begin():
+            row = s.execute(
+                update(Job)
+                .where(Job.id == _uuid(job_id), Job.status == JobStatus.RUNNING, Job.lease_owner == owner)
+                .values(lease_expires_at=_now() + dt.timedelta(seconds=lease_seconds))
+                .returning(Job.cancel_requested)
+            ).first()
+            return None if row is None else bool(row[0])
+
+    def set_progress(self, job_id: uuid.UUID | str, owner: str, progress: float) -> bool | None:
+        """Record progress (0..1); returns the cancel flag, or None when `owner` lost the job."""
+        with self._sessions() as s, s.begin():
+            row = s.execute(
+                update(Job)
+                .where(Job.id == _uuid(job_id), Job.status == JobStatus.RUNNING, Job.lease_owner == owner)
+                .values(progress=max(0.0, min(1.0, progress)))
+                .returning(Job.cancel_requested)
+            ).first()
+            return None if row is None else bool(row[0])
+
+    def succeed(
+        self, job_id: uuid.UUID | str, owner: str, output: dict[str, Any], stats: dict[str, Any] | None
+    ) -> Job | None:
+        return self._transition(
+            job_id,
+            where=[Job.status == JobStatus.RUNNING, Job.lease_owner == owner],
+            values=dict(
+                status=JobStatus.SUCCEEDED,
+                output=output,
+                stats=stats,
+                progress=1.0,
+                finished_at=_now(),
+                lease_owner=None,
+                lease_expires_at=None,
+            ),
+            event="job.succeeded",
+        )
+
+    def fail(self, job_id: uuid.UUID | str, code: str, message: str, owner: str | None = None) -> Job | None:
+        """Any non-terminal state -> failed (only from `owner`'s lease when given)."""
+        where = [Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING])]
+        if owner is not None:
+            where.append(Job.lease_owner == owner)
+        return self._transition(
+            job_id,
+            where=where,
+            values=dict(
+                status=JobStatus.FAILED,
+                error_code=code,
+                error_message=message[:4000],
+                finished_at=_now(),
+                lease_owner=None,
+                lease_expires_at=None,
+            ),
+            event="job.failed",
+            detail={"code": code, "message": message[:4000]},
+        )
+
+    def cancel(self, job_id: uuid.UUID | str) -> Job:
+        """A queued job becomes canceled at once; a running one is flagged and stops at its next step."""
+        job = self._transition(
+            job_id,
+            where=[Job.status == JobStatus.QUEUED],
+            values=dict(status=JobStatus.CANCELED, finished_at=_now()),
+            event="job.canceled",
+        )
+        if job is not None:
+            return job
+        with self._sessions() as s, s.begin():
+            flagged = s.execute(
+                update(Job)
+                .where(Job.id == _uuid(job_id), Job.status == JobStatus.RUNNING)
+                .values(cancel_requested=True)
+                .returning(Job.id)
+            ).first()
+        if flagged is not None:
+            return self.get(job_id)
+        current = self.get(job_id)  # raises JobNotFound
+        raise JobConflict(f"job is {current.status.value}")
+
+    def mark_canceled(self, job_id: uuid.UUID | str, owner: str) -> Job | None:
+        """running -> canceled, by the worker that stopped it."""
+        return self._transition(
+            job_id,
+            where=[Job.status == JobStatus.RUNNING, Job.lease_owner == owner],
+            values=dict(status=JobStatus.CANCELED, finished_at=_now(), lease_owner=None, lease_expires_at=None),
+            event="job.canceled",
+        )
+
+    def release(self, job_id: uuid.UUID | str, owner: str, reason: str) -> Job | None:
+        """running -> queued, giving the job back (worker shutdown, transient error)."""
+        return self._transition(
+            job_id,
+            where=[Job.status == JobStatus.RUNNING, Job.lease_owner == owner],
+            values=dict(status=JobStatus.QUEUED, lease_owner=None, lease_expires_at=None, published_at=None),
+            event="job.requeued",
+            detail={"reason": reason},
+        )
+
+    def sweep(self, max_attempts: int, republish_after: float = 600.0) -> tuple[list[Job], list[uuid.UUID]]:
+        """Return dead workers' jobs to the queue (or fail them after `max_attempts`).
+
+        Returns the queued jobs that need a (re-)published message (never published, or published more
+        than `republish_after` seconds ago: a broker that lost its messages) and pending webhook deliveries
+        whose message may have been lost. Duplicate messages are harmless: claiming is conditional.
+        """
+        now = _now()
+        with self._sessions() as s:
+            expired = list(
+                s.scalars(select(Job.id).where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now))
+            )
+        for job_id in expired:
+            job = self.get(job_id)
+            if job.attempts >= max_attempts:
+                self.fail(job_id, "worker_lost", f"worker lost the job {job.attempts} times", owner=job.lease_owner)
+            else:
+                self.release(job_id, job.lease_owner or "", "lease expired")
+        stale = now - dt.timedelta(seconds=republish_after)
+        lost = now - dt.timedelta(seconds=60)
+        with self._sessions() as s:
+            to_publish = list(
+                s.scalars(
+                    select(Job).where(
+                        Job.status == JobStatus.QUEUED,
+                        or_(
+                            and_(Job.published_at.is_(None), Job.updated_at < now - dt.timedelta(seconds=2)),
+                            Job.published_at < stale,
+                        ),
+                    )
+                )
+            )
+            deliveries = list(
+                s.scalars(
+                    select(WebhookDelivery.id).where(
+                        WebhookDelivery.status == DeliveryStatus.PENDING,
+                        or_(
+                            and_(WebhookDelivery.next_attempt_at.is_(None), WebhookDelivery.created_at < lost),
+                            WebhookDelivery.next_attempt_at < lost,
+                        ),
+                    )
+                )
+            )
+        return to_publish, deliveries
+
+    # ---- internals -----------------------------------------------------------------------------
+    def _transition(
+        self,
+        job_id: uuid.UUID | str,
+        *,
+        where: Iterable[Any],
+        values: dict[str, Any],
+        event: str,
+        detail: dict[str, Any] | None = None,
+    ) -> Job | None:
+        new_deliveries: list[uuid.UUID] = []
+        with self._sessions() as s, s.begin():
+            job = s.scalars(
+                update(Job).where(Job.id == _uuid(job_id), *where).values(**values).returning(Job),
+                execution_options={"synchronize_session": False},
+            ).first()
+            if job is None:
+                return None
+            self._record(s, job, event, detail, new_deliveries)
+        if self._publish_delivery:
+            for delivery_id in new_deliveries:
+                self._publish_delivery(delivery_id)
+        return job
+
+    def _record(
+        self, s: Session, job: Job, event: str, detail: dict[str, Any] | None, new_deliveries: list[uuid.UUID]
+    ) -> None:
+        s.add(JobEvent(job_id=job.id, type=event, attempt=job.attempts, detail=detail))
+        if job.webhook_url and event in WEBHOOK_EVENTS:
+            delivery = WebhookDelivery(
+                id=uuid.uuid4(),
+                job_id=job.id,
+                event_type=event,
+                url=job.webhook_url,
+                payload={"type": event, "timestamp": _now().isoformat(), "data": self._view(job)},
+                status=DeliveryStatus.PENDING,
+                attempts=0,
+            )
+            s.add(delivery)
+            new_deliveries.append(delivery.id)
+
+
+def _uuid(value: uuid.UUID | str) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise JobNotFound(value) from None

@@ -1,0 +1,97 @@
+"""Settings read from the environment: the one place every VIDSERVE_* variable is named.
+
+Both the API and the worker build a `Settings` with `Settings.from_env()`; tests pass overrides.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any
+
+# (variable, attribute, default, description); README's configuration table is generated from this list.
+ENV_VARS: list[tuple[str, str, Any, str]] = [
+    ("VIDSERVE_DATABASE_URL", "database_url", "postgresql+psycopg://postgres@127.0.0.1:5432/vidserve",
+     "SQLAlchemy URL of the Postgres database (created by `make run` when missing)"),
+    ("VIDSERVE_REDIS_URL", "redis_url", "redis://127.0.0.1:6379/0", "Redis URL used as the Celery broker"),
+    ("VIDSERVE_HOST", "host", "127.0.0.1", "address the API binds to"),
+    ("VIDSERVE_PORT", "port", 8000, "port the API listens on"),
+    ("VIDSERVE_PUBLIC_URL", "public_url", "", "base URL clients use to reach the API (default http://HOST:PORT)"),
+    ("VIDSERVE_S3_ENDPOINT", "s3_endpoint", "",
+     "S3 endpoint URL (http://host:port); empty: `make run` starts a local S3 server"),
+    ("VIDSERVE_S3_PUBLIC_URL", "s3_public_url", "",
+     "S3 endpoint URL that clients can reach; presigned URLs are signed for it (default: the endpoint)"),
+    ("VIDSERVE_S3_ACCESS_KEY", "s3_access_key", "vidserve", "S3 access key"),
+    ("VIDSERVE_S3_SECRET_KEY", "s3_secret_key", "vidserve-secret", "S3 secret key"),
+    ("VIDSERVE_S3_BUCKET", "s3_bucket", "vidserve-videos", "bucket the videos are stored in (created if missing)"),
+    ("VIDSERVE_S3_REGION", "s3_region", "us-east-1", "S3 region used for signing"),
+    ("VIDSERVE_URL_TTL_SECONDS", "url_ttl_seconds", 3600, "lifetime of presigned video URLs"),
+    ("VIDSERVE_MODELS_FILE", "models_file", "", "model registry TOML (default: engine/models.toml)"),
+    ("VIDSERVE_MODEL_DIR", "model_dir", "var/models", "directory relative registry paths resolve against"),
+    ("VIDSERVE_WORKER_MODELS", "worker_models", "", "comma-separated models a worker serves (default: all)"),
+    ("VIDSERVE_WORKER_SLOTS", "worker_slots", 4, "jobs a worker holds at once (its window), batched together"),
+    ("VIDSERVE_LEASE_SECONDS", "lease_seconds", 60, "a running job's lease; renewed while it runs"),
+    ("VIDSERVE_MAX_ATTEMPTS", "max_attempts", 3, "attempts before a job whose worker died fails"),
+    ("VIDSERVE_SWEEP_SECONDS", "sweep_seconds", 15, "how often the sweeper re-publishes lost jobs"),
+    ("VIDSERVE_MAX_BODY_BYTES", "max_body_bytes", 65536, "largest request body the API accepts"),
+    ("VIDSERVE_WEBHOOK_SECRET", "webhook_secret", "",
+     "Standard Webhooks signing secret (whsec_<base64>); `make run` generates one in var/ when unset"),
+    ("VIDSERVE_WEBHOOK_MAX_ATTEMPTS", "webhook_max_attempts", 8, "delivery attempts per webhook event"),
+    ("VIDSERVE_WEBHOOK_TIMEOUT", "webhook_timeout", 10.0, "seconds to wait for a webhook receiver"),
+    ("VIDSERVE_WEBHOOK_BACKOFF", "webhook_backoff", 5.0, "first retry delay in seconds; doubles per attempt"),
+    ("VIDSERVE_LOG_LEVEL", "log_level", "INFO", "log level of API and worker"),
+]
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = ENV_VARS[0][2]
+    redis_url: str = ENV_VARS[1][2]
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str = ""
+    s3_endpoint: str = ""
+    s3_public_url: str = ""
+    s3_access_key: str = "vidserve"
+    s3_secret_key: str = "vidserve-secret"
+    s3_bucket: str = "vidserve-videos"
+    s3_region: str = "us-east-1"
+    url_ttl_seconds: int = 3600
+    models_file: str = ""
+    model_dir: str = "var/models"
+    worker_models: str = ""
+    worker_slots: int = 4
+    lease_seconds: int = 60
+    max_attempts: int = 3
+    sweep_seconds: int = 15
+    max_body_bytes: int = 65536
+    webhook_secret: str = ""
+    webhook_max_attempts: int = 8
+    webhook_timeout: float = 10.0
+    webhook_backoff: float = 5.0
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        env = dict(os.environ if env is None else env)
+        types = {f.name: f.type for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for var, attr, _default, _ in ENV_VARS:
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            kind = types[attr]
+            try:
+                values[attr] = int(raw) if kind == "int" else float(raw) if kind == "float" else raw
+            except ValueError:
+                raise ValueError(f"{var} must be a {kind}, got {raw!r}") from None
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def api_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+    @property
+    def served_models(self) -> list[str]:
+        return [m.strip() for m in self.worker_models.split(",") if m.strip()]

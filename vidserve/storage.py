@@ -1,0 +1,66 @@
+"""The object store holding finished videos (MinIO/S3 through the `minio` client).
+
+Uploads use the internal endpoint; presigned GET URLs are signed for the public endpoint clients reach.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from urllib.parse import urlparse
+
+from minio import Minio
+
+from vidserve.settings import Settings
+
+
+def _client(endpoint_url: str, settings: Settings) -> Minio:
+    parsed = urlparse(endpoint_url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError(f"S3 endpoint must be an http(s) URL, got {endpoint_url!r}")
+    return Minio(
+        parsed.netloc,
+        access_key=settings.s3_access_key,
+        secret_key=settings.s3_secret_key,
+        secure=parsed.scheme == "https",
+        region=settings.s3_region,  # a fixed region: presigning needs no network round trip
+    )
+
+
+class VideoStore:
+    def __init__(self, settings: Settings) -> None:
+        if not settings.s3_endpoint:
+            raise ValueError("VIDSERVE_S3_ENDPOINT is not set")
+        self.bucket = settings.s3_bucket
+        self.ttl = dt.timedelta(seconds=settings.url_ttl_seconds)
+        self._internal = _client(settings.s3_endpoint, settings)
+        self._public = _client(settings.s3_public_url or settings.s3_endpoint, settings)
+
+    @staticmethod
+    def key_for(job_id: str) -> str:
+        # Deterministic per job: a retried upload overwrites instead of leaving a second copy.
+        return f"videos/{job_id}.mp4"
+
+    def ensure_bucket(self) -> None:
+        if not self._internal.bucket_exists(self.bucket):
+            self._internal.make_bucket(self.bucket)
+
+    def put(self, key: str, data: bytes, content_type: str = "video/mp4") -> None:
+        self._internal.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+
+    def get(self, key: str) -> bytes:
+        response = self._internal.get_object(self.bucket, key)
+        try:
+            return response.read()
+        finally:
+            response.close()
+            response.release_conn()
+
+    def presigned_url(self, key: str) -> tuple[str, dt.datetime]:
+        expires_at = dt.datetime.now(dt.UTC) + self.ttl
+        return self._public.presigned_get_object(self.bucket, key, expires=self.ttl), expires_at
+
+    def ping(self) -> None:
+        """Raise unless the store answers and the bucket exists."""
+        if not self._internal.bucket_exists(self.bucket):
+            raise RuntimeError(f"bucket {self.bucket!r} does not exist")
