@@ -115,6 +115,26 @@ class ModelSpec:
             cache=params.get("cache"),
         )
 
+    def check_request(self, request: GenerationRequest) -> None:
+        """Check an already-built request against this model's limits and family rules (the engine's guard)."""
+        lim, rules = self.limits, self.rules
+        checks = (
+            ("num_frames", request.num_frames, lim.max_frames),
+            ("height", request.height, lim.max_height),
+            ("width", request.width, lim.max_width),
+            ("num_inference_steps", request.num_inference_steps, lim.max_steps),
+        )
+        for name, value, hi in checks:
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= hi:
+                raise InvalidRequest(name, f"must be an integer between 1 and {hi}")
+        rules.check_frames(request.num_frames)
+        rules.check_size("height", request.height)
+        rules.check_size("width", request.width)
+        if not 0.0 <= request.guidance_scale <= lim.max_guidance_scale:
+            raise InvalidRequest("guidance_scale", f"must be between 0.0 and {lim.max_guidance_scale}")
+        if not isinstance(request.prompt, str) or not request.prompt.strip():
+            raise InvalidRequest("prompt", "must be a non-empty string")
+
 
 def _int(params: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:
     value = params.get(name)

@@ -1,0 +1,289 @@
+"""The engine: many concurrent requests, one background loop, step-level heterogeneous batching.
+
+`Engine.step()` is the whole story: admit waiting requests, plan this iteration's forwards, run each one,
+advance every request's own scheduler, retire (decode) what finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.families import adapter_class
+from engine.families.base import FamilyAdapter, TextEmbedding
+from engine.planner import Batch, Planner
+from engine.registry import ModelSpec
+from engine.request import EngineError, GenerationRequest, GenerationResult, RequestCanceled
+from engine.runner import ModelRunner
+from engine.sequence import ProgressCallback, Sequence, Status
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineConfig:
+    """Batching and memory knobs. Unset limits come from the registry entry's [batch] table."""
+
+    max_rows: int | None = None  # rows (requests x CFG branches) in one transformer forward
+    max_tokens: int | None = None  # rows x (video patches + text tokens) in one forward
+    max_running: int | None = None  # requests holding latents at once; default 2 x max_rows
+    max_decode_batch: int = 4  # finished videos of one shape decoded in one VAE call
+    vae_tiling: bool = False  # tiled / framewise VAE decoding for long or large videos
+    output: str = "uint8"  # "uint8" frames, or "float32" in [0, 1] (exactness tests compare these)
+    text_cache_size: int = 64  # recently encoded prompts kept (the empty negative prompt above all)
+    background: bool = True  # run the loop thread; False: the caller drives `step()` itself
+
+    @classmethod
+    def from_kwargs(cls, spec: ModelSpec, kwargs: dict[str, Any]) -> EngineConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(kwargs) - known
+        if unknown:
+            raise TypeError(f"unknown engine options: {sorted(unknown)}")
+        config = cls(**kwargs)
+        config.max_rows = config.max_rows or spec.batch.max_rows
+        config.max_tokens = config.max_tokens or spec.batch.max_tokens
+        config.max_running = config.max_running or 2 * config.max_rows
+        if config.output not in ("uint8", "float32"):
+            raise ValueError("output must be 'uint8' or 'float32'")
+        return config
+
+
+@dataclass
+class _TextCache:
+    """A small LRU of prompt embeddings, so repeated prompts are encoded once without growing forever."""
+
+    capacity: int
+    entries: OrderedDict[str, TextEmbedding] = field(default_factory=OrderedDict)
+
+    def get(self, prompt: str) -> TextEmbedding | None:
+        hit = self.entries.get(prompt)
+        if hit is not None:
+            self.entries.move_to_end(prompt)
+        return hit
+
+    def put(self, prompt: str, value: TextEmbedding) -> None:
+        self.entries[prompt] = value
+        self.entries.move_to_end(prompt)
+        while len(self.entries) > self.capacity:
+            self.entries.popitem(last=False)
+
+
+class Engine:
+    """Serves one registry model. Thread-safe `submit`; one loop thread runs the model."""
+
+    def __init__(self, spec: ModelSpec, adapter: FamilyAdapter | None = None, **config: Any) -> None:
+        self.spec = spec
+        self.config = EngineConfig.from_kwargs(spec, config)
+        self.adapter = adapter or adapter_class(spec.family).load(spec)
+        if self.config.vae_tiling:
+            self.adapter.enable_vae_tiling()
+        self.planner = Planner(self.adapter, self.config.max_rows, self.config.max_tokens)
+        self.runner = ModelRunner(self.adapter)
+        self._texts = _TextCache(self.config.text_cache_size)
+        self._waiting: deque[Sequence] = deque()
+        self._running: list[Sequence] = []
+        self._lock = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        if self.config.background:
+            self._thread = threading.Thread(target=self._loop, name=f"engine-{spec.name}", daemon=True)
+            self._thread.start()
+
+    # --- the seam ------------------------------------------------------------------------------------
+
+    def submit(self, request: GenerationRequest, on_progress: ProgressCallback | None = None) -> Future:
+        """Queue a request; returns a Future of its GenerationResult. Raises InvalidRequest at once."""
+        self.check(request)
+        seq = Sequence(request=request, future=Future(), on_progress=on_progress)
+        seq.future.set_running_or_notify_cancel()
+        with self._lock:
+            if self._closed:
+                raise EngineError("engine is closed")
+            self._waiting.append(seq)
+            self._lock.notify_all()
+        return seq.future
+
+    def cancel(self, request_id: str) -> bool:
+        """Stop a request before its next denoising step; its future raises RequestCanceled. False if unknown."""
+        with self._lock:
+            for seq in self._waiting:
+                if seq.id == request_id:
+                    self._waiting.remove(seq)
+                    seq.future.set_exception(RequestCanceled(f"request {request_id} canceled"))
+                    return True
+            for seq in self._running:
+                if seq.id == request_id and not seq.canceled:
+                    seq.canceled = True
+                    return True
+        return False
+
+    def generate(self, requests: Iterable[GenerationRequest]) -> list[GenerationResult]:
+        """Serve a list of requests together; results in the same order."""
+        requests = list(requests)
+        for request in requests:
+            self.check(request)  # all or nothing: reject before any of them computes
+        futures = [self.submit(r) for r in requests]
+        if not self.config.background:
+            while not all(f.done() for f in futures):
+                self.step()
+        return [f.result() for f in futures]
+
+    def close(self) -> None:
+        """Stop the loop; requests still queued or running fail with RequestCanceled."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        with self._lock:
+            for seq in [*self._waiting, *self._running]:
+                if not seq.future.done():
+                    seq.future.set_exception(RequestCanceled("engine closed"))
+            self._waiting.clear()
+            self._running.clear()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def check(self, request: GenerationRequest) -> None:
+        """Registry limits and family rules, then the adapter's own checks; raises InvalidRequest."""
+        self.spec.check_request(request)
+        self.adapter.check_request(request)
+
+    @property
+    def num_unfinished(self) -> int:
+        with self._lock:
+            return len(self._waiting) + len(self._running)
+
+    # --- one iteration -------------------------------------------------------------------------------
+
+    def step(self) -> None:
+        """Admit, plan, run, advance, retire."""
+        self._admit()
+        for batch in self.planner.plan(self._running):
+            noise_preds = self.runner.run(batch)
+            self._advance(batch, noise_preds)
+        self._retire()
+
+    def _admit(self) -> None:
+        with self._lock:
+            for seq in [s for s in self._running if s.canceled]:
+                self._running.remove(seq)
+                seq.future.set_exception(RequestCanceled(f"request {seq.id} canceled"))
+            room = self.config.max_running - len(self._running)
+            admitted = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+        if not admitted:
+            return
+        try:
+            self._encode_text(admitted)
+            for seq in admitted:
+                self._start(seq)
+        except Exception as exc:  # a bad request must not take the loop down with it
+            for seq in admitted:
+                seq.future.set_exception(exc)
+            return
+        with self._lock:
+            self._running.extend(admitted)
+
+    def _encode_text(self, seqs: list[Sequence]) -> None:
+        """Encode every new prompt in one batched call; identical prompts are encoded once."""
+        needed: list[str] = []
+        for seq in seqs:
+            for prompt in self._prompts_of(seq):
+                if self._texts.get(prompt) is None and prompt not in needed:
+                    needed.append(prompt)
+        encoded = dict(zip(needed, self.adapter.encode_prompts(needed), strict=True)) if needed else {}
+        for prompt, value in encoded.items():
+            self._texts.put(prompt, value)
+        for seq in seqs:
+            cond, *uncond = self._prompts_of(seq)
+            seq.cond = encoded.get(cond) or self._texts.get(cond)
+            seq.uncond = (encoded.get(uncond[0]) or self._texts.get(uncond[0])) if uncond else None
+
+    def _prompts_of(self, seq: Sequence) -> list[str]:
+        request = seq.request
+        return [request.prompt, request.negative_prompt] if self.adapter.uses_cfg(request) else [request.prompt]
+
+    def _start(self, seq: Sequence) -> None:
+        seq.generator = torch.Generator("cpu").manual_seed(seq.request.seed)
+        seq.latents = self.adapter.prepare_latents(seq.request, seq.generator)
+        self.adapter.set_timesteps(seq)
+        seq.status = Status.RUNNING
+        seq.started_at = time.perf_counter()
+        seq.stats.seconds_queued = seq.started_at - seq.submitted_at
+
+    def _advance(self, batch: Batch, noise_preds: list[torch.Tensor]) -> None:
+        for seq, noise_pred in zip(batch.seqs, noise_preds, strict=True):
+            self.adapter.scheduler_step(seq, noise_pred)
+            seq.step_index += 1
+            seq.stats.steps_computed += 1
+            seq.stats.batch_sizes.append(len(batch.seqs))
+            if seq.on_progress is not None:
+                try:
+                    seq.on_progress(seq.step_index, seq.num_steps)
+                except Exception:  # a caller's callback must not break other requests
+                    log.exception("progress callback of request %s failed", seq.id)
+
+    def _retire(self) -> None:
+        finished = [s for s in self._running if s.done and not s.canceled]
+        if not finished:
+            return
+        groups: dict[tuple, list[Sequence]] = {}
+        for seq in finished:
+            groups.setdefault(tuple(seq.latents.shape), []).append(seq)
+        for group in groups.values():
+            for i in range(0, len(group), self.config.max_decode_batch):
+                chunk = group[i : i + self.config.max_decode_batch]
+                try:
+                    videos = self.adapter.decode(torch.cat([s.latents for s in chunk]), chunk)
+                except Exception as exc:
+                    for seq in chunk:
+                        self._finish(seq, exc)
+                    continue
+                for seq, video in zip(chunk, videos, strict=True):
+                    self._finish(seq, video)
+
+    def _finish(self, seq: Sequence, outcome: np.ndarray | BaseException) -> None:
+        with self._lock:
+            self._running.remove(seq)
+        seq.status = Status.FINISHED
+        seq.stats.seconds_running = time.perf_counter() - seq.started_at
+        # Drop tensors now: a finished request must not pin memory while its caller reads the result.
+        seq.latents = seq.scheduler = seq.cond = seq.uncond = seq.generator = None
+        if isinstance(outcome, BaseException):
+            seq.future.set_exception(outcome)
+            return
+        if self.config.output == "uint8":
+            outcome = (outcome * 255).round().astype(np.uint8)
+        seq.future.set_result(GenerationResult(request_id=seq.id, frames=outcome, fps=seq.request.fps, stats=seq.stats))
+
+    # --- the loop ------------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._closed and not self._waiting and not self._running:
+                    self._lock.wait()
+                if self._closed:
+                    return
+            try:
+                self.step()
+            except Exception as exc:  # fail what was in flight, keep serving new requests
+                log.exception("engine step failed")
+                with self._lock:
+                    failed, self._running = self._running, []
+                for seq in failed:
+                    if not seq.future.done():
+                        seq.future.set_exception(exc)

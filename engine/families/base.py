@@ -1,0 +1,161 @@
+"""What every model-family adapter provides, and the helpers they share.
+
+An adapter wraps one loaded diffusers pipeline and re-expresses its `__call__` as separate stages
+(encode prompt, prepare latents, set timesteps, one batched transformer call, guidance, scheduler step,
+decode) so that the engine can interleave requests of different shapes and steps between them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from engine.request import GenerationRequest, ModelUnavailable
+
+if TYPE_CHECKING:
+    from engine.registry import ModelSpec
+    from engine.sequence import Sequence
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class TextEmbedding:
+    """One prompt, encoded: embeddings (1, L, D), plus a mask (1, L) and pooled vector where the family has them."""
+
+    embeds: torch.Tensor
+    mask: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return self.embeds.shape[1]
+
+
+@dataclass
+class ModelCall:
+    """One batched transformer forward: which model, its keyword arguments, and how many rows it holds."""
+
+    model: torch.nn.Module
+    kwargs: dict[str, Any]
+    rows: int
+
+
+class FamilyAdapter:
+    """Base class: a family adapter over a loaded diffusers pipeline.
+
+    Subclasses fill in the stages; the engine owns the order and the batching.
+    """
+
+    family: ClassVar[str]
+    pipeline_class: ClassVar[str]
+    # Tokens the pipeline pads every prompt to; a registry entry may override with options.max_sequence_length.
+    default_max_sequence_length: ClassVar[int] = 226
+
+    def __init__(self, pipe: Any, options: dict[str, Any] | None = None) -> None:
+        self.pipe = pipe
+        self.options = dict(options or {})
+        self.max_sequence_length = int(self.options.get("max_sequence_length", self.default_max_sequence_length))
+        self.transformer = pipe.transformer
+        self.vae = pipe.vae
+        self.device = self.transformer.device
+        self.dtype = self.transformer.dtype
+
+    # --- loading ---------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, spec: ModelSpec) -> FamilyAdapter:
+        """Load the pipeline directory (or hub id) named by the registry entry onto its first device."""
+        import diffusers
+
+        pipeline_cls = getattr(diffusers, cls.pipeline_class)
+        dtype = DTYPES[spec.dtype]
+        local = os.path.isdir(spec.path)
+        if not local and os.path.isabs(spec.path):
+            raise ModelUnavailable(f"model {spec.name!r}: no pipeline directory at {spec.path}")
+        try:
+            pipe = pipeline_cls.from_pretrained(spec.path, torch_dtype=dtype, local_files_only=local)
+        except (OSError, ValueError) as exc:
+            raise ModelUnavailable(f"model {spec.name!r}: cannot load {spec.path}: {exc}") from exc
+        pipe.to(spec.devices[0])
+        pipe.set_progress_bar_config(disable=True)
+        for name in ("text_encoder", "text_encoder_2", "transformer", "transformer_2", "vae"):
+            module = getattr(pipe, name, None)
+            if module is not None:
+                module.eval()  # dropout off: outputs must not depend on the call
+        return cls(pipe, spec.options)
+
+    # --- stages (pipeline order) -----------------------------------------------------------------
+
+    def check_request(self, request: GenerationRequest) -> None:
+        """Family checks beyond the registry's rules (raise InvalidRequest)."""
+
+    def encode_prompts(self, prompts: list[str]) -> list[TextEmbedding]:
+        """Encode distinct prompts in one batched call; one TextEmbedding per prompt."""
+        raise NotImplementedError
+
+    def uses_cfg(self, request: GenerationRequest) -> bool:
+        """Whether this request runs an unconditional row (classifier-free guidance)."""
+        return request.guidance_scale > 1.0
+
+    def prepare_latents(self, request: GenerationRequest, generator: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def set_timesteps(self, seq: Sequence) -> None:
+        """Give the sequence its own scheduler, with its timesteps set."""
+        raise NotImplementedError
+
+    def group_key(self, seq: Sequence) -> tuple:
+        """Sequences with equal keys can share one transformer forward."""
+        return (tuple(seq.latents.shape), seq.cond.length, self.expert(seq))
+
+    def expert(self, seq: Sequence) -> int:
+        """Which transformer serves the sequence's current step (two-expert models switch mid-way)."""
+        return 0
+
+    def tokens_per_row(self, seq: Sequence) -> int:
+        """Sequence length of one row in the transformer: video patches plus text tokens."""
+        raise NotImplementedError
+
+    def model_call(self, seqs: list[Sequence]) -> ModelCall:
+        """Batch the sequences' current step into one forward: conditional rows first, then unconditional."""
+        raise NotImplementedError
+
+    def guide(self, seq: Sequence, cond: torch.Tensor, uncond: torch.Tensor | None) -> torch.Tensor:
+        if uncond is None:
+            return cond
+        return uncond + seq.request.guidance_scale * (cond - uncond)
+
+    def scheduler_step(self, seq: Sequence, noise_pred: torch.Tensor) -> None:
+        seq.latents = seq.scheduler.step(noise_pred, seq.timestep, seq.latents, return_dict=False)[0]
+
+    def decode(self, latents: torch.Tensor, seqs: list[Sequence]) -> list[np.ndarray]:
+        """Decode a batch of equal-shape latents to float frames in [0, 1], (F, H, W, 3) each."""
+        raise NotImplementedError
+
+    def enable_vae_tiling(self) -> bool:
+        """Decode in tiles (and frame by frame where the VAE supports it) so long videos fit in memory."""
+        if hasattr(self.vae, "enable_tiling"):
+            self.vae.enable_tiling()
+            return True
+        return False
+
+    # --- shared helpers --------------------------------------------------------------------------
+
+    def randn(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        return randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
+
+    @staticmethod
+    def to_frames(video: torch.Tensor) -> list[np.ndarray]:
+        """(B, C, F, H, W) in [-1, 1] -> B float arrays (F, H, W, C) in [0, 1], as diffusers' VideoProcessor."""
+        video = (video / 2 + 0.5).clamp(0, 1)
+        return [v.permute(1, 2, 3, 0).float().cpu().numpy() for v in video]
+
+
+def stack_rows(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)

@@ -1,0 +1,68 @@
+"""One request's state inside the engine: its own generator, scheduler, latents and step counter.
+
+Requests at different steps, with different step counts, advance together because each keeps all of
+its denoising state here; the engine only ever batches the transformer call.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from engine.request import GenerationRequest, GenerationResult, RequestStats
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Sequence:
+    request: GenerationRequest
+    future: Future[GenerationResult]
+    on_progress: ProgressCallback | None = None
+    status: Status = Status.WAITING
+    canceled: bool = False
+    generator: torch.Generator | None = None
+    latents: torch.Tensor | None = None
+    scheduler: Any = None
+    timesteps: torch.Tensor | None = None
+    step_index: int = 0
+    cond: Any = None  # TextEmbedding of the prompt
+    uncond: Any = None  # TextEmbedding of the negative prompt, when guidance runs an unconditional row
+    # Family-specific state that is neither latents nor scheduler (e.g. CogVideoX's previous x0 estimate).
+    extra: dict[str, Any] = field(default_factory=dict)
+    stats: RequestStats = field(default_factory=RequestStats)
+    submitted_at: float = field(default_factory=time.perf_counter)
+    started_at: float = 0.0
+
+    @property
+    def id(self) -> str:
+        return self.request.id
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.timesteps)
+
+    @property
+    def timestep(self) -> torch.Tensor:
+        return self.timesteps[self.step_index]
+
+    @property
+    def done(self) -> bool:
+        return self.step_index >= self.num_steps
+
+    @property
+    def rows(self) -> int:
+        """Rows this sequence adds to a forward: conditional, plus unconditional under guidance."""
+        return 1 if self.uncond is None else 2
