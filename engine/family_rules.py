@@ -33,11 +33,12 @@ class FamilyRules:
             raise InvalidRequest(field, f"must be a positive multiple of {self.size_multiple} for this model family")
 
 
-# Spatial multiples are VAE downscale x transformer patch size of the stock configs; a registry entry
-# may override them for a checkpoint with other settings.
+# CogVideoX's VAE restores 4k+1 frames only from an odd latent count (5 frames come back as 8), so it
+# takes 8k+1. Spatial multiples are VAE downscale x transformer patch size of the stock configs; a
+# registry entry may override them for a checkpoint with other settings.
 RULES: dict[str, FamilyRules] = {
     "wan": FamilyRules(frame_multiple=4, size_multiple=16),
-    "cogvideox": FamilyRules(frame_multiple=4, size_multiple=16),
+    "cogvideox": FamilyRules(frame_multiple=8, size_multiple=16),
     "hunyuanvideo": FamilyRules(frame_multiple=4, size_multiple=16, embedded_guidance=True),
     "mochi": FamilyRules(frame_multiple=6, size_multiple=16),
     "ltx": FamilyRules(frame_multiple=8, size_multiple=32),

@@ -191,7 +191,18 @@ def _cogvideox():
         text_encoder=_t5_encoder(tokenizer),
         vae=vae.eval(),
         transformer=transformer.eval(),
-        scheduler=CogVideoXDDIMScheduler(),
+        # CogVideoX-2b's own scheduler settings: v-prediction keeps the random model's latents in range.
+        scheduler=CogVideoXDDIMScheduler(
+            beta_end=0.012,
+            beta_start=0.00085,
+            beta_schedule="scaled_linear",
+            clip_sample=False,
+            prediction_type="v_prediction",
+            rescale_betas_zero_snr=True,
+            set_alpha_to_one=True,
+            snr_shift_scale=3.0,
+            timestep_spacing="trailing",
+        ),
     )
 
 

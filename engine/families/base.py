@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from engine.request import GenerationRequest, ModelUnavailable
+from engine.request import GenerationRequest, InvalidRequest, ModelUnavailable
 
 if TYPE_CHECKING:
     from engine.registry import ModelSpec
@@ -92,8 +92,20 @@ class FamilyAdapter:
 
     # --- stages (pipeline order) -----------------------------------------------------------------
 
+    # Set by each adapter from the loaded components: pixels per latent (x patch) and frames per latent frame.
+    spatial_multiple: int = 16
+    temporal_factor: int = 4
+
     def check_request(self, request: GenerationRequest) -> None:
-        """Family checks beyond the registry's rules (raise InvalidRequest)."""
+        """What this checkpoint needs beyond the registry's rules; raises InvalidRequest before any compute.
+
+        The pipelines silently round frame counts and sizes they cannot use; the engine refuses them instead.
+        """
+        if (request.num_frames - 1) % self.temporal_factor:
+            raise InvalidRequest("num_frames", f"must be {self.temporal_factor}k+1 for this model")
+        for name, value in (("height", request.height), ("width", request.width)):
+            if value % self.spatial_multiple:
+                raise InvalidRequest(name, f"must be a multiple of {self.spatial_multiple} for this model")
 
     def encode_prompts(self, prompts: list[str]) -> list[TextEmbedding]:
         """Encode distinct prompts in one batched call; one TextEmbedding per prompt."""
@@ -147,8 +159,10 @@ class FamilyAdapter:
 
     # --- shared helpers --------------------------------------------------------------------------
 
-    def randn(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-        return randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
+    def randn(
+        self, shape: tuple[int, ...], generator: torch.Generator, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        return randn_tensor(shape, generator=generator, device=self.device, dtype=dtype)
 
     @staticmethod
     def to_frames(video: torch.Tensor) -> list[np.ndarray]:

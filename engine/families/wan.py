@@ -11,7 +11,7 @@ import torch
 from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 
 from engine.families.base import FamilyAdapter, ModelCall, TextEmbedding, stack_rows
-from engine.request import GenerationRequest, InvalidRequest
+from engine.request import GenerationRequest
 from engine.sequence import Sequence
 
 
@@ -30,12 +30,8 @@ class WanAdapter(FamilyAdapter):
             raise ValueError("WanPipeline with expand_timesteps=True is not supported by the engine")
         self.patch_size = self.experts[0].config.patch_size
         self.dtype = self.experts[0].dtype
-
-    def check_request(self, request: GenerationRequest) -> None:
-        multiple = self.pipe.vae_scale_factor_spatial * self.patch_size[1]
-        for name, value in (("height", request.height), ("width", request.width)):
-            if value % multiple:
-                raise InvalidRequest(name, f"must be a multiple of {multiple} for this model")
+        self.spatial_multiple = pipe.vae_scale_factor_spatial * self.patch_size[1]
+        self.temporal_factor = pipe.vae_scale_factor_temporal
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> list[TextEmbedding]:
