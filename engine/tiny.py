@@ -39,7 +39,7 @@ def build_tiny_models(out_dir: Path, families: list[str] | None = None) -> dict[
     built: dict[str, Path] = {}
     for family in families:
         if family not in _BUILDERS:
-            raise ValueError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
+            raise ValueError(f"unknown model family {family!r}; known: {', '.join(_BUILDERS)}")
         target = out_dir / family
         if not (target / "model_index.json").is_file():
             _save_atomically(_BUILDERS[family], target)
@@ -120,11 +120,30 @@ def _t5_encoder(tokenizer, d_model: int = 32):
 # --- one builder per family ------------------------------------------------------------------------
 
 
-def _wan():
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+def _wan(two_experts: bool = False):
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
 
     tokenizer = _t5_tokenizer()
-    transformer = WanTransformer3DModel(
+    experts = [_wan_transformer() for _ in range(2 if two_experts else 1)]
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
+    return WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=_t5_encoder(tokenizer),
+        vae=vae.eval(),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+        transformer=experts[0],
+        transformer_2=experts[1] if two_experts else None,
+        # Wan 2.2 A14B's split: the high-noise expert serves timesteps >= 875, the low-noise one the rest.
+        boundary_ratio=0.875 if two_experts else None,
+    )
+
+
+def _wan_transformer():
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(
         patch_size=(1, 2, 2),
         num_attention_heads=2,
         attention_head_dim=12,
@@ -137,17 +156,7 @@ def _wan():
         cross_attn_norm=True,
         qk_norm="rms_norm_across_heads",
         rope_max_seq_len=32,
-    )
-    vae = AutoencoderKLWan(
-        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
-    )
-    return WanPipeline(
-        tokenizer=tokenizer,
-        text_encoder=_t5_encoder(tokenizer),
-        vae=vae.eval(),
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
-        transformer=transformer.eval(),
-    )
+    ).eval()
 
 
 def _cogvideox():
@@ -365,8 +374,10 @@ def _ltx():
     )
 
 
+# "wan2.2" (two experts) is built only on request: it is not a family of its own.
 _BUILDERS: dict[str, Callable[[], Any]] = {
     "wan": _wan,
+    "wan2.2": lambda: _wan(two_experts=True),
     "cogvideox": _cogvideox,
     "mochi": _mochi,
     "hunyuanvideo": _hunyuanvideo,

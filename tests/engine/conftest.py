@@ -1,0 +1,98 @@
+"""Fixtures for the engine's specification tests: tiny models built once per session, engines per family.
+
+Engines keep running across tests of a module (loading is cheap, but warm kernels make the suite fast).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# pytest puts tests/ on sys.path, where tests/engine/ would pass for a namespace package called `engine`;
+# with the repository root on the path too, the real package wins (a regular package beats a namespace).
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+if getattr(sys.modules.get("engine"), "__file__", "") is None:
+    del sys.modules["engine"]
+
+from engine.family_rules import FAMILIES  # noqa: E402
+from engine.registry import ModelRegistry, ModelSpec  # noqa: E402
+from engine.request import GenerationRequest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """VIDSERVE_MODEL_DIR for the tests: tiny pipelines of every family (and a two-expert Wan 2.2) under tiny/."""
+    import diffusers
+
+    from engine.tiny import build_tiny_models
+
+    diffusers.utils.logging.set_verbosity_error()
+    root = tmp_path_factory.mktemp("models")
+    build_tiny_models(root / "tiny", [*FAMILIES, "wan2.2"])
+    return root
+
+
+@pytest.fixture(scope="session")
+def registry(model_dir: Path) -> ModelRegistry:
+    return ModelRegistry.from_file(model_dir=str(model_dir))
+
+
+@pytest.fixture(scope="session")
+def specs(registry: ModelRegistry, model_dir: Path) -> dict[str, ModelSpec]:
+    """Registry entries by family, plus "wan2.2" for the two-expert pipeline."""
+    out = {family: registry.get(f"tiny-{family}") for family in FAMILIES}
+    out["wan2.2"] = replace(out["wan"], name="tiny-wan2.2", path=str(model_dir / "tiny" / "wan2.2"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def engines(specs: dict[str, ModelSpec]) -> Iterator[dict[str, object]]:
+    """One float-output engine per family, created on first use and closed at the end of the session."""
+    from engine import Engine
+
+    made: dict[str, Engine] = {}
+
+    class Lazy(dict):
+        def __missing__(self, family: str) -> Engine:
+            made[family] = Engine(specs[family], output="float32")
+            self[family] = made[family]
+            return made[family]
+
+    yield Lazy()
+    for engine in made.values():
+        engine.close()
+
+
+def default_frames(family: str) -> int:
+    return 7 if family == "mochi" else 9
+
+
+@pytest.fixture(scope="session")
+def make_request():
+    """`make_request(family, id, **overrides)`: a valid small request for the family's tiny model."""
+    return _make_request
+
+
+def _make_request(family: str, request_id: str = "r", **overrides: object) -> GenerationRequest:
+    fields = dict(
+        id=request_id,
+        prompt="a cat running on the beach",
+        negative_prompt="",
+        num_frames=default_frames(family),
+        height=32,
+        width=32,
+        num_inference_steps=4,
+        guidance_scale=5.0,
+        seed=7,
+    )
+    fields.update(overrides)
+    return GenerationRequest(**fields)
