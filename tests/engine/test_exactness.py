@@ -10,8 +10,8 @@ import threading
 import numpy as np
 import pytest
 
-from engine.reference import load_pipeline, run_pipeline
 from engine.family_rules import FAMILIES
+from engine.reference import load_pipeline, run_pipeline
 
 TOLERANCE = 1e-5  # float32, max abs difference on decoded frames in [0, 1]
 
