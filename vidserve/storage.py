@@ -9,12 +9,13 @@ import datetime as dt
 import io
 from urllib.parse import urlparse
 
+import urllib3
 from minio import Minio
 
 from vidserve.settings import Settings
 
 
-def _client(endpoint_url: str, settings: Settings) -> Minio:
+def _client(endpoint_url: str, settings: Settings, http_client: urllib3.PoolManager | None = None) -> Minio:
     parsed = urlparse(endpoint_url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise ValueError(f"S3 endpoint must be an http(s) URL, got {endpoint_url!r}")
@@ -24,6 +25,7 @@ def _client(endpoint_url: str, settings: Settings) -> Minio:
         secret_key=settings.s3_secret_key,
         secure=parsed.scheme == "https",
         region=settings.s3_region,  # a fixed region: presigning needs no network round trip
+        http_client=http_client,
     )
 
 
@@ -35,6 +37,9 @@ class VideoStore:
         self.ttl = dt.timedelta(seconds=settings.url_ttl_seconds)
         self._internal = _client(settings.s3_endpoint, settings)
         self._public = _client(settings.s3_public_url or settings.s3_endpoint, settings)
+        # Readiness probes must answer in seconds: no retries (minio's default spends ~6 s on a dead endpoint).
+        probe_http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=2.0, read=2.0), retries=False)
+        self._probe = _client(settings.s3_endpoint, settings, probe_http)
 
     @staticmethod
     def key_for(job_id: str) -> str:
@@ -62,5 +67,5 @@ class VideoStore:
 
     def ping(self) -> None:
         """Raise unless the store answers and the bucket exists."""
-        if not self._internal.bucket_exists(self.bucket):
+        if not self._probe.bucket_exists(self.bucket):
             raise RuntimeError(f"bucket {self.bucket!r} does not exist")

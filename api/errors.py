@@ -1,0 +1,133 @@
+"""Named errors of the REST API and the one place that maps every error to an HTTP response.
+
+Every error answers `{"error": {"code", "message", "field"?, "rule"?}}`, including Flask's own 404/405/413.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from werkzeug.exceptions import HTTPException
+
+from engine.request import InvalidRequest, ModelUnavailable
+from vidserve.jobs import JobConflict, JobNotFound
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error the API answers on purpose; subclasses fix the status and code."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, field: str | None = None, rule: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.rule = rule
+
+
+class MalformedBody(ApiError):
+    """The body is not a JSON object."""
+
+    status = 400
+    code = "malformed_body"
+
+
+class InvalidField(ApiError):
+    """A field (body or query) breaks a rule; `field` and `rule` say which and what."""
+
+    status = 422
+    code = "invalid_field"
+
+    def __init__(self, field: str, rule: str) -> None:
+        super().__init__(f"{field}: {rule}", field=field, rule=rule)
+
+
+class JobNotSucceeded(ApiError):
+    """The job's video does not exist (yet)."""
+
+    status = 409
+    code = "job_not_succeeded"
+
+
+class StorageUnavailable(ApiError):
+    """No object store is configured, so no video URL can be made."""
+
+    status = 503
+    code = "storage_unavailable"
+
+
+# Flask/werkzeug's own errors get stable snake_case codes instead of their reason phrases.
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def error_response(
+    status: int, code: str, message: str, field: str | None = None, rule: str | None = None
+) -> tuple[Response, int]:
+    body: dict[str, str] = {"code": code, "message": message}
+    if field is not None:
+        body["field"] = field
+    if rule is not None:
+        body["rule"] = rule
+    return jsonify(error=body), status
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(e: ApiError) -> tuple[Response, int]:
+        return error_response(e.status, e.code, e.message, e.field, e.rule)
+
+    @app.errorhandler(InvalidRequest)
+    def _invalid_request(e: InvalidRequest) -> tuple[Response, int]:
+        return error_response(422, "invalid_field", str(e), e.field, e.rule)
+
+    @app.errorhandler(ModelUnavailable)
+    def _model_unavailable(e: ModelUnavailable) -> tuple[Response, int]:
+        return error_response(422, "invalid_field", str(e), "model", "must be a registered model (see /v1/models)")
+
+    @app.errorhandler(JobNotFound)
+    def _job_not_found(e: JobNotFound) -> tuple[Response, int]:
+        return error_response(404, "job_not_found", f"no job with id {e}")
+
+    @app.errorhandler(JobConflict)
+    def _job_conflict(e: JobConflict) -> tuple[Response, int]:
+        return error_response(409, "job_conflict", str(e))
+
+    @app.errorhandler(HTTPException)
+    def _http_error(e: HTTPException) -> Response:
+        # Keep werkzeug's headers (405's Allow), replace the HTML body with the JSON error shape.
+        response = e.get_response()
+        status = e.code or 500
+        body, _ = error_response(status, _HTTP_CODES.get(status, "http_error"), e.description or e.name)
+        response.set_data(body.get_data())
+        response.content_type = "application/json"
+        return response
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(PoolTimeout)
+    def _database_unavailable(e: Exception) -> tuple[Response, int]:
+        log.warning("database unavailable: %s", e)
+        return error_response(503, "database_unavailable", "the job database is not reachable; retry later")
+
+    @app.errorhandler(DBAPIError)
+    def _database_error(e: DBAPIError) -> tuple[Response, int]:
+        if e.connection_invalidated:
+            return _database_unavailable(e)
+        log.exception("database error")
+        return error_response(500, "internal_error", "internal error")
+
+    @app.errorhandler(Exception)
+    def _unexpected(e: Exception) -> tuple[Response, int]:
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "internal error")

@@ -1,0 +1,66 @@
+"""The jobs surface of the REST API: submit, read, list, cancel and download (`/v1/jobs...`).
+
+Views parse the request, call the job store and render `job_to_dict`; rules live in validation and the store.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, redirect, request, url_for
+
+from api.errors import JobNotSucceeded, StorageUnavailable
+from api.services import services
+from api.validation import encode_cursor, parse_job_query, parse_json_object, parse_submission, read_body
+from vidserve.schema import JobStatus
+
+bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
+
+
+@bp.post("")
+def submit_job() -> tuple[Response, int, dict[str, str]]:
+    svc = services()
+    submission = parse_submission(parse_json_object(read_body(request)), svc.registry)
+    job = svc.jobs.create(
+        job_id=submission.job_id,
+        model=submission.model,
+        params=submission.params,
+        webhook_url=submission.webhook_url,
+        metadata=submission.metadata,
+    )
+    svc.publish(job)
+    location = url_for("jobs.get_job", job_id=job.id)
+    return jsonify(svc.view_job(job)), 202, {"Location": location}
+
+
+@bp.get("")
+def list_jobs() -> Response:
+    svc = services()
+    query = parse_job_query(request.args)
+    # One extra row tells whether another page exists, so the last page never links to an empty one.
+    rows = svc.jobs.list(status=query.status, model=query.model, limit=query.limit + 1, before=query.before)
+    page = rows[: query.limit]
+    next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > query.limit else None
+    return jsonify(data=[svc.view_job(job) for job in page], next_cursor=next_cursor)
+
+
+@bp.get("/<job_id>")
+def get_job(job_id: str) -> Response:
+    svc = services()
+    return jsonify(svc.view_job(svc.jobs.get(job_id)))
+
+
+@bp.post("/<job_id>/cancel")
+def cancel_job(job_id: str) -> tuple[Response, int]:
+    svc = services()
+    return jsonify(svc.view_job(svc.jobs.cancel(job_id))), 202
+
+
+@bp.get("/<job_id>/content")
+def job_content(job_id: str) -> Response:
+    svc = services()
+    job = svc.jobs.get(job_id)
+    if job.status != JobStatus.SUCCEEDED or not job.output:
+        raise JobNotSucceeded(f"job is {job.status.value}; its video exists once it has succeeded")
+    if svc.videos is None:
+        raise StorageUnavailable("no object store is configured")
+    url, _expires_at = svc.videos.presigned_url(job.output["key"])
+    return redirect(url, 302)

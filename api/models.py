@@ -1,0 +1,17 @@
+"""`GET /v1/models`: the registered models with their family, limits and defaults.
+
+Read from the registry file; the API never loads a model (and never imports torch).
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+
+from api.services import services
+
+bp = Blueprint("models", __name__, url_prefix="/v1/models")
+
+
+@bp.get("")
+def list_models() -> Response:
+    return jsonify(data=[spec.public_dict() for spec in services().registry])

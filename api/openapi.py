@@ -1,0 +1,430 @@
+"""The OpenAPI 3.1 document of the REST API, served at `/openapi.json`.
+
+Built from the model registry and the validation constants, so its enums and bounds match what is enforced.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify
+
+from api.services import services
+from api.validation import MAX_METADATA_BYTES, MAX_PAGE, MAX_WEBHOOK_URL_CHARS
+from engine.registry import ModelLimits, ModelRegistry
+from vidserve.schema import JobStatus
+
+bp = Blueprint("openapi", __name__)
+
+API_VERSION = "0.1.0"
+OPENAPI_CACHE_KEY = "vidserve.openapi"
+
+
+@bp.get("/openapi.json")
+def openapi_json() -> Response:
+    # The document depends only on the registry, which is fixed for the life of the app.
+    doc = current_app.extensions.get(OPENAPI_CACHE_KEY)
+    if doc is None:
+        doc = current_app.extensions[OPENAPI_CACHE_KEY] = build_openapi(services().registry)
+    return jsonify(doc)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {**schema, "type": [schema["type"], "null"]}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref("Error")}}}
+
+
+def _json(description: str, schema: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _job_request_schema(registry: ModelRegistry) -> dict[str, Any]:
+    limits = [spec.limits for spec in registry] or [ModelLimits()]
+    max_frames = max(x.max_frames for x in limits)
+    max_height = max(x.max_height for x in limits)
+    max_width = max(x.max_width for x in limits)
+    max_steps = max(x.max_steps for x in limits)
+    max_prompt = max(x.max_prompt_chars for x in limits)
+    max_guidance = max(x.max_guidance_scale for x in limits)
+    per_model = "; the chosen model's own limits apply (see GET /v1/models), else 422"
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["model", "prompt"],
+        "properties": {
+            "model": {"type": "string", "enum": registry.names(), "description": "a name from GET /v1/models"},
+            "prompt": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": max_prompt,
+                "pattern": "^[^\\u0000]*\\S[^\\u0000]*$",
+                "description": "what the video shows; not blank, no NUL characters" + per_model,
+            },
+            "negative_prompt": _nullable(
+                {"type": "string", "maxLength": max_prompt, "pattern": "^[^\\u0000]*$", "description": "what to avoid"}
+            ),
+            "num_frames": _nullable(
+                {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": max_frames,
+                    "description": "frame count of the form (family multiple)*k+1" + per_model,
+                }
+            ),
+            "height": _nullable(
+                {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": max_height,
+                    "description": "pixels, a multiple of the family's size multiple" + per_model,
+                }
+            ),
+            "width": _nullable(
+                {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": max_width,
+                    "description": "pixels, a multiple of the family's size multiple" + per_model,
+                }
+            ),
+            "num_inference_steps": _nullable(
+                {"type": "integer", "minimum": 1, "maximum": max_steps, "description": "denoising steps" + per_model}
+            ),
+            "guidance_scale": _nullable(
+                {"type": "number", "minimum": 0, "maximum": max_guidance, "description": "classifier-free guidance"}
+            ),
+            "seed": _nullable(
+                {
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": 2**63 - 1,
+                    "description": "random when absent; the seed used is recorded in the job's params",
+                }
+            ),
+            "fps": _nullable({"type": "integer", "minimum": 1, "maximum": 60, "description": "frames per second"}),
+            "webhook_url": _nullable(
+                {
+                    "type": "string",
+                    "format": "uri",
+                    "maxLength": MAX_WEBHOOK_URL_CHARS,
+                    "pattern": "^https?://",
+                    "description": "receives a signed event (Standard Webhooks) at every status change",
+                }
+            ),
+            "metadata": _nullable(
+                {"type": "object", "description": f"any JSON object of at most {MAX_METADATA_BYTES} bytes"}
+            ),
+        },
+    }
+
+
+def _schemas(registry: ModelRegistry) -> dict[str, Any]:
+    nullable_time = {"type": ["string", "null"], "format": "date-time"}
+    return {
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {
+                        "code": {"type": "string", "description": "stable machine-readable name of the error"},
+                        "message": {"type": "string"},
+                        "field": {"type": "string", "description": "the request field at fault"},
+                        "rule": {"type": "string", "description": "what that field must satisfy"},
+                    },
+                }
+            },
+        },
+        "JobRequest": _job_request_schema(registry),
+        "JobParams": {
+            "type": "object",
+            "description": "the resolved generation parameters (defaults applied), exactly what the engine runs",
+            "properties": {
+                "prompt": {"type": "string"},
+                "negative_prompt": {"type": "string"},
+                "num_frames": {"type": "integer"},
+                "height": {"type": "integer"},
+                "width": {"type": "integer"},
+                "num_inference_steps": {"type": "integer"},
+                "guidance_scale": {"type": "number"},
+                "seed": {"type": "integer"},
+                "fps": {"type": "integer"},
+            },
+        },
+        "JobOutput": {
+            "type": "object",
+            "required": ["url", "expires_at", "content_type", "bytes", "num_frames", "width", "height", "fps"],
+            "properties": {
+                "url": {"type": ["string", "null"], "description": "presigned GET URL of the MP4"},
+                "expires_at": nullable_time,
+                "content_type": {"type": ["string", "null"]},
+                "bytes": {"type": ["integer", "null"]},
+                "num_frames": {"type": ["integer", "null"]},
+                "width": {"type": ["integer", "null"]},
+                "height": {"type": ["integer", "null"]},
+                "fps": {"type": ["integer", "number", "null"]},
+            },
+        },
+        "Job": {
+            "type": "object",
+            "required": [
+                "id",
+                "status",
+                "model",
+                "params",
+                "progress",
+                "created_at",
+                "started_at",
+                "finished_at",
+                "attempts",
+                "error",
+                "output",
+                "stats",
+                "webhook_url",
+                "metadata",
+            ],
+            "properties": {
+                "id": {"type": "string", "format": "uuid"},
+                "status": {"type": "string", "enum": [s.value for s in JobStatus]},
+                "model": {"type": "string"},
+                "params": _ref("JobParams"),
+                "progress": {"type": "number", "minimum": 0, "maximum": 1},
+                "created_at": {"type": "string", "format": "date-time"},
+                "started_at": nullable_time,
+                "finished_at": nullable_time,
+                "attempts": {"type": "integer", "minimum": 0},
+                "error": {
+                    "oneOf": [
+                        {"type": "null"},
+                        {
+                            "type": "object",
+                            "required": ["code", "message"],
+                            "properties": {"code": {"type": "string"}, "message": {"type": ["string", "null"]}},
+                        },
+                    ]
+                },
+                "output": {"oneOf": [{"type": "null"}, _ref("JobOutput")]},
+                "stats": {"type": ["object", "null"], "description": "engine statistics of the successful attempt"},
+                "webhook_url": {"type": ["string", "null"]},
+                "metadata": {"type": ["object", "null"]},
+            },
+        },
+        "JobList": {
+            "type": "object",
+            "required": ["data", "next_cursor"],
+            "properties": {
+                "data": {"type": "array", "items": _ref("Job")},
+                "next_cursor": {"type": ["string", "null"], "description": "pass as `cursor` for the next page"},
+            },
+        },
+        "Model": {
+            "type": "object",
+            "required": ["name", "family", "limits", "defaults"],
+            "properties": {
+                "name": {"type": "string"},
+                "family": {"type": "string", "enum": ["wan", "cogvideox", "mochi", "hunyuanvideo", "ltx"]},
+                "limits": {
+                    "type": "object",
+                    "properties": {
+                        "max_frames": {"type": "integer"},
+                        "max_height": {"type": "integer"},
+                        "max_width": {"type": "integer"},
+                        "max_steps": {"type": "integer"},
+                        "max_prompt_chars": {"type": "integer"},
+                        "max_guidance_scale": {"type": "number"},
+                        "frame_rule": {"type": "string", "description": "allowed frame counts, e.g. 4k+1"},
+                        "size_multiple": {"type": "integer", "description": "height and width are multiples of it"},
+                    },
+                },
+                "defaults": {
+                    "type": "object",
+                    "properties": {
+                        "num_frames": {"type": "integer"},
+                        "height": {"type": "integer"},
+                        "width": {"type": "integer"},
+                        "num_inference_steps": {"type": "integer"},
+                        "guidance_scale": {"type": "number"},
+                        "fps": {"type": "integer"},
+                    },
+                },
+            },
+        },
+        "ModelList": {
+            "type": "object",
+            "required": ["data"],
+            "properties": {"data": {"type": "array", "items": _ref("Model")}},
+        },
+        "Health": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
+        "Readiness": {
+            "type": "object",
+            "required": ["status", "failed", "checks"],
+            "properties": {
+                "status": {"type": "string", "enum": ["ready", "unavailable"]},
+                "failed": {"type": "array", "items": {"type": "string", "enum": ["postgres", "redis", "s3"]}},
+                "checks": {
+                    "type": "object",
+                    "additionalProperties": {
+                        "type": "object",
+                        "required": ["ok"],
+                        "properties": {"ok": {"type": "boolean"}, "error": {"type": "string"}},
+                    },
+                },
+            },
+        },
+    }
+
+
+def build_openapi(registry: ModelRegistry) -> dict[str, Any]:
+    """The whole document for an app serving `registry`."""
+    job_id = {
+        "name": "job_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": "a job id (UUID); any other value is an unknown job (404)",
+    }
+    db_down = _error("the job database is not reachable")
+    not_found = _error("no such job")
+    location = {"Location": {"description": "where to find it", "schema": {"type": "string"}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "vidserve",
+            "version": API_VERSION,
+            "description": "Text-to-video generation jobs. Every error answers the Error schema.",
+        },
+        "paths": {
+            "/v1/jobs": {
+                "post": {
+                    "operationId": "submitJob",
+                    "summary": "Submit a generation job",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("JobRequest")}},
+                    },
+                    "responses": {
+                        "202": _json("the job, queued", "Job", location),
+                        "400": _error("the body is not a JSON object"),
+                        "413": _error("the body is larger than VIDSERVE_MAX_BODY_BYTES"),
+                        "422": _error("a field breaks a rule; `field` and `rule` say which and what"),
+                        "503": db_down,
+                    },
+                },
+                "get": {
+                    "operationId": "listJobs",
+                    "summary": "List jobs, newest first",
+                    "parameters": [
+                        {
+                            "name": "status",
+                            "in": "query",
+                            "schema": {"type": "string", "enum": [s.value for s in JobStatus]},
+                        },
+                        {"name": "model", "in": "query", "schema": {"type": "string", "maxLength": 200}},
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 20},
+                        },
+                        {
+                            "name": "cursor",
+                            "in": "query",
+                            "schema": {"type": "string"},
+                            "description": "the next_cursor of the previous page",
+                        },
+                    ],
+                    "responses": {
+                        "200": _json("one page of jobs", "JobList"),
+                        "422": _error("a filter value is invalid"),
+                        "503": db_down,
+                    },
+                },
+            },
+            "/v1/jobs/{job_id}": {
+                "get": {
+                    "operationId": "getJob",
+                    "summary": "Get a job",
+                    "parameters": [job_id],
+                    "responses": {"200": _json("the job", "Job"), "404": not_found, "503": db_down},
+                }
+            },
+            "/v1/jobs/{job_id}/cancel": {
+                "post": {
+                    "operationId": "cancelJob",
+                    "summary": "Cancel a job",
+                    "description": "A queued job is canceled at once; a running one stops at its next denoising step.",
+                    "parameters": [job_id],
+                    "responses": {
+                        "202": _json("the job, canceled or flagged for cancellation", "Job"),
+                        "404": not_found,
+                        "409": _error("the job has already finished"),
+                        "503": db_down,
+                    },
+                }
+            },
+            "/v1/jobs/{job_id}/content": {
+                "get": {
+                    "operationId": "getJobContent",
+                    "summary": "Download the job's MP4",
+                    "parameters": [job_id],
+                    "responses": {
+                        "302": {
+                            "description": "redirect to a presigned URL of the MP4",
+                            "headers": {"Location": {"description": "the presigned URL", "schema": {"type": "string"}}},
+                        },
+                        "404": not_found,
+                        "409": _error("the job has not succeeded"),
+                        "503": _error("the job database or the object store is not reachable"),
+                    },
+                }
+            },
+            "/v1/models": {
+                "get": {
+                    "operationId": "listModels",
+                    "summary": "The models this service serves",
+                    "responses": {"200": _json("every registered model", "ModelList")},
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "operationId": "healthz",
+                    "summary": "Liveness: the process answers",
+                    "responses": {"200": _json("alive", "Health")},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "readyz",
+                    "summary": "Readiness: Postgres, Redis and S3 answer",
+                    "responses": {
+                        "200": _json("every dependency answers", "Readiness"),
+                        "503": _json("`failed` names the dependencies that do not answer", "Readiness"),
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document",
+                    "responses": {
+                        "200": {
+                            "description": "the OpenAPI 3.1 document",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+        },
+        "components": {"schemas": _schemas(registry)},
+    }

@@ -1,0 +1,74 @@
+"""What the API's views talk to: settings, model registry, job store, video store and the Celery app.
+
+Built once per app by `create_app` and kept in `app.extensions`; views reach it through `services()`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+from flask import current_app
+
+from engine.registry import ModelRegistry
+from vidserve.job_view import job_to_dict
+from vidserve.jobs import JobStore
+from vidserve.queue import make_celery, publish_delivery, publish_job
+from vidserve.schema import Job
+from vidserve.settings import Settings
+from vidserve.storage import VideoStore
+
+log = logging.getLogger(__name__)
+EXTENSION = "vidserve"
+
+
+@dataclass
+class Services:
+    settings: Settings
+    registry: ModelRegistry
+    jobs: JobStore
+    videos: VideoStore | None  # None when no S3 endpoint is configured
+    celery: Celery
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Services:
+        registry = ModelRegistry.from_file(settings.models_file or None, settings.model_dir)
+        videos = VideoStore(settings) if settings.s3_endpoint else None
+        celery = make_celery(settings)
+        presign = videos.presigned_url if videos else None
+        jobs = JobStore(
+            settings.database_url,
+            view=lambda job: job_to_dict(job, presign),
+            publish_delivery=functools.partial(_publish_delivery, celery),
+        )
+        return cls(settings, registry, jobs, videos, celery)
+
+    def view_job(self, job: Job) -> dict[str, Any]:
+        """The public JSON of a job, with a fresh presigned URL when its video exists."""
+        return job_to_dict(job, self.videos.presigned_url if self.videos else None)
+
+    def publish(self, job: Job) -> bool:
+        """Enqueue a stored job; False when the broker is away (the worker's sweeper publishes it later)."""
+        try:
+            publish_job(self.celery, job.id, job.model)
+            self.jobs.mark_published(job.id)
+        except Exception as e:
+            log.warning("job %s stored but not published (the sweeper will): %s", job.id, e)
+            return False
+        return True
+
+
+def _publish_delivery(celery: Celery, delivery_id: uuid.UUID) -> None:
+    # The delivery row is committed already; a lost message is re-published by the sweeper.
+    try:
+        publish_delivery(celery, delivery_id)
+    except Exception as e:
+        log.warning("webhook delivery %s stored but not published: %s", delivery_id, e)
+
+
+def services() -> Services:
+    return current_app.extensions[EXTENSION]

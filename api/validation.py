@@ -1,0 +1,250 @@
+"""Request parsing for the REST API: the body's shape and types, query filters and paging cursors.
+
+Shape rules live here; model-specific rules (frames, sizes, steps, prompt length) are `ModelSpec.resolve`'s.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+import secrets
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import Request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from api.errors import InvalidField, MalformedBody
+from engine.registry import ModelRegistry
+from vidserve.schema import JobStatus
+
+# field -> JSON type it must have; `None` is accepted for every optional field and means "not given".
+JOB_FIELDS: dict[str, str] = {
+    "model": "string",
+    "prompt": "string",
+    "negative_prompt": "string",
+    "num_frames": "integer",
+    "height": "integer",
+    "width": "integer",
+    "num_inference_steps": "integer",
+    "guidance_scale": "number",
+    "seed": "integer",
+    "fps": "integer",
+    "webhook_url": "string",
+    "metadata": "object",
+}
+REQUIRED_FIELDS = ("model", "prompt")
+GENERATION_FIELDS = (
+    "prompt",
+    "negative_prompt",
+    "num_frames",
+    "height",
+    "width",
+    "num_inference_steps",
+    "guidance_scale",
+    "seed",
+    "fps",
+)
+MAX_WEBHOOK_URL_CHARS = 2048
+MAX_METADATA_BYTES = 4096
+# Random seeds stay below 2**53 so that JavaScript clients read them back exactly.
+RANDOM_SEED_BOUND = 2**32
+DEFAULT_PAGE = 20
+MAX_PAGE = 100
+
+_RULE_FOR_TYPE = {
+    "string": "must be a string",
+    "integer": "must be an integer",
+    "number": "must be a number",
+    "object": "must be a JSON object",
+}
+
+
+@dataclass(frozen=True)
+class JobSubmission:
+    """A checked `POST /v1/jobs` body: the job's id, its resolved parameters and the client's extras."""
+
+    job_id: uuid.UUID
+    model: str
+    params: dict[str, Any]
+    webhook_url: str | None
+    metadata: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class JobQuery:
+    status: str | None
+    model: str | None
+    limit: int
+    before: tuple[dt.datetime, uuid.UUID] | None
+
+
+def read_body(request: Request) -> bytes:
+    """The raw body, refusing (413) one longer than the app's MAX_CONTENT_LENGTH."""
+    data = request.get_data(cache=False)
+    limit = request.max_content_length
+    # Without a Content-Length (chunked), werkzeug stops reading at the limit and returns the truncated body
+    # silently; a body that fills the limit may have been cut, so it is refused rather than parsed.
+    if limit is not None and request.content_length is None and len(data) >= limit:
+        raise RequestEntityTooLarge()
+    return data
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object; anything else is a 400."""
+    try:
+        body = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise MalformedBody("the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise MalformedBody("the body must be a JSON object")
+    return body
+
+
+def parse_submission(body: dict[str, Any], registry: ModelRegistry) -> JobSubmission:
+    """Check the body's shape and types, then let the model's spec apply its own rules and defaults."""
+    for name in body:
+        if name not in JOB_FIELDS:
+            raise InvalidField(name, "unknown field")
+    for name in REQUIRED_FIELDS:
+        if body.get(name) is None:
+            raise InvalidField(name, "is required")
+    values = {name: _typed(name, value) for name, value in body.items() if value is not None}
+    for name in ("model", "prompt", "negative_prompt"):
+        if name in values:
+            _check_text(name, values[name])
+    if not values["prompt"].strip():
+        raise InvalidField("prompt", "must not be blank")
+    if values["model"] not in registry:
+        raise InvalidField("model", f"must be one of: {', '.join(registry.names())}")
+    webhook_url = values.get("webhook_url")
+    if webhook_url is not None:
+        _check_webhook_url(webhook_url)
+    metadata = values.get("metadata")
+    if metadata is not None:
+        _check_metadata(metadata)
+
+    job_id = uuid.uuid4()
+    requested = {name: values[name] for name in GENERATION_FIELDS if name in values}
+    # A job is reproducible: the seed it runs with is always recorded, chosen here when the client gave none.
+    requested.setdefault("seed", secrets.randbelow(RANDOM_SEED_BOUND))
+    resolved = registry.get(values["model"]).resolve(str(job_id), requested)
+    params = {name: getattr(resolved, name) for name in GENERATION_FIELDS}
+    return JobSubmission(job_id, values["model"], params, webhook_url, metadata)
+
+
+def parse_job_query(args: Mapping[str, str]) -> JobQuery:
+    """`status`, `model`, `limit` and `cursor` of `GET /v1/jobs`; a bad value is a 422 naming it."""
+    status = args.get("status") or None
+    if status is not None and status not in {s.value for s in JobStatus}:
+        raise InvalidField("status", f"must be one of: {', '.join(s.value for s in JobStatus)}")
+    model = args.get("model") or None
+    if model is not None:
+        _check_text("model", model)
+        if len(model) > 200:
+            raise InvalidField("model", "must be at most 200 characters")
+    raw_limit = args.get("limit") or None
+    limit = DEFAULT_PAGE
+    if raw_limit is not None:
+        if not raw_limit.isascii() or not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
+            raise InvalidField("limit", f"must be an integer between 1 and {MAX_PAGE}")
+        limit = int(raw_limit)
+    cursor = args.get("cursor") or None
+    return JobQuery(status, model, limit, decode_cursor(cursor) if cursor else None)
+
+
+def encode_cursor(created_at: dt.datetime, job_id: uuid.UUID) -> str:
+    raw = json.dumps([created_at.isoformat(), str(job_id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        at, job_id = json.loads(raw)
+        if not isinstance(at, str) or not isinstance(job_id, str):
+            raise ValueError("cursor fields must be strings")
+        created_at = dt.datetime.fromisoformat(at)
+        if created_at.tzinfo is None:
+            raise ValueError("naive timestamp")
+        return created_at, uuid.UUID(job_id)
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise InvalidField("cursor", "must be a next_cursor value returned by this endpoint") from None
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _typed(name: str, value: Any) -> Any:
+    kind = JOB_FIELDS[name]
+    if kind == "string" and isinstance(value, str):
+        return value
+    if kind == "object" and isinstance(value, dict):
+        return value
+    if kind in ("integer", "number") and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if kind == "number":
+            # An integer too large for a float (10**400) would overflow later, in the range check.
+            if isinstance(value, int) and abs(value) > 2**1023:
+                raise InvalidField(name, "must be a finite number")
+            return value
+        # JSON has one number type: 9.0 is the integer 9 (as JSON Schema's "integer" says).
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, int):
+            return value
+    raise InvalidField(name, _RULE_FOR_TYPE[kind])
+
+
+def _check_text(name: str, value: str) -> None:
+    # Postgres stores neither NUL characters nor lone surrogates: refuse them here, not with a 500 later.
+    if "\x00" in value:
+        raise InvalidField(name, "must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidField(name, "must be valid Unicode (no lone surrogates)") from None
+
+
+def _check_webhook_url(url: str) -> None:
+    rule = "must be an absolute http(s) URL"
+    if len(url) > MAX_WEBHOOK_URL_CHARS:
+        raise InvalidField("webhook_url", f"must be at most {MAX_WEBHOOK_URL_CHARS} characters")
+    if not url.isascii() or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        raise InvalidField("webhook_url", rule)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError:
+        raise InvalidField("webhook_url", rule) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidField("webhook_url", rule)
+
+
+def _check_metadata(metadata: dict[str, Any]) -> None:
+    try:
+        _check_json_text(metadata)
+        encoded = json.dumps(metadata, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (ValueError, UnicodeEncodeError, RecursionError):
+        raise InvalidField("metadata", "must be a JSON object of valid Unicode text without NUL characters") from None
+    if len(encoded) > MAX_METADATA_BYTES:
+        raise InvalidField("metadata", f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
+
+
+def _check_json_text(value: Any) -> None:
+    """Raise ValueError when any key or string inside `value` holds a NUL character (Postgres JSONB refuses it)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("NUL character")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_json_text(key)
+            _check_json_text(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_json_text(item)

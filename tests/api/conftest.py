@@ -1,0 +1,127 @@
+"""Fixtures of the API tests: an app over a private database, a registry of our own and the test Redis DB.
+
+The Flask test client talks to `create_app(settings)`; Postgres, Redis and S3 are the suite's real services.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import text
+
+from api.app import create_app
+from vidserve import db
+from vidserve.settings import ENV_VARS, Settings
+from vidserve.storage import VideoStore
+
+REPO = Path(__file__).resolve().parents[2]
+
+# The API tests pin their own registry, so a change to engine/models.toml cannot move their limits.
+REGISTRY = """
+[models.tiny-wan]
+family = "wan"
+path = "tiny/wan"
+defaults = { num_frames = 9, height = 32, width = 32, num_inference_steps = 4, guidance_scale = 5.0, fps = 8 }
+limits = { max_frames = 33, max_height = 128, max_width = 128, max_steps = 50, max_prompt_chars = 200 }
+
+[models.tiny-ltx]
+family = "ltx"
+path = "tiny/ltx"
+defaults = { num_frames = 9, height = 32, width = 32, num_inference_steps = 4, guidance_scale = 3.0, fps = 8 }
+limits = { max_frames = 33, max_height = 128, max_width = 128, max_steps = 50 }
+"""
+
+
+@pytest.fixture(scope="session")
+def api_settings(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """The suite's services, but a database of the API tests' own: list tests see only their jobs."""
+    registry = tmp_path_factory.mktemp("registry") / "models.toml"
+    registry.write_text(REGISTRY)
+    database_url = settings.database_url + "_api"
+    db.create_database(database_url)
+    db.upgrade(database_url)
+    VideoStore(settings).ensure_bucket()
+    yield dataclasses.replace(settings, database_url=database_url, models_file=str(registry))
+    db.drop_database(database_url)
+
+
+@pytest.fixture(scope="session")
+def api_env(api_settings: Settings) -> dict[str, str]:
+    """The environment that makes a subprocess (gunicorn, a probe) use `api_settings`."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for var, attr, _default, _ in ENV_VARS:
+        env[var] = str(getattr(api_settings, attr))
+    return env
+
+
+@pytest.fixture(scope="session")
+def app(api_settings: Settings) -> Flask:
+    return create_app(api_settings)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def no_jobs(api_settings: Settings) -> None:
+    """Start from an empty job table (for listing and paging)."""
+    with db.get_engine(api_settings.database_url).begin() as conn:
+        conn.execute(text("TRUNCATE jobs CASCADE"))
+
+
+class Broker:
+    """The Celery queues in the test Redis DB, read the way a worker would find them."""
+
+    def __init__(self, url: str) -> None:
+        self.redis = redis.Redis.from_url(url)
+
+    def clear(self) -> None:
+        for key in self.redis.scan_iter("gen.*"):
+            self.redis.delete(key)
+        self.redis.delete("webhooks")
+
+    def messages(self, queue: str) -> list[dict[str, Any]]:
+        """The Celery messages waiting on `queue`, oldest first, each as {task, args}."""
+        found = []
+        for raw in reversed(self.redis.lrange(queue, 0, -1)):
+            message = json.loads(raw)
+            args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+            found.append({"task": message["headers"]["task"], "args": args})
+        return found
+
+
+@pytest.fixture
+def broker(api_settings: Settings) -> Iterator[Broker]:
+    # Queues are emptied before and after: later suites' workers must not meet the API tests' messages.
+    broker = Broker(api_settings.redis_url)
+    broker.clear()
+    yield broker
+    broker.clear()
+
+
+Submit = Callable[..., dict[str, Any]]
+
+
+@pytest.fixture
+def submit(client: FlaskClient) -> Submit:
+    """POST a valid job (tiny-wan unless `model` says otherwise) and return its JSON."""
+
+    def _submit(**fields: Any) -> dict[str, Any]:
+        body = {"model": "tiny-wan", "prompt": "a red fox running through snow", **fields}
+        response = client.post("/v1/jobs", json=body)
+        assert response.status_code == 202, response.get_json()
+        return response.get_json()
+
+    return _submit

@@ -1,0 +1,119 @@
+"""GET /openapi.json: an OpenAPI 3.1 document that covers every route, method and answer of the app.
+
+It drives schemathesis fuzzing later, so its schemas must match what the API accepts and returns.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from api.validation import JOB_FIELDS
+
+HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+
+
+@pytest.fixture
+def document(client: FlaskClient) -> dict[str, Any]:
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    return json.loads(response.get_data())
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["$ref"]] if "$ref" in node else []
+        return own + [r for value in node.values() for r in _refs(value)]
+    if isinstance(node, list):
+        return [r for value in node for r in _refs(value)]
+    return []
+
+
+def test_the_document_is_openapi_3_1_with_info_paths_and_components(document: dict[str, Any]) -> None:
+    assert re.fullmatch(r"3\.1\.\d+", document["openapi"])
+    assert document["info"]["title"] and document["info"]["version"]
+    assert document["paths"] and document["components"]["schemas"]
+
+
+def test_every_route_of_the_app_appears_with_its_methods(app: Flask, document: dict[str, Any]) -> None:
+    routes = {
+        (re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), method.lower())
+        for rule in app.url_map.iter_rules()
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    }
+    documented = {
+        (path, method) for path, item in document["paths"].items() for method in item if method in HTTP_METHODS
+    }
+
+    assert routes == documented
+
+
+def test_every_operation_has_an_id_responses_and_its_path_parameters(document: dict[str, Any]) -> None:
+    operation_ids = []
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            operation_ids.append(operation["operationId"])
+            assert operation["responses"], (path, method)
+            declared = {p["name"] for p in operation.get("parameters", []) if p["in"] == "path"}
+            assert declared == set(re.findall(r"{(\w+)}", path)), (path, method)
+            for status, response in operation["responses"].items():
+                assert re.fullmatch(r"[1-5]\d\d", status) and response["description"], (path, method, status)
+    assert len(operation_ids) == len(set(operation_ids))
+
+
+def test_every_reference_resolves(document: dict[str, Any]) -> None:
+    for ref in _refs(document):
+        node: Any = document
+        for part in ref.removeprefix("#/").split("/"):
+            node = node[part]
+        assert isinstance(node, dict), ref
+
+
+def test_every_error_answer_uses_the_error_schema(document: dict[str, Any]) -> None:
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            for status, response in operation["responses"].items():
+                if int(status) >= 400 and path != "/readyz":
+                    schema = response["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/Error"}, (path, method, status)
+
+
+def test_the_job_request_schema_names_exactly_the_accepted_fields(document: dict[str, Any]) -> None:
+    schema = document["components"]["schemas"]["JobRequest"]
+
+    assert set(schema["properties"]) == set(JOB_FIELDS)
+    assert schema["required"] == ["model", "prompt"]
+    assert schema["additionalProperties"] is False
+    assert schema["properties"]["model"]["enum"] == ["tiny-wan", "tiny-ltx"]
+
+
+def test_the_job_schema_names_exactly_the_fields_a_job_has(
+    client: FlaskClient, submit, document: dict[str, Any]
+) -> None:
+    job = submit()
+    schema = document["components"]["schemas"]["Job"]
+
+    assert set(schema["properties"]) == set(job) == set(schema["required"])
+    assert set(document["components"]["schemas"]["JobParams"]["properties"]) == set(job["params"])
+
+
+def test_the_model_schema_names_exactly_the_fields_a_model_has(client: FlaskClient, document: dict[str, Any]) -> None:
+    model = client.get("/v1/models").get_json()["data"][0]
+    schema = document["components"]["schemas"]["Model"]
+
+    assert set(schema["properties"]) == set(model)
+    assert set(schema["properties"]["limits"]["properties"]) == set(model["limits"])
+    assert set(schema["properties"]["defaults"]["properties"]) == set(model["defaults"])
+
+
+def test_the_readiness_schema_names_every_checked_dependency(client: FlaskClient, document: dict[str, Any]) -> None:
+    body = client.get("/readyz").get_json()
+    schema = document["components"]["schemas"]["Readiness"]
+
+    assert set(schema["properties"]) == set(body)
+    assert set(schema["properties"]["failed"]["items"]["enum"]) == set(body["checks"])
