@@ -1,0 +1,197 @@
+"""Test helpers shared by tests/worker and tests/e2e: a local webhook receiver and real service processes.
+
+The processes are the real commands (`vidserve worker`, `vidserve webhooks`, `vidserve api`), started in
+their own process groups against the suite's Postgres database, Redis DB and S3 bucket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from vidserve.jobs import JobStore
+from vidserve.processes import ManagedProcess, vidserve_command
+from vidserve.queue import make_celery
+from vidserve.settings import ENV_VARS, Settings
+from vidserve.storage import VideoStore
+
+# The model the end-to-end workers serve; the other is registered but served by none (its jobs stay queued).
+SERVED_MODEL = "tiny-wan"
+UNSERVED_MODEL = "tiny-cogvideox"
+
+
+@dataclass
+class Stack:
+    """A running API + worker + webhook sender, and direct handles on the stores they use."""
+
+    settings: Settings
+    api_url: str
+    api: ManagedProcess
+    worker: ManagedProcess
+    webhooks: ManagedProcess
+    store: JobStore
+    videos: VideoStore
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+    status: int
+
+    @property
+    def json(self) -> dict[str, Any]:
+        return json.loads(self.body)
+
+
+@dataclass
+class WebhookReceiver:
+    """An HTTP server on 127.0.0.1 that records every POST; `fail_first[path]` answers 500 that many times."""
+
+    server: ThreadingHTTPServer
+    received: list[Received] = field(default_factory=list)
+    fail_first: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def start(cls) -> WebhookReceiver:
+        holder: dict[str, WebhookReceiver] = {}
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                status = holder["r"]._answer(self.path, dict(self.headers.items()), body)
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        receiver = cls(server)
+        holder["r"] = receiver
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return receiver
+
+    def _answer(self, path: str, headers: dict[str, str], body: bytes) -> int:
+        with self._lock:
+            status = 200
+            if self.fail_first.get(path, 0) > 0:
+                self.fail_first[path] -= 1
+                status = 500
+            self.received.append(Received(path, {k.lower(): v for k, v in headers.items()}, body, time.time(), status))
+            return status
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def at(self, path: str) -> list[Received]:
+        with self._lock:
+            return [r for r in self.received if r.path == path]
+
+    def wait_for(self, path: str, predicate: Callable[[list[Received]], bool], timeout: float = 30.0) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.at(path)
+            if predicate(got):
+                return got
+            time.sleep(0.05)
+        raise AssertionError(f"webhook receiver: condition not met at {path} within {timeout}s: {self.at(path)}")
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def service_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    for var, attr, _default, _ in ENV_VARS:
+        env[var] = str(getattr(settings, attr))
+    env["HF_HUB_OFFLINE"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_celery_service(
+    command: str, settings: Settings, log_dir: Path, timeout: float = 120.0, **extra_env: str
+) -> ManagedProcess:
+    """Start `vidserve worker` or `vidserve webhooks` and wait until its Celery node answers a ping."""
+    proc = ManagedProcess(
+        command,
+        vidserve_command(command),
+        env=service_env(settings, **extra_env),
+        log_path=log_dir / f"{command}-{time.time_ns()}.log",
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    prefix = "gen" if command == "worker" else "webhooks"
+    node = f"{prefix}-{proc.pid}@{socket.gethostname()}"
+    app = make_celery(settings)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if not proc.alive():
+                raise RuntimeError(f"{command} exited early:\n{proc.log_tail()}")
+            replies = app.control.ping(destination=[node], timeout=0.5)
+            if replies:
+                return proc
+        raise RuntimeError(f"{command} did not answer a ping within {timeout}s:\n{proc.log_tail()}")
+    except BaseException:
+        proc.stop()
+        raise
+    finally:
+        app.close()
+
+
+def start_api(settings: Settings, log_dir: Path, timeout: float = 60.0) -> tuple[ManagedProcess, str]:
+    """`vidserve api` (gunicorn) on a free port; returns the process and its base URL."""
+    import requests
+
+    port = free_port()
+    proc = ManagedProcess(
+        "api",
+        vidserve_command("api", "--port", str(port), "--workers", "1"),
+        env=service_env(settings),
+        log_path=log_dir / f"api-{port}.log",
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"api exited early:\n{proc.log_tail()}")
+        try:
+            if requests.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return proc, base
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    proc.stop()
+    raise RuntimeError(f"api did not answer within {timeout}s:\n{proc.log_tail()}")
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.05, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")

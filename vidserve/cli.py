@@ -1,0 +1,171 @@
+"""The `vidserve` command: database migrations, tiny models, the worker, the webhook sender and the API.
+
+Imports are lazy on purpose: `vidserve db upgrade` must not pay for torch, and the API never loads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+
+def _settings():
+    from vidserve.settings import Settings
+
+    return Settings.from_env()
+
+
+def _cmd_db(args: argparse.Namespace) -> int:
+    from vidserve import db
+
+    url = _settings().database_url
+    if args.action == "upgrade":
+        if db.create_database(url):
+            print(f"created database {url.rsplit('/', 1)[-1]}")
+        db.upgrade(url, args.revision or "head")
+    else:
+        db.downgrade(url, args.revision or "base")
+    print(f"database {args.action}d to {args.revision or ('head' if args.action == 'upgrade' else 'base')}")
+    return 0
+
+
+def _cmd_models_build_tiny(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from engine.tiny import build_tiny_models
+
+    out = Path(args.out or os.path.join(_settings().model_dir, "tiny"))
+    built = build_tiny_models(out, args.family or None)
+    for family, path in built.items():
+        print(f"{family:14s} {path}")
+    return 0
+
+
+def _cmd_models_list(args: argparse.Namespace) -> int:
+    from engine.registry import ModelRegistry
+
+    settings = _settings()
+    registry = ModelRegistry.from_file(settings.models_file or None, settings.model_dir)
+    for spec in registry:
+        present = os.path.exists(spec.path)  # a hub id shows as missing until it is in the local cache
+        if args.json:
+            print(json.dumps({**spec.public_dict(), "path": spec.path, "present": present}))
+        else:
+            print(f"{spec.name:22s} {spec.family:13s} {'ok     ' if present else 'missing'} {spec.path}")
+    return 0
+
+
+def _cmd_train_demo(args: argparse.Namespace) -> int:
+    from engine.demo.train import main as train_main
+
+    return int(train_main(args.rest) or 0)
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from vidserve.queue import queue_for
+
+    if args.models:
+        os.environ["VIDSERVE_WORKER_MODELS"] = args.models
+    if args.slots:
+        os.environ["VIDSERVE_WORKER_SLOTS"] = str(args.slots)
+    from worker import context
+    from worker.celery_app import app, run_worker
+
+    settings = _settings()
+    ctx = context.WorkerContext.build(settings, app)
+    context.install(ctx)
+    queues = [queue_for(m) for m in ctx.engines.models]
+    if not queues:
+        print("no models to serve", file=sys.stderr)
+        return 2
+    run_worker(queues, settings.worker_slots, "gen", settings.log_level)
+    return 0
+
+
+def _cmd_webhooks(args: argparse.Namespace) -> int:
+    from vidserve.queue import WEBHOOK_QUEUE
+    from worker import context
+    from worker.celery_app import app, run_worker
+
+    settings = _settings()
+    context.install(context.WorkerContext.build(settings, app, models=[]))
+    run_worker([WEBHOOK_QUEUE], args.concurrency, "webhooks", settings.log_level)
+    return 0
+
+
+def _cmd_api(args: argparse.Namespace) -> int:
+    settings = _settings()
+    bind = f"{args.host or settings.host}:{args.port or settings.port}"
+    argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        bind,
+        "--workers",
+        str(args.workers),
+        "--threads",
+        str(args.threads),
+        "--access-logfile",
+        "-",
+        "--log-level",
+        settings.log_level.lower(),
+        "--graceful-timeout",
+        "10",
+        "api.wsgi:app",
+    ]
+    os.execv(sys.executable, argv)  # gunicorn becomes this process: signals reach it directly
+    return 0  # pragma: no cover
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vidserve", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    db_p = sub.add_parser("db", help="create/upgrade or downgrade the database schema (Alembic)")
+    db_p.add_argument("action", choices=["upgrade", "downgrade"])
+    db_p.add_argument("revision", nargs="?", help="target revision (default: head / base)")
+    db_p.set_defaults(func=_cmd_db)
+
+    models = sub.add_parser("models", help="the model registry and the tiny offline models")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    build = models_sub.add_parser("build-tiny", help="build tiny random-weight pipelines (no download)")
+    build.add_argument("--out", help="output directory (default: $VIDSERVE_MODEL_DIR/tiny)")
+    build.add_argument("--family", action="append", help="only this family (repeatable)")
+    build.set_defaults(func=_cmd_models_build_tiny)
+    listing = models_sub.add_parser("list", help="the registered models")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=_cmd_models_list)
+
+    train = sub.add_parser("train-demo-model", help="train the demo model (arguments go to engine.demo.train)")
+    train.add_argument("rest", nargs=argparse.REMAINDER)
+    train.set_defaults(func=_cmd_train_demo)
+
+    worker = sub.add_parser("worker", help="a generation worker: one engine per model, a window of slots")
+    worker.add_argument("--models", help="comma-separated models (default: VIDSERVE_WORKER_MODELS, else all)")
+    worker.add_argument("--slots", type=int, help="jobs held at once (default: VIDSERVE_WORKER_SLOTS)")
+    worker.set_defaults(func=_cmd_worker)
+
+    hooks = sub.add_parser("webhooks", help="the webhook sender: signs, delivers and retries webhook events")
+    hooks.add_argument("--concurrency", type=int, default=8, help="deliveries in flight at once")
+    hooks.set_defaults(func=_cmd_webhooks)
+
+    api = sub.add_parser("api", help="the REST API under gunicorn")
+    api.add_argument("--host")
+    api.add_argument("--port", type=int)
+    api.add_argument("--workers", type=int, default=2)
+    api.add_argument("--threads", type=int, default=4)
+    api.set_defaults(func=_cmd_api)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

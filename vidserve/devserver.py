@@ -1,0 +1,210 @@
+"""`make run`: the whole service on one machine, in the foreground, from a fresh clone.
+
+Creates and migrates the database, builds the tiny models when missing, starts a local S3 server unless
+VIDSERVE_S3_ENDPOINT names one, keeps a webhook secret in var/, then runs the API (gunicorn), one
+generation worker serving every registered model and the webhook sender. Ctrl-C or SIGTERM stops exactly
+what it started.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from vidserve import db
+from vidserve.processes import ManagedProcess, vidserve_command
+from vidserve.s3server import S3Server, start_s3_server
+from vidserve.settings import ENV_VARS, Settings
+
+VAR = Path("var")
+# weed mini's block of 12 ports; fixed so presigned URLs stay stable across restarts, away from the
+# suite's random 20000-60000 and from weed's own defaults (8080, 8888, 9333).
+S3_BASE_PORTS = (8333, 18333, 28333)
+READY_TIMEOUT = 180.0
+
+
+class Stop(Exception):
+    pass
+
+
+def _say(message: str) -> None:
+    print(f"[vidserve] {message}", flush=True)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _webhook_secret() -> str:
+    path = VAR / "webhook_secret"
+    if path.exists():
+        return path.read_text().strip()
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+    path.write_text(secret + "\n")
+    path.chmod(0o600)
+    return secret
+
+
+def _start_s3(settings: Settings) -> S3Server:
+    for base in S3_BASE_PORTS:
+        if all(_port_free(base + i) for i in range(12)):
+            return start_s3_server(VAR / "s3", settings.s3_access_key, settings.s3_secret_key, base_port=base)
+    raise RuntimeError(f"no free port block for the local S3 server (tried {S3_BASE_PORTS})")
+
+
+def _missing_models(settings: Settings) -> list[str]:
+    from engine.registry import ModelRegistry
+
+    registry = ModelRegistry.from_file(settings.models_file or None, settings.model_dir)
+    tiny_root = (Path(settings.model_dir) / "tiny").resolve()
+    return [
+        spec.name
+        for spec in registry
+        if Path(spec.path).resolve().is_relative_to(tiny_root) and not (Path(spec.path) / "model_index.json").exists()
+    ]
+
+
+def _child_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    for var, attr, _default, _ in ENV_VARS:
+        env[var] = str(getattr(settings, attr))
+    env.setdefault("HF_HUB_OFFLINE", "1")  # the tiny models are local; never reach for a hub
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _wait_http(url: str, proc: ManagedProcess, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited with {proc.process.returncode}:\n{proc.log_tail()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{proc.name} did not answer {url} within {timeout:.0f}s")
+
+
+def _wait_log(proc: ManagedProcess, needle: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited with {proc.process.returncode}:\n{proc.log_tail()}")
+        if needle in proc.log_tail(200_000):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{proc.name} was not ready within {timeout:.0f}s; see {proc.log_path}")
+
+
+def main() -> int:
+    VAR.mkdir(exist_ok=True)
+    logs = VAR / "log"
+    logs.mkdir(exist_ok=True)
+    settings = Settings.from_env()
+    overrides: dict[str, object] = {"model_dir": str(Path(settings.model_dir).resolve())}
+    started: list[ManagedProcess] = []
+    s3: S3Server | None = None
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise Stop(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        if not _port_free(settings.port) and settings.host in ("127.0.0.1", "0.0.0.0", "localhost"):
+            raise RuntimeError(f"port {settings.port} is taken; set VIDSERVE_PORT to another port")
+        _say(f"database {settings.database_url.rsplit('/', 1)[-1]}: creating if missing, migrating")
+        db.create_database(settings.database_url)
+        db.upgrade(settings.database_url)
+
+        if not settings.webhook_secret:
+            overrides["webhook_secret"] = _webhook_secret()
+        if not settings.s3_endpoint:
+            s3 = _start_s3(settings)
+            overrides["s3_endpoint"] = s3.endpoint
+            _say(f"local S3 server (SeaweedFS) at {s3.endpoint}, data in {VAR / 's3'}")
+        settings = Settings.from_env(**overrides)
+        env = _child_env(settings)
+
+        missing = _missing_models(settings)
+        if missing:
+            _say(f"building tiny models ({', '.join(missing)}) into {settings.model_dir}/tiny ...")
+            builder = ManagedProcess(
+                "build-tiny", vidserve_command("models", "build-tiny"), env=env, log_path=logs / "models.log"
+            )
+            started.append(builder)
+            if builder.process.wait() != 0:
+                raise RuntimeError(f"building the tiny models failed:\n{builder.log_tail()}")
+            started.remove(builder)
+
+        from vidserve.storage import VideoStore
+
+        VideoStore(settings).ensure_bucket()
+
+        api = ManagedProcess("api", vidserve_command("api"), env=env, log_path=logs / "api.log")
+        started.append(api)
+        worker = ManagedProcess("worker", vidserve_command("worker"), env=env, log_path=logs / "worker.log")
+        started.append(worker)
+        hooks = ManagedProcess("webhooks", vidserve_command("webhooks"), env=env, log_path=logs / "webhooks.log")
+        started.append(hooks)
+
+        _wait_http(f"http://{settings.host}:{settings.port}/healthz", api, READY_TIMEOUT)
+        _wait_log(worker, " ready.", READY_TIMEOUT)
+        _wait_log(hooks, " ready.", READY_TIMEOUT)
+
+        from engine.registry import ModelRegistry
+
+        registry = ModelRegistry.from_file(settings.models_file or None, settings.model_dir)
+        _say(f"API      {settings.api_url}   (OpenAPI: {settings.api_url}/openapi.json)")
+        _say(f"models   {', '.join(registry.names())}")
+        _say(f"logs     {logs}/  (api.log, worker.log, webhooks.log)")
+        _say(
+            f"try      curl -s -X POST {settings.api_url}/v1/jobs -H 'content-type: application/json' "
+            """-d '{"model": "tiny-wan", "prompt": "a red car on a street"}'"""
+        )
+        _say("Ctrl-C stops everything")
+        while True:
+            for proc in started:
+                if not proc.alive():
+                    raise RuntimeError(f"{proc.name} exited with {proc.process.returncode}:\n{proc.log_tail()}")
+            time.sleep(0.5)
+    except Stop as stop:
+        _say(f"{stop}: stopping")
+        return 0
+    except Exception as exc:
+        _say(f"error: {exc}")
+        return 1
+    finally:
+        # Ignore further Ctrl-C while stopping, so a second press cannot orphan a child mid-way.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for proc in started:
+            proc.terminate()
+        if s3 is not None:
+            s3.process.terminate()
+        for proc in started:
+            proc.stop(timeout=20.0)
+        if s3 is not None:
+            s3.stop()
+        if started or s3 is not None:
+            _say("stopped")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""The sweeper: a thread in every worker that repairs what a crash or a lost message left behind.
+
+Postgres is the source of truth and Redis only carries messages, so each pass returns dead workers'
+expired leases to the queue and re-publishes queued jobs and webhook deliveries whose message may be lost.
+Several sweepers at once are harmless: claims are conditional, duplicate messages do nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from celery import Celery
+
+from vidserve.jobs import JobStore
+from vidserve.queue import publish_delivery, publish_job
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    jobs_published: int
+    deliveries_published: int
+
+
+class Sweeper:
+    def __init__(
+        self,
+        store: JobStore,
+        celery: Celery,
+        interval: float,
+        max_attempts: int,
+        republish_after: float = 600.0,
+    ) -> None:
+        self.store = store
+        self.celery = celery
+        self.interval = interval
+        self.max_attempts = max_attempts
+        self.republish_after = republish_after
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sweep_once(self) -> SweepReport:
+        jobs, deliveries = self.store.sweep(self.max_attempts, self.republish_after)
+        for job in jobs:
+            publish_job(self.celery, job.id, job.model)
+            self.store.mark_published(job.id)
+            log.info("sweeper: published job %s (%s)", job.id, job.model)
+        for delivery_id in deliveries:
+            publish_delivery(self.celery, delivery_id)
+            log.info("sweeper: re-published webhook delivery %s", delivery_id)
+        return SweepReport(len(jobs), len(deliveries))
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="vidserve-sweeper", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.sweep_once()
+            except Exception:  # Postgres or Redis away: try again next pass
+                log.warning("sweep failed", exc_info=True)

@@ -1,0 +1,264 @@
+"""The generate task: claim a job, run it on the engine, encode, upload, record the outcome.
+
+The claim is a conditional UPDATE with a lease, so a duplicate or re-delivered message does nothing. While
+the engine works, the slot's thread renews the lease, writes progress at most once per tick and reads the
+cancel flag back from that same write. A job is `succeeded` only after its video is in the bucket.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.exc import OperationalError
+
+from engine.request import (
+    EngineError,
+    GenerationRequest,
+    GenerationResult,
+    InvalidRequest,
+    ModelUnavailable,
+    RequestCanceled,
+)
+from vidserve.jobs import JobNotFound
+from vidserve.queue import publish_job
+from vidserve.storage import VideoStore
+from worker.context import WorkerContext
+from worker.video import encode_mp4
+
+log = logging.getLogger(__name__)
+
+# How often a running job's slot wakes to write progress and read the cancel flag: the cancel latency.
+TICK_SECONDS = 0.5
+# In-place tries of an upload or of the final write before the job is handed back to the queue, and the
+# first wait between them (doubling).
+STORE_RETRIES = 4
+RETRY_FIRST_SECONDS = 1.0
+
+
+class TransientError(Exception):
+    """A dependency (Postgres, S3) failed in a way that a later retry may not."""
+
+
+@dataclass
+class Attempt:
+    """One claimed run of a job by this process: the lease it holds and what the engine reported."""
+
+    ctx: WorkerContext
+    job_id: str
+    owner: str
+    request_id: str = ""
+    progress: float = 0.0
+    written_progress: float = 0.0
+    renewed_at: float = field(default_factory=time.monotonic)
+    cancel_requested: bool = False
+    lease_lost: bool = False
+
+    def on_progress(self, step: int, total: int) -> None:
+        # Called on the engine's loop thread: record only, never touch the database here.
+        if total > 0:
+            self.progress = min(1.0, step / total)
+
+    def maintain(self) -> None:
+        """Write progress when it moved, renew the lease when due; learn about cancels and lost leases."""
+        store, settings = self.ctx.store, self.ctx.settings
+        try:
+            flag: bool | None = None
+            wrote = False
+            if self.progress > self.written_progress:
+                progress = self.progress
+                flag = store.set_progress(self.job_id, self.owner, progress)
+                self.written_progress, wrote = progress, True
+            if time.monotonic() - self.renewed_at >= settings.lease_seconds / 3:
+                flag = store.renew_lease(self.job_id, self.owner, settings.lease_seconds)
+                self.renewed_at, wrote = time.monotonic(), True
+        except OperationalError:
+            # A database blip: the lease has slack (renewed at a third of its life); try again next tick.
+            log.warning("job %s: lease/progress write failed", self.job_id, exc_info=True)
+            return
+        if not wrote:
+            return
+        if flag is None:
+            self.lease_lost = True
+        elif flag:
+            self.cancel_requested = True
+
+
+def generate(ctx: WorkerContext, job_id: str) -> str:
+    """Run one job start to finish; returns what happened (for logs and tests)."""
+    try:
+        queued = ctx.store.get(job_id)
+    except JobNotFound:
+        log.warning("job %s: no such job, message dropped", job_id)
+        return "skipped"
+    if queued.model not in ctx.engines.models:
+        # Queues are per model, so this is a routing mistake: leave the job for a worker that serves it.
+        log.error("job %s: model %s is not served here; left queued", job_id, queued.model)
+        return "not_served"
+    owner = ctx.new_owner()
+    job = ctx.store.claim(job_id, owner, ctx.settings.lease_seconds)
+    if job is None:
+        # Not queued: another delivery of the same message holds it, or it is finished or canceled.
+        log.info("job %s: not claimable, duplicate or stale delivery ignored", job_id)
+        return "skipped"
+    attempt = Attempt(ctx, str(job.id), owner)
+    log.info("job %s: claimed by %s (attempt %d, model %s)", job_id, owner, job.attempts, job.model)
+    try:
+        spec = ctx.registry.get(job.model)
+        request = spec.resolve(str(job.id), job.params)
+        engine = ctx.engines.get(job.model)
+    except (InvalidRequest, ModelUnavailable) as exc:
+        ctx.store.fail(job_id, exc.code, str(exc), owner=owner)
+        return "failed"
+
+    attempt.request_id = request.id
+    try:
+        result = _run_engine(attempt, engine, request)
+    except RequestCanceled:
+        return _stopped(attempt, job.model)
+    except EngineError as exc:
+        log.warning("job %s: engine error %s: %s", job_id, exc.code, exc)
+        ctx.store.fail(job_id, exc.code, str(exc), owner=owner)
+        return "failed"
+    except Exception as exc:  # an engine bug or an out-of-memory fails this job, not the slot
+        log.exception("job %s: engine crashed", job_id)
+        ctx.store.fail(job_id, "engine_error", f"{type(exc).__name__}: {exc}", owner=owner)
+        return "failed"
+    if attempt.cancel_requested or attempt.lease_lost:
+        # The cancel (or the takeover) raced the last step: honour it rather than publish a result.
+        return _stopped(attempt, job.model)
+
+    try:
+        output, timings = _store_video(attempt, result)
+    except TransientError as exc:
+        return _hand_back(attempt, job.model, job.attempts, "storage_unavailable", str(exc))
+    except ValueError as exc:
+        ctx.store.fail(job_id, "encode_error", str(exc), owner=owner)
+        return "failed"
+
+    stats = {**result.stats.as_dict(), **timings}
+    for delay in _backoff(STORE_RETRIES):
+        try:
+            done = ctx.store.succeed(job_id, owner, output, stats)
+        except OperationalError:
+            if delay is None:
+                break
+            log.warning("job %s: recording success failed, retrying in %.1fs", job_id, delay, exc_info=True)
+            time.sleep(delay)
+            continue
+        if done is None:
+            log.warning("job %s: lease lost before success was recorded", job_id)
+            return "lost"
+        log.info("job %s: succeeded (%s)", job_id, stats)
+        return "succeeded"
+    # The video is stored under its deterministic key; once the lease expires the sweeper queues the job
+    # again and the rerun overwrites it. Never `succeeded` without the row saying where the video is.
+    log.error("job %s: could not record success; leaving it to the sweeper", job_id)
+    return "lost"
+
+
+def _run_engine(attempt: Attempt, engine: Any, request: GenerationRequest) -> GenerationResult:
+    future: Future[GenerationResult] = engine.submit(request, on_progress=attempt.on_progress)
+    stopping = False
+    while True:
+        try:
+            return future.result(timeout=TICK_SECONDS)
+        except FutureTimeout:
+            pass
+        attempt.maintain()
+        if not stopping and (attempt.cancel_requested or attempt.lease_lost or attempt.ctx.shutting_down.is_set()):
+            stopping = True
+            engine.cancel(request.id)
+
+
+def _stopped(attempt: Attempt, model: str) -> str:
+    """The request was stopped: canceled by the client, its lease lost, or this worker shutting down."""
+    ctx = attempt.ctx
+    if attempt.cancel_requested:
+        ctx.store.mark_canceled(attempt.job_id, attempt.owner)
+        log.info("job %s: canceled", attempt.job_id)
+        return "canceled"
+    if attempt.lease_lost:
+        log.warning("job %s: lease lost; another worker owns it now", attempt.job_id)
+        return "lost"
+    # Stopped without being asked (shutdown, engine closed): the job is not finished, queue it again.
+    if ctx.store.release(attempt.job_id, attempt.owner, "worker shutdown") is not None:
+        _republish(ctx, attempt.job_id, model)
+    log.info("job %s: handed back to the queue", attempt.job_id)
+    return "released"
+
+
+def _hand_back(attempt: Attempt, model: str, attempts: int, code: str, message: str) -> str:
+    """A transient failure: queue the job again (the sweeper publishes it) or fail it after too many tries."""
+    ctx = attempt.ctx
+    try:
+        if attempts >= ctx.settings.max_attempts:
+            ctx.store.fail(attempt.job_id, code, message, owner=attempt.owner)
+            log.error("job %s: failed after %d attempts: %s", attempt.job_id, attempts, message)
+            return "failed"
+        ctx.store.release(attempt.job_id, attempt.owner, f"{code}: {message}")
+    except OperationalError:
+        log.warning("job %s: could not hand the job back; its lease will expire", attempt.job_id, exc_info=True)
+        return "lost"
+    # Not re-published at once: the sweeper picks released jobs up after a short delay, a natural backoff.
+    log.warning("job %s: handed back to the queue: %s", attempt.job_id, message)
+    return "released"
+
+
+def _republish(ctx: WorkerContext, job_id: str, model: str) -> None:
+    try:
+        publish_job(ctx.celery, job_id, model)
+        ctx.store.mark_published(uuid.UUID(job_id))
+    except Exception:
+        log.warning("job %s: re-publish failed; the sweeper will", job_id, exc_info=True)
+
+
+def _store_video(attempt: Attempt, result: GenerationResult) -> tuple[dict[str, Any], dict[str, float]]:
+    """Encode and upload under the job's deterministic key; retries the upload with backoff."""
+    started = time.perf_counter()
+    video = encode_mp4(result.frames, result.fps)
+    encoded = time.perf_counter()
+    key = VideoStore.key_for(attempt.job_id)
+    last_error: Exception | None = None
+    for delay in _backoff(STORE_RETRIES):
+        try:
+            attempt.ctx.videos.put(key, video.data, video.content_type)
+            last_error = None
+            break
+        except Exception as exc:  # minio raises S3Error, urllib3 errors, OSError: all worth a retry
+            last_error = exc
+            if delay is None:
+                break
+            log.warning("job %s: upload failed (%s), retrying in %.1fs", attempt.job_id, exc, delay)
+            _sleep_maintaining(attempt, delay)
+    if last_error is not None:
+        raise TransientError(f"upload failed: {last_error}")
+    uploaded = time.perf_counter()
+    output = {
+        "key": key,
+        "content_type": video.content_type,
+        "bytes": len(video.data),
+        "num_frames": video.num_frames,
+        "width": video.width,
+        "height": video.height,
+        "fps": video.fps,
+    }
+    return output, {"seconds_encoding": round(encoded - started, 4), "seconds_uploading": round(uploaded - encoded, 4)}
+
+
+def _sleep_maintaining(attempt: Attempt, seconds: float) -> None:
+    # Keep the lease alive across a long retry wait, so no other worker takes the job meanwhile.
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(TICK_SECONDS, left))
+        attempt.maintain()
+
+
+def _backoff(tries: int) -> list[float | None]:
+    """The waits after each of `tries` failures: 1, 2, 4 ... seconds, then None (give up)."""
+    return [RETRY_FIRST_SECONDS * 2**i for i in range(tries - 1)] + [None]
