@@ -37,6 +37,9 @@ class EngineConfig:
     max_tokens: int | None = None  # rows x (video patches + text tokens) in one forward
     max_running: int | None = None  # requests holding latents at once; default 2 x max_rows
     max_decode_batch: int = 4  # finished videos of one shape decoded in one VAE call
+    # A finished video may wait up to this many iterations for others of its shape about to finish, so they
+    # share one VAE call (0: decode at once). Bounded, so latency grows by at most that many steps.
+    decode_wait_steps: int = 2
     vae_tiling: bool = False  # tiled / framewise VAE decoding for long or large videos
     output: str = "uint8"  # "uint8" frames, or "float32" in [0, 1] (exactness tests compare these)
     text_cache_size: int = 64  # recently encoded prompts kept (the empty negative prompt above all)
@@ -93,6 +96,7 @@ class Engine:
         self._running: list[Sequence] = []
         self._lock = threading.Condition()
         self._closed = False
+        self._iteration = 0
         self._thread: threading.Thread | None = None
         if self.config.background:
             self._thread = threading.Thread(target=self._loop, name=f"engine-{spec.name}", daemon=True)
@@ -172,10 +176,11 @@ class Engine:
     def step(self) -> None:
         """Admit, plan, run, advance, retire."""
         self._admit()
-        for batch in self.planner.plan(self._running):
+        for batch in self.planner.plan([s for s in self._running if not s.done]):
             noise_preds = self.runner.run(batch)
             self._advance(batch, noise_preds)
         self._retire()
+        self._iteration += 1
 
     def _admit(self) -> None:
         with self._lock:
@@ -237,13 +242,18 @@ class Engine:
                     log.exception("progress callback of request %s failed", seq.id)
 
     def _retire(self) -> None:
+        """Decode finished requests, batched by shape, and resolve their futures."""
         finished = [s for s in self._running if s.done and not s.canceled]
         if not finished:
             return
         groups: dict[tuple, list[Sequence]] = {}
         for seq in finished:
-            groups.setdefault(tuple(seq.latents.shape), []).append(seq)
-        for group in groups.values():
+            if seq.finished_at is None:
+                seq.finished_at = self._iteration
+            groups.setdefault(self.adapter.decode_key(seq), []).append(seq)
+        for key, group in groups.items():
+            if self._worth_waiting(key, group):
+                continue
             for i in range(0, len(group), self.config.max_decode_batch):
                 chunk = group[i : i + self.config.max_decode_batch]
                 try:
@@ -254,6 +264,16 @@ class Engine:
                     continue
                 for seq, video in zip(chunk, videos, strict=True):
                     self._finish(seq, video)
+
+    def _worth_waiting(self, key: tuple, group: list[Sequence]) -> bool:
+        """Whether to hold finished videos back an iteration for a same-shape request about to finish."""
+        if len(group) >= self.config.max_decode_batch:
+            return False
+        budget = self.config.decode_wait_steps - (self._iteration - min(s.finished_at for s in group))
+        return budget > 0 and any(
+            not s.done and not s.canceled and s.num_steps - s.step_index <= budget and self.adapter.decode_key(s) == key
+            for s in self._running
+        )
 
     def _finish(self, seq: Sequence, outcome: np.ndarray | BaseException) -> None:
         with self._lock:

@@ -45,6 +45,7 @@ class Sequence:
     stats: RequestStats = field(default_factory=RequestStats)
     submitted_at: float = field(default_factory=time.perf_counter)
     started_at: float = 0.0
+    finished_at: int | None = None  # engine iteration of the last denoising step
 
     @property
     def id(self) -> str:

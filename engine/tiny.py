@@ -6,6 +6,7 @@ serve, test and benchmark every family without downloading a single weight.
 
 from __future__ import annotations
 
+import functools
 import json
 import string
 from collections.abc import Callable
@@ -34,6 +35,14 @@ def build_tiny_models(out_dir: Path, families: list[str] | None = None) -> dict[
     Returns the family -> directory map. A directory counts as complete once its `model_index.json`
     exists: it is written last, after every component.
     """
+    return build_models(out_dir, families, size="tiny")
+
+
+def build_models(out_dir: Path, families: list[str] | None = None, size: str = "tiny") -> dict[str, Path]:
+    """Like `build_tiny_models`, at a chosen size: "tiny" (test configs) or "small" (a few million
+    parameters per transformer, compute-bound on a CPU; the benchmark's second size)."""
+    if size not in ("tiny", "small"):
+        raise ValueError(f"unknown size {size!r}; known: tiny, small")
     out_dir = Path(out_dir)
     families = list(families or FAMILIES)
     built: dict[str, Path] = {}
@@ -42,7 +51,7 @@ def build_tiny_models(out_dir: Path, families: list[str] | None = None) -> dict[
             raise ValueError(f"unknown model family {family!r}; known: {', '.join(_BUILDERS)}")
         target = out_dir / family
         if not (target / "model_index.json").is_file():
-            _save_atomically(_BUILDERS[family], target)
+            _save_atomically(functools.partial(_BUILDERS[family], size == "small"), target)
         built[family] = target
     return built
 
@@ -99,14 +108,14 @@ def _clip_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=[])
 
 
-def _t5_encoder(tokenizer, d_model: int = 32):
+def _t5_encoder(tokenizer, small: bool = False):
     from transformers import T5Config, T5EncoderModel
 
     config = T5Config(
         vocab_size=len(tokenizer),
-        d_model=d_model,
-        d_ff=37,
-        d_kv=8,
+        d_model=256 if small else 32,
+        d_ff=1024 if small else 37,
+        d_kv=64 if small else 8,
         num_layers=2,
         num_heads=4,
         relative_attention_num_buckets=8,
@@ -120,17 +129,18 @@ def _t5_encoder(tokenizer, d_model: int = 32):
 # --- one builder per family ------------------------------------------------------------------------
 
 
-def _wan(two_experts: bool = False):
+def _wan(small: bool = False, two_experts: bool = False):
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
 
     tokenizer = _t5_tokenizer()
-    experts = [_wan_transformer() for _ in range(2 if two_experts else 1)]
+    experts = [_wan_transformer(small) for _ in range(2 if two_experts else 1)]
+    # base_dim 8 rather than diffusers' test value 3: a 3-channel causal conv hits a slow CPU kernel (4x slower).
     vae = AutoencoderKLWan(
-        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+        base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
     )
     return WanPipeline(
         tokenizer=tokenizer,
-        text_encoder=_t5_encoder(tokenizer),
+        text_encoder=_t5_encoder(tokenizer, small),
         vae=vae.eval(),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
         transformer=experts[0],
@@ -140,26 +150,26 @@ def _wan(two_experts: bool = False):
     )
 
 
-def _wan_transformer():
+def _wan_transformer(small: bool = False):
     from diffusers import WanTransformer3DModel
 
     return WanTransformer3DModel(
         patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=12,
+        num_attention_heads=4 if small else 2,
+        attention_head_dim=64 if small else 12,
         in_channels=16,
         out_channels=16,
-        text_dim=32,
+        text_dim=256 if small else 32,
         freq_dim=256,
-        ffn_dim=32,
-        num_layers=2,
+        ffn_dim=1024 if small else 32,
+        num_layers=4 if small else 2,
         cross_attn_norm=True,
         qk_norm="rms_norm_across_heads",
         rope_max_seq_len=32,
     ).eval()
 
 
-def _cogvideox():
+def _cogvideox(small: bool = False):
     from diffusers import (
         AutoencoderKLCogVideoX,
         CogVideoXDDIMScheduler,
@@ -170,12 +180,12 @@ def _cogvideox():
     tokenizer = _t5_tokenizer()
     transformer = CogVideoXTransformer3DModel(
         num_attention_heads=4,
-        attention_head_dim=8,
+        attention_head_dim=64 if small else 8,
         in_channels=4,
         out_channels=4,
-        time_embed_dim=2,
-        text_embed_dim=32,
-        num_layers=1,
+        time_embed_dim=64 if small else 2,
+        text_embed_dim=256 if small else 32,
+        num_layers=4 if small else 1,
         sample_width=4,
         sample_height=4,
         sample_frames=9,
@@ -197,7 +207,7 @@ def _cogvideox():
     )
     return CogVideoXPipeline(
         tokenizer=tokenizer,
-        text_encoder=_t5_encoder(tokenizer),
+        text_encoder=_t5_encoder(tokenizer, small),
         vae=vae.eval(),
         transformer=transformer.eval(),
         # CogVideoX-2b's own scheduler settings: v-prediction keeps the random model's latents in range.
@@ -215,21 +225,21 @@ def _cogvideox():
     )
 
 
-def _mochi():
+def _mochi(small: bool = False):
     from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, MochiPipeline, MochiTransformer3DModel
 
     tokenizer = _t5_tokenizer()
     transformer = MochiTransformer3DModel(
         patch_size=2,
-        num_attention_heads=2,
-        attention_head_dim=8,
-        num_layers=2,
-        pooled_projection_dim=16,
+        num_attention_heads=4 if small else 2,
+        attention_head_dim=64 if small else 8,
+        num_layers=4 if small else 2,
+        pooled_projection_dim=64 if small else 16,
         in_channels=12,
         out_channels=None,
         qk_norm="rms_norm",
-        text_embed_dim=32,
-        time_embed_dim=4,
+        text_embed_dim=256 if small else 32,
+        time_embed_dim=64 if small else 4,
         activation_fn="swiglu",
         max_sequence_length=256,
     )
@@ -242,14 +252,14 @@ def _mochi():
     )
     return MochiPipeline(
         tokenizer=tokenizer,
-        text_encoder=_t5_encoder(tokenizer),
+        text_encoder=_t5_encoder(tokenizer, small),
         vae=vae.eval(),
         transformer=transformer.eval(),
         scheduler=FlowMatchEulerDiscreteScheduler(),
     )
 
 
-def _hunyuanvideo():
+def _hunyuanvideo(small: bool = False):
     from diffusers import (
         AutoencoderKLHunyuanVideo,
         FlowMatchEulerDiscreteScheduler,
@@ -263,8 +273,8 @@ def _hunyuanvideo():
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        hidden_size=16,
-        intermediate_size=37,
+        hidden_size=256 if small else 16,
+        intermediate_size=1024 if small else 37,
         num_attention_heads=4,
         num_key_value_heads=4,
         num_hidden_layers=2,
@@ -288,17 +298,17 @@ def _hunyuanvideo():
     transformer = HunyuanVideoTransformer3DModel(
         in_channels=4,
         out_channels=4,
-        num_attention_heads=2,
-        attention_head_dim=10,
-        num_layers=1,
-        num_single_layers=1,
+        num_attention_heads=4 if small else 2,
+        attention_head_dim=64 if small else 10,
+        num_layers=2 if small else 1,
+        num_single_layers=2 if small else 1,
         num_refiner_layers=1,
         patch_size=1,
         patch_size_t=1,
         guidance_embeds=True,
-        text_embed_dim=16,
+        text_embed_dim=256 if small else 16,
         pooled_projection_dim=8,
-        rope_axes_dim=(2, 4, 4),
+        rope_axes_dim=(16, 24, 24) if small else (2, 4, 4),
     )
     vae = AutoencoderKLHunyuanVideo(
         in_channels=3,
@@ -326,7 +336,7 @@ def _hunyuanvideo():
     )
 
 
-def _ltx():
+def _ltx(small: bool = False):
     from diffusers import (
         AutoencoderKLLTXVideo,
         FlowMatchEulerDiscreteScheduler,
@@ -341,10 +351,10 @@ def _ltx():
         patch_size=1,
         patch_size_t=1,
         num_attention_heads=4,
-        attention_head_dim=8,
-        cross_attention_dim=32,
-        num_layers=1,
-        caption_channels=32,
+        attention_head_dim=64 if small else 8,
+        cross_attention_dim=256 if small else 32,
+        num_layers=4 if small else 1,
+        caption_channels=256 if small else 32,
     )
     vae = AutoencoderKLLTXVideo(
         in_channels=3,
@@ -368,16 +378,16 @@ def _ltx():
     return LTXPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(),
         vae=vae.eval(),
-        text_encoder=_t5_encoder(tokenizer),
+        text_encoder=_t5_encoder(tokenizer, small),
         tokenizer=tokenizer,
         transformer=transformer.eval(),
     )
 
 
 # "wan2.2" (two experts) is built only on request: it is not a family of its own.
-_BUILDERS: dict[str, Callable[[], Any]] = {
+_BUILDERS: dict[str, Callable[[bool], Any]] = {
     "wan": _wan,
-    "wan2.2": lambda: _wan(two_experts=True),
+    "wan2.2": lambda small: _wan(small, two_experts=True),
     "cogvideox": _cogvideox,
     "mochi": _mochi,
     "hunyuanvideo": _hunyuanvideo,

@@ -126,6 +126,10 @@ class FamilyAdapter:
         """Sequences with equal keys can share one transformer forward."""
         return (tuple(seq.latents.shape), seq.cond.length, self.expert(seq))
 
+    def decode_key(self, seq: Sequence) -> tuple:
+        """Finished sequences with equal keys can share one VAE call."""
+        return tuple(seq.latents.shape)
+
     def expert(self, seq: Sequence) -> int:
         """Which transformer serves the sequence's current step (two-expert models switch mid-way)."""
         return 0

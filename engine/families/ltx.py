@@ -82,6 +82,9 @@ class LTXAdapter(FamilyAdapter):
         # Packed latents hide the (frames, height, width) split, and rope depends on the frame rate.
         return (self.latent_dims(seq.request), seq.request.fps, seq.cond.length)
 
+    def decode_key(self, seq: Sequence) -> tuple:
+        return self.latent_dims(seq.request)
+
     def tokens_per_row(self, seq: Sequence) -> int:
         return seq.latents.shape[1] + seq.cond.length
 

@@ -108,3 +108,18 @@ def test_close_fails_what_is_still_queued_and_refuses_new_work(specs, make_reque
         future.result(1)
     with pytest.raises(EngineError):
         idle.submit(make_request("wan"))
+
+
+@pytest.mark.parametrize(("wait", "calls"), [(2, 1), (0, 2)])
+def test_a_finished_video_waits_a_bounded_number_of_steps_to_share_a_vae_call(wait, calls, specs, make_request):
+    with Engine(specs["wan"], background=False, decode_wait_steps=wait) as fresh:
+        decoded = []
+        original = fresh.adapter.decode
+
+        def counting(latents, seqs):
+            decoded.append([s.id for s in seqs])
+            return original(latents, seqs)
+
+        fresh.adapter.decode = counting
+        fresh.generate([make_request("wan", "short", num_inference_steps=3), make_request("wan", "long")])
+    assert len(decoded) == calls

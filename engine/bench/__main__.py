@@ -1,0 +1,117 @@
+"""`python -m engine.bench [--quick] [--gpu]`: diffusers one call per request vs the engine, same mix and seeds.
+
+Prints a table and `throughput_vs_diffusers[<size>]: <ratio>x` lines; writes a BENCHMARKS.md section and a chart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer families at the small size (CI, < 3 minutes)")
+    parser.add_argument("--gpu", action="store_true", help="on cuda: tiny models and Wan 2.1 1.3B dimensions")
+    parser.add_argument("--families", help="comma-separated subset of families")
+    parser.add_argument("--model-dir", default=os.environ.get("VIDSERVE_MODEL_DIR", "var/models"))
+    parser.add_argument("--output", default="BENCHMARKS.md", help="markdown file to update ('' to skip)")
+    parser.add_argument("--chart", default=None, help="PNG path (default: beside the markdown file)")
+    args = parser.parse_args(argv)
+
+    import diffusers
+    import torch
+
+    from engine.bench import report
+    from engine.bench.mix import request_mix, warmup_requests
+    from engine.bench.run import compare
+    from engine.families import adapter_class
+    from engine.family_rules import FAMILIES
+    from engine.registry import BatchLimits, ModelLimits, ModelSpec
+    from engine.tiny import build_models
+
+    diffusers.utils.logging.set_verbosity_error()
+    families = args.families.split(",") if args.families else list(FAMILIES)
+    device = "cuda" if args.gpu else "cpu"
+    if args.gpu and not torch.cuda.is_available():
+        print("--gpu: no CUDA device", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    limits = ModelLimits(max_frames=129, max_height=1280, max_width=1280, max_steps=100)
+    measurements = []
+
+    def spec_for(family: str, path: str, dtype: str = "float32") -> ModelSpec:
+        options = {"prompt_template": {"template": "{}", "crop_start": 0}} if family == "hunyuanvideo" else {}
+        return ModelSpec(
+            name=f"bench-{family}",
+            family=family,
+            path=path,
+            dtype=dtype,
+            devices=(device,),
+            limits=limits,
+            batch=BatchLimits(max_rows=32, max_tokens=1 << 20),
+            options=options,
+        )
+
+    sizes = ["tiny", "small"] if not args.gpu else ["tiny"]
+    for size in sizes:
+        chosen = (
+            families if not (args.quick and size == "small") else [f for f in families if f == "wan"] or families[:1]
+        )
+        print(f"{size}: building models ({', '.join(chosen)})", flush=True)
+        paths = build_models(Path(args.model_dir) / size, chosen, size=size)
+        for family in chosen:
+            spec = spec_for(family, str(paths[family]))
+            adapter = adapter_class(family).load(spec)
+            mix = request_mix(family)
+            measurements += compare(size, family, spec, adapter, mix, warmup_requests(mix))
+            del adapter
+
+    if args.gpu:
+        from engine.bench.gpu import wan_1_3b_random
+        from engine.families.wan import WanAdapter
+
+        print("wan2.1-1.3b (random weights): building on cuda", flush=True)
+        adapter = WanAdapter(wan_1_3b_random("cuda"))
+        spec = spec_for("wan", "(in memory)", "bfloat16")
+        mix = request_mix("wan", gpu=True, steps=(8, 12, 16))
+        batch = {"max_rows": 16, "max_tokens": 64 * 1024}
+        measurements += compare("1.3B", "wan", spec, adapter, mix, warmup_requests(mix), batch)
+
+    elapsed = time.perf_counter() - started
+    where = torch.cuda.get_device_name(0) if args.gpu else f"CPU, {torch.get_num_threads()} threads"
+    kind = "gpu" if args.gpu else ("cpu-quick" if args.quick else "cpu")
+    print()
+    print(report.table(measurements))
+    print()
+    print(f"{len(measurements) // 2} comparisons on {where} in {elapsed:.0f} s ({kind})")
+    lines = report.ratio_lines(measurements)
+    if args.output:
+        out = Path(args.output)
+        chart_path = Path(args.chart) if args.chart else out.with_name(f"benchmarks-{kind}.png")
+        report.chart(measurements, chart_path, f"vidserve engine vs diffusers ({where})")
+        body = (
+            f"`python -m engine.bench{' --quick' if args.quick else ''}{' --gpu' if args.gpu else ''}` on "
+            f"{where} ({platform.machine()}), torch {torch.__version__}, diffusers {diffusers.__version__}; "
+            f"{time.strftime('%Y-%m-%d')}, {elapsed:.0f} s.\n\n"
+            "Each family serves the same 16 requests (2 lengths x 2 sizes, 4/6/8 steps, guidance on and off, "
+            "12 prompts, a shared negative prompt) two ways: diffusers' pipeline, one call per request, first "
+            "come first served; and the engine. *together*: all arrive at once; *staggered*: one every 1/8 of "
+            "diffusers' mean service time. Latency counts from arrival. Peak RSS is the whole process (both "
+            "systems' weights are loaded). *max abs diff*: engine frames vs diffusers frames (float, [0, 1]).\n\n"
+            f"{report.table(measurements)}\n\n![chart]({chart_path.name})\n\n```\n{lines}\n```\n"
+        )
+        report.write_section(out, kind, f"Engine vs diffusers ({kind})", body)
+        print(f"wrote {out} and {chart_path}")
+    print(lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""The fixed request mixes the benchmark serves, per family and model size.
+
+Shapes, step counts, guidance and prompts vary the way a text-to-video service's traffic does: a few size
+presets, two lengths, several step counts, guidance on and off, mostly distinct prompts, a shared negative.
+"""
+
+from __future__ import annotations
+
+from engine.request import GenerationRequest
+
+PROMPTS = [
+    "a red fox running through a snowy forest",
+    "a small robot walking down a city street at night",
+    "waves crashing on a beach at sunset",
+    "a horse running across a green field",
+    "a bird flying over the ocean",
+    "rain falling on a quiet street",
+    "a dog swimming in a river",
+    "a fast car on a mountain road",
+    "clouds moving over the mountains",
+    "a child dancing in the rain",
+    "fire light in a dark house",
+    "a cat walking on the beach",
+]
+NEGATIVE = "blurry, low quality"
+
+# (frame counts short/long, sizes) per family: valid for the family's frame and size rules.
+CPU_SHAPES = {
+    "wan": ((9, 17), ((32, 32), (32, 48))),
+    "cogvideox": ((9, 17), ((32, 32), (32, 48))),
+    "mochi": ((7, 13), ((32, 32), (32, 48))),
+    "hunyuanvideo": ((9, 17), ((32, 32), (32, 48))),
+    "ltx": ((9, 17), ((32, 32), (32, 64))),
+}
+GPU_SHAPES = {"wan": ((17, 33), ((256, 256), (256, 448)))}
+
+
+def request_mix(family: str, n: int = 16, gpu: bool = False, steps: tuple[int, ...] = (4, 6, 8)) -> list:
+    """`n` requests over 2 lengths x 2 sizes x `steps` x guidance on/off; prompts cycle, so a few repeat."""
+    frames, sizes = (GPU_SHAPES if gpu else CPU_SHAPES)[family]
+    requests = []
+    for i in range(n):
+        height, width = sizes[(i // 2) % len(sizes)]
+        requests.append(
+            GenerationRequest(
+                id=f"{family}-{i:02d}",
+                prompt=PROMPTS[i % len(PROMPTS)],
+                negative_prompt=NEGATIVE if i % 3 else "",
+                num_frames=frames[i % 2],
+                height=height,
+                width=width,
+                num_inference_steps=steps[i % len(steps)],
+                guidance_scale=1.0 if i % 4 == 3 else 5.0,
+                seed=1000 + i,
+            )
+        )
+    return requests
+
+
+def warmup_requests(mix: list[GenerationRequest]) -> list[GenerationRequest]:
+    """One short request per distinct shape and guidance mode, with prompts outside the mix."""
+    seen, out = set(), []
+    for r in mix:
+        key = (r.num_frames, r.height, r.width, r.guidance_scale > 1.0)
+        if key not in seen:
+            seen.add(key)
+            out.append(
+                GenerationRequest(
+                    id=f"warmup-{len(out)}",
+                    prompt=f"warm up {len(out)}",
+                    negative_prompt="warm",
+                    num_frames=r.num_frames,
+                    height=r.height,
+                    width=r.width,
+                    num_inference_steps=2,
+                    guidance_scale=r.guidance_scale,
+                    seed=1,
+                )
+            )
+    return out
