@@ -92,7 +92,7 @@ def _cmd_webhooks(args: argparse.Namespace) -> int:
 
     settings = _settings()
     context.install(context.WorkerContext.build(settings, app, models=[]))
-    run_worker([WEBHOOK_QUEUE], args.concurrency, "webhooks", settings.log_level)
+    run_worker([WEBHOOK_QUEUE], args.concurrency or settings.webhook_concurrency, "webhooks", settings.log_level)
     return 0
 
 
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(func=_cmd_worker)
 
     hooks = sub.add_parser("webhooks", help="the webhook sender: signs, delivers and retries webhook events")
-    hooks.add_argument("--concurrency", type=int, default=8, help="deliveries in flight at once")
+    hooks.add_argument("--concurrency", type=int, help="deliveries at once (default: VIDSERVE_WEBHOOK_CONCURRENCY)")
     hooks.set_defaults(func=_cmd_webhooks)
 
     api = sub.add_parser("api", help="the REST API under gunicorn")

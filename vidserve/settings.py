@@ -39,6 +39,7 @@ ENV_VARS: list[tuple[str, str, Any, str]] = [
     ("VIDSERVE_WEBHOOK_MAX_ATTEMPTS", "webhook_max_attempts", 8, "delivery attempts per webhook event"),
     ("VIDSERVE_WEBHOOK_TIMEOUT", "webhook_timeout", 10.0, "seconds to wait for a webhook receiver"),
     ("VIDSERVE_WEBHOOK_BACKOFF", "webhook_backoff", 5.0, "first retry delay in seconds; doubles per attempt"),
+    ("VIDSERVE_WEBHOOK_CONCURRENCY", "webhook_concurrency", 8, "deliveries one webhook sender process makes at once"),
     ("VIDSERVE_LOG_LEVEL", "log_level", "INFO", "log level of API and worker"),
 ]
 
@@ -69,6 +70,7 @@ class Settings:
     webhook_max_attempts: int = 8
     webhook_timeout: float = 10.0
     webhook_backoff: float = 5.0
+    webhook_concurrency: int = 8
     log_level: str = "INFO"
 
     @classmethod

@@ -1,0 +1,90 @@
+"""Workers come and go: a stopped worker hands its running job back, a killed one's job is taken over.
+
+Each test starts and stops its own worker processes, so the leases and the sweeper work across real
+process boundaries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from service_harness import SERVED_MODEL, start_celery_service, wait_until
+
+from vidserve.job_view import job_to_dict
+from vidserve.jobs import JobStore
+from vidserve.processes import ManagedProcess
+from vidserve.queue import make_celery, publish_job
+from vidserve.schema import JobStatus
+from vidserve.settings import Settings
+
+LONG_JOB = {"prompt": "a long walk", "num_frames": 17, "height": 64, "width": 64, "num_inference_steps": 50}
+
+
+@pytest.fixture
+def restart_settings(settings: Settings, model_dir: Path) -> Settings:
+    return dataclasses.replace(settings, model_dir=str(model_dir), worker_models=SERVED_MODEL, lease_seconds=4)
+
+
+@pytest.fixture
+def processes() -> Iterator[list[ManagedProcess]]:
+    started: list[ManagedProcess] = []
+    yield started
+    for proc in started:
+        proc.stop()
+
+
+def submit_long_job(settings: Settings, store: JobStore) -> str:
+    job = store.create(model=SERVED_MODEL, params=LONG_JOB)
+    celery = make_celery(settings)
+    try:
+        publish_job(celery, job.id, SERVED_MODEL)
+        store.mark_published(job.id)
+    finally:
+        celery.close()
+    return str(job.id)
+
+
+def test_a_stopped_worker_hands_its_running_job_back_for_the_next_worker(
+    restart_settings: Settings, processes: list[ManagedProcess], tmp_path: Path
+) -> None:
+    store = JobStore(restart_settings.database_url, lambda job: job_to_dict(job, None))
+    first = start_celery_service("worker", restart_settings, tmp_path)
+    processes.append(first)
+    job_id = submit_long_job(restart_settings, store)
+    wait_until(lambda: store.get(job_id).progress > 0, 120, what="the first worker to start the job")
+
+    assert first.stop(timeout=30) == 0  # SIGTERM: Celery's warm shutdown
+    job = store.get(job_id)
+    assert job.status == JobStatus.QUEUED and job.lease_owner is None
+    assert store.events(job_id)[-1].detail == {"reason": "worker shutdown"}
+
+    processes.append(start_celery_service("worker", restart_settings, tmp_path))
+    wait_until(lambda: store.get(job_id).status.terminal, 180, interval=0.2, what="the second worker")
+    job = store.get(job_id)
+    assert job.status == JobStatus.SUCCEEDED and job.attempts == 2
+
+
+def test_a_killed_workers_job_is_taken_over_when_its_lease_expires(
+    restart_settings: Settings, processes: list[ManagedProcess], tmp_path: Path
+) -> None:
+    store = JobStore(restart_settings.database_url, lambda job: job_to_dict(job, None))
+    doomed = start_celery_service("worker", restart_settings, tmp_path)
+    processes.append(doomed)
+    job_id = submit_long_job(restart_settings, store)
+    wait_until(lambda: store.get(job_id).progress > 0, 120, what="the first worker to start the job")
+
+    doomed.process.send_signal(signal.SIGKILL)  # no warm shutdown, no hand-back: only the lease tells
+    doomed.process.wait()
+    successor = start_celery_service("worker", restart_settings, tmp_path)
+    processes.append(successor)
+    # The successor's sweeper returns the expired lease to the queue and publishes the job again.
+    wait_until(lambda: store.get(job_id).status.terminal, 180, interval=0.2, what="the successor to finish the job")
+    job = store.get(job_id)
+    assert job.status == JobStatus.SUCCEEDED and job.attempts == 2 and job.lease_owner is None
+    types = [e.type for e in store.events(job_id)]
+    assert types == ["job.queued", "job.running", "job.requeued", "job.running", "job.succeeded"]
+    assert store.events(job_id)[2].detail == {"reason": "lease expired"}
