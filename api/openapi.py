@@ -5,13 +5,14 @@ Built from the model registry and the validation constants, so its enums and bou
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify
 
 from api.services import services
-from api.validation import MAX_METADATA_BYTES, MAX_PAGE, MAX_WEBHOOK_URL_CHARS
-from engine.registry import ModelLimits, ModelRegistry
+from api.validation import CURSOR_PATTERN, MAX_METADATA_BYTES, MAX_PAGE, MAX_WEBHOOK_URL_CHARS, WEBHOOK_URL_PATTERN
+from engine.registry import ModelRegistry, ModelSpec
 from vidserve.schema import JobStatus
 
 bp = Blueprint("openapi", __name__)
@@ -34,7 +35,10 @@ def _ref(name: str) -> dict[str, str]:
 
 
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    return {**schema, "type": [schema["type"], "null"]}
+    nullable = {**schema, "type": [schema["type"], "null"]}
+    if "enum" in schema:
+        nullable["enum"] = [*schema["enum"], None]
+    return nullable
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -48,60 +52,38 @@ def _json(description: str, schema: str, headers: dict[str, Any] | None = None) 
     return response
 
 
-def _job_request_schema(registry: ModelRegistry) -> dict[str, Any]:
-    limits = [spec.limits for spec in registry] or [ModelLimits()]
-    max_frames = max(x.max_frames for x in limits)
-    max_height = max(x.max_height for x in limits)
-    max_width = max(x.max_width for x in limits)
-    max_steps = max(x.max_steps for x in limits)
-    max_prompt = max(x.max_prompt_chars for x in limits)
-    max_guidance = max(x.max_guidance_scale for x in limits)
-    per_model = "; the chosen model's own limits apply (see GET /v1/models), else 422"
+def _job_request_schema(spec: ModelSpec) -> dict[str, Any]:
+    """The body `spec` accepts: its own limits, frame rule and size multiple, so every valid body is a 202."""
+    lim, rules = spec.limits, spec.rules
+    size = rules.size_multiple
+    frames = list(range(1, lim.max_frames + 1, rules.frame_multiple))
+    no_nul = "^[^\\u0000]*$"
     return {
         "type": "object",
         "additionalProperties": False,
         "required": ["model", "prompt"],
         "properties": {
-            "model": {"type": "string", "enum": registry.names(), "description": "a name from GET /v1/models"},
+            "model": {"type": "string", "const": spec.name},
             "prompt": {
                 "type": "string",
                 "minLength": 1,
-                "maxLength": max_prompt,
+                "maxLength": lim.max_prompt_chars,
                 "pattern": "^[^\\u0000]*\\S[^\\u0000]*$",
-                "description": "what the video shows; not blank, no NUL characters" + per_model,
+                "description": "what the video shows; not blank, no NUL characters",
             },
             "negative_prompt": _nullable(
-                {"type": "string", "maxLength": max_prompt, "pattern": "^[^\\u0000]*$", "description": "what to avoid"}
+                {"type": "string", "maxLength": lim.max_prompt_chars, "pattern": no_nul, "description": "what to avoid"}
             ),
             "num_frames": _nullable(
-                {
-                    "type": "integer",
-                    "minimum": 1,
-                    "maximum": max_frames,
-                    "description": "frame count of the form (family multiple)*k+1" + per_model,
-                }
+                {"type": "integer", "enum": frames, "description": f"{rules.frame_multiple}k+1 frames"}
             ),
-            "height": _nullable(
-                {
-                    "type": "integer",
-                    "minimum": 1,
-                    "maximum": max_height,
-                    "description": "pixels, a multiple of the family's size multiple" + per_model,
-                }
-            ),
-            "width": _nullable(
-                {
-                    "type": "integer",
-                    "minimum": 1,
-                    "maximum": max_width,
-                    "description": "pixels, a multiple of the family's size multiple" + per_model,
-                }
-            ),
+            "height": _nullable({"type": "integer", "minimum": size, "maximum": lim.max_height, "multipleOf": size}),
+            "width": _nullable({"type": "integer", "minimum": size, "maximum": lim.max_width, "multipleOf": size}),
             "num_inference_steps": _nullable(
-                {"type": "integer", "minimum": 1, "maximum": max_steps, "description": "denoising steps" + per_model}
+                {"type": "integer", "minimum": 1, "maximum": lim.max_steps, "description": "denoising steps"}
             ),
             "guidance_scale": _nullable(
-                {"type": "number", "minimum": 0, "maximum": max_guidance, "description": "classifier-free guidance"}
+                {"type": "number", "minimum": 0, "maximum": lim.max_guidance_scale, "description": "guidance scale"}
             ),
             "seed": _nullable(
                 {
@@ -115,17 +97,26 @@ def _job_request_schema(registry: ModelRegistry) -> dict[str, Any]:
             "webhook_url": _nullable(
                 {
                     "type": "string",
-                    "format": "uri",
                     "maxLength": MAX_WEBHOOK_URL_CHARS,
-                    "pattern": "^https?://",
+                    "pattern": WEBHOOK_URL_PATTERN,
                     "description": "receives a signed event (Standard Webhooks) at every status change",
                 }
             ),
             "metadata": _nullable(
-                {"type": "object", "description": f"any JSON object of at most {MAX_METADATA_BYTES} bytes"}
+                {
+                    "type": "object",
+                    "propertyNames": {"pattern": no_nul},
+                    "additionalProperties": _ref("MetadataValue"),
+                    "description": f"any JSON object of at most {MAX_METADATA_BYTES} bytes, without NUL characters",
+                }
             ),
         },
     }
+
+
+def request_schema_name(model: str) -> str:
+    # Component names allow only [A-Za-z0-9._-]; registry names may hold more (e.g. "org/model").
+    return "JobRequest." + re.sub(r"[^A-Za-z0-9._-]", "_", model)
 
 
 def _schemas(registry: ModelRegistry) -> dict[str, Any]:
@@ -147,7 +138,23 @@ def _schemas(registry: ModelRegistry) -> dict[str, Any]:
                 }
             },
         },
-        "JobRequest": _job_request_schema(registry),
+        "JobRequest": {
+            "description": "one body shape per model: each model's own limits, frame rule and size multiple",
+            "oneOf": [_ref(request_schema_name(spec.name)) for spec in registry],
+        },
+        **{request_schema_name(spec.name): _job_request_schema(spec) for spec in registry},
+        "MetadataValue": {
+            "anyOf": [
+                {"type": ["null", "boolean", "number"]},
+                {"type": "string", "pattern": "^[^\\u0000]*$"},
+                {"type": "array", "items": _ref("MetadataValue")},
+                {
+                    "type": "object",
+                    "propertyNames": {"pattern": "^[^\\u0000]*$"},
+                    "additionalProperties": _ref("MetadataValue"),
+                },
+            ]
+        },
         "JobParams": {
             "type": "object",
             "description": "the resolved generation parameters (defaults applied), exactly what the engine runs",
@@ -297,6 +304,11 @@ def build_openapi(registry: ModelRegistry) -> dict[str, Any]:
     }
     db_down = _error("the job database is not reachable")
     not_found = _error("no such job")
+    # Links let clients (and stateful fuzzers) follow a submitted job's id to the operations that take it.
+    job_links = {
+        name: {"operationId": operation, "parameters": {"job_id": "$response.body#/id"}}
+        for name, operation in (("GetJob", "getJob"), ("CancelJob", "cancelJob"), ("GetJobContent", "getJobContent"))
+    }
     location = {"Location": {"description": "where to find it", "schema": {"type": "string"}}}
     return {
         "openapi": "3.1.0",
@@ -315,7 +327,7 @@ def build_openapi(registry: ModelRegistry) -> dict[str, Any]:
                         "content": {"application/json": {"schema": _ref("JobRequest")}},
                     },
                     "responses": {
-                        "202": _json("the job, queued", "Job", location),
+                        "202": {**_json("the job, queued", "Job", location), "links": job_links},
                         "400": _error("the body is not a JSON object"),
                         "413": _error("the body is larger than VIDSERVE_MAX_BODY_BYTES"),
                         "422": _error("a field breaks a rule; `field` and `rule` say which and what"),
@@ -331,7 +343,11 @@ def build_openapi(registry: ModelRegistry) -> dict[str, Any]:
                             "in": "query",
                             "schema": {"type": "string", "enum": [s.value for s in JobStatus]},
                         },
-                        {"name": "model", "in": "query", "schema": {"type": "string", "maxLength": 200}},
+                        {
+                            "name": "model",
+                            "in": "query",
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[^\\u0000]*$"},
+                        },
                         {
                             "name": "limit",
                             "in": "query",
@@ -340,8 +356,8 @@ def build_openapi(registry: ModelRegistry) -> dict[str, Any]:
                         {
                             "name": "cursor",
                             "in": "query",
-                            "schema": {"type": "string"},
-                            "description": "the next_cursor of the previous page",
+                            "schema": {"type": "string", "pattern": CURSOR_PATTERN},
+                            "description": "the next_cursor of the previous page (opaque)",
                         },
                     ],
                     "responses": {

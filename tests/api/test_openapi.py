@@ -74,6 +74,14 @@ def test_every_reference_resolves(document: dict[str, Any]) -> None:
         assert isinstance(node, dict), ref
 
 
+def test_the_links_of_a_submitted_job_name_existing_operations(document: dict[str, Any]) -> None:
+    operation_ids = {op["operationId"] for item in document["paths"].values() for op in item.values()}
+    links = document["paths"]["/v1/jobs"]["post"]["responses"]["202"]["links"]
+
+    assert {link["operationId"] for link in links.values()} == {"getJob", "cancelJob", "getJobContent"}
+    assert {link["operationId"] for link in links.values()} <= operation_ids
+
+
 def test_every_error_answer_uses_the_error_schema(document: dict[str, Any]) -> None:
     for path, item in document["paths"].items():
         for method, operation in item.items():
@@ -83,13 +91,48 @@ def test_every_error_answer_uses_the_error_schema(document: dict[str, Any]) -> N
                     assert schema == {"$ref": "#/components/schemas/Error"}, (path, method, status)
 
 
-def test_the_job_request_schema_names_exactly_the_accepted_fields(document: dict[str, Any]) -> None:
-    schema = document["components"]["schemas"]["JobRequest"]
+def test_the_job_request_is_one_body_shape_per_model(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    variants = [schemas[ref["$ref"].rsplit("/", 1)[1]] for ref in schemas["JobRequest"]["oneOf"]]
 
-    assert set(schema["properties"]) == set(JOB_FIELDS)
-    assert schema["required"] == ["model", "prompt"]
-    assert schema["additionalProperties"] is False
-    assert schema["properties"]["model"]["enum"] == ["tiny-wan", "tiny-ltx"]
+    assert [v["properties"]["model"]["const"] for v in variants] == ["tiny-wan", "tiny-ltx"]
+    for variant in variants:
+        assert set(variant["properties"]) == set(JOB_FIELDS)
+        assert variant["required"] == ["model", "prompt"]
+        assert variant["additionalProperties"] is False
+
+
+def test_each_models_body_shape_states_its_own_limits(document: dict[str, Any]) -> None:
+    ltx = document["components"]["schemas"]["JobRequest.tiny-ltx"]["properties"]
+    wan = document["components"]["schemas"]["JobRequest.tiny-wan"]["properties"]
+
+    assert ltx["num_frames"]["enum"] == [1, 9, 17, 25, 33, None]
+    assert wan["num_frames"]["enum"] == [1, 5, 9, 13, 17, 21, 25, 29, 33, None]
+    assert (ltx["height"]["multipleOf"], ltx["height"]["minimum"], ltx["height"]["maximum"]) == (32, 32, 128)
+    assert wan["width"]["multipleOf"] == 16
+    assert wan["prompt"]["maxLength"] == 200
+    assert wan["num_inference_steps"]["maximum"] == 50
+
+
+def test_every_body_the_schema_allows_at_its_bounds_is_accepted(
+    client: FlaskClient, broker, document: dict[str, Any]
+) -> None:
+    ltx = document["components"]["schemas"]["JobRequest.tiny-ltx"]["properties"]
+    body = {
+        "model": "tiny-ltx",
+        "prompt": "x" * ltx["prompt"]["maxLength"],
+        "num_frames": ltx["num_frames"]["enum"][-2],
+        "height": ltx["height"]["maximum"],
+        "width": ltx["width"]["minimum"],
+        "num_inference_steps": ltx["num_inference_steps"]["maximum"],
+        "guidance_scale": ltx["guidance_scale"]["maximum"],
+        "seed": ltx["seed"]["maximum"],
+        "fps": ltx["fps"]["maximum"],
+        "webhook_url": "https://hooks.example.com:65535/v1/x?y=1#z",
+        "metadata": {"a": [1, None, {"b": "c"}]},
+    }
+
+    assert client.post("/v1/jobs", json=body).status_code == 202
 
 
 def test_the_job_schema_names_exactly_the_fields_a_job_has(
