@@ -175,5 +175,23 @@ class FamilyAdapter:
         return [v.permute(1, 2, 3, 0).float().cpu().numpy() for v in video]
 
 
+def trim_padding(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut the batch's common trailing padding before a masked (or causal) text encoder runs.
+
+    Under its attention mask a true token never sees the padding, so its output is the same; the padded
+    positions are zeroed or masked downstream. Encoding 512 positions for a ten-token prompt is pure waste.
+    """
+    keep = max(1, int(mask.sum(dim=1).max()))
+    return ids[:, :keep], mask[:, :keep]
+
+
+def pad_positions(hidden: torch.Tensor, length: int) -> torch.Tensor:
+    """Zero-pad (B, n, D) text states back to (B, length, D), the shape the transformer was given before."""
+    missing = length - hidden.shape[1]
+    return (
+        hidden if missing <= 0 else torch.cat([hidden, hidden.new_zeros(hidden.shape[0], missing, hidden.shape[2])], 1)
+    )
+
+
 def stack_rows(tensors: list[torch.Tensor]) -> torch.Tensor:
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)

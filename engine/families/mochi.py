@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from diffusers.pipelines.mochi.pipeline_mochi import linear_quadratic_schedule, retrieve_timesteps
 
-from engine.families.base import FamilyAdapter, ModelCall, TextEmbedding, stack_rows
+from engine.families.base import FamilyAdapter, ModelCall, TextEmbedding, pad_positions, stack_rows, trim_padding
 from engine.request import GenerationRequest, InvalidRequest
 from engine.sequence import Sequence
 
@@ -51,8 +51,10 @@ class MochiAdapter(FamilyAdapter):
             ids = ids.masked_fill(empty[:, None], 0)
             mask = mask.masked_fill(empty[:, None], False)
         device = pipe.text_encoder.device
-        hidden = pipe.text_encoder(ids.to(device), attention_mask=mask.to(device))[0]
-        hidden = hidden.to(dtype=self.text_dtype, device=self.device)
+        # The transformer reads only unmasked text positions (pooling and attention), so padding is skipped.
+        short_ids, short_mask = trim_padding(ids, mask)
+        hidden = pipe.text_encoder(short_ids.to(device), attention_mask=short_mask.to(device))[0]
+        hidden = pad_positions(hidden, ids.shape[1]).to(dtype=self.text_dtype, device=self.device)
         mask = mask.to(self.device)
         return [TextEmbedding(embeds=h.unsqueeze(0), mask=m.unsqueeze(0)) for h, m in zip(hidden, mask, strict=True)]
 

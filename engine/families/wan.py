@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 
-from engine.families.base import FamilyAdapter, ModelCall, TextEmbedding, stack_rows
+from engine.families.base import FamilyAdapter, ModelCall, TextEmbedding, stack_rows, trim_padding
 from engine.request import GenerationRequest
 from engine.sequence import Sequence
 
@@ -49,6 +49,7 @@ class WanAdapter(FamilyAdapter):
         ids, mask = inputs.input_ids, inputs.attention_mask
         seq_lens = mask.gt(0).sum(dim=1).long()
         device = pipe.text_encoder.device
+        ids, mask = trim_padding(ids, mask)
         hidden = pipe.text_encoder(ids.to(device), mask.to(device)).last_hidden_state
         hidden = hidden.to(dtype=pipe.text_encoder.dtype, device=self.device)
         out = []
