@@ -31,16 +31,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class EngineConfig:
-    """Batching and memory knobs. Unset limits come from the registry entry's [batch] table."""
+    """Batching and memory knobs. Those left unset come from the registry entry's [batch] table."""
 
     max_rows: int | None = None  # rows (requests x CFG branches) in one transformer forward
     max_tokens: int | None = None  # rows x (video patches + text tokens) in one forward
     max_running: int | None = None  # requests holding latents at once; default 2 x max_rows
-    max_decode_batch: int = 4  # finished videos of one shape decoded in one VAE call
+    max_decode_batch: int | None = None  # finished videos of one shape decoded in one VAE call
     # A finished video may wait up to this many iterations for others of its shape about to finish, so they
     # share one VAE call (0: decode at once). Bounded, so latency grows by at most that many steps.
-    decode_wait_steps: int = 2
-    vae_tiling: bool = False  # tiled / framewise VAE decoding for long or large videos
+    decode_wait_steps: int | None = None
+    vae_tiling: bool | None = None  # tiled / framewise VAE decoding for long or large videos
     output: str = "uint8"  # "uint8" frames, or "float32" in [0, 1] (exactness tests compare these)
     text_cache_size: int = 64  # recently encoded prompts kept (the empty negative prompt above all)
     background: bool = True  # run the loop thread; False: the caller drives `step()` itself
@@ -52,8 +52,9 @@ class EngineConfig:
         if unknown:
             raise TypeError(f"unknown engine options: {sorted(unknown)}")
         config = cls(**kwargs)
-        config.max_rows = config.max_rows or spec.batch.max_rows
-        config.max_tokens = config.max_tokens or spec.batch.max_tokens
+        for name in ("max_rows", "max_tokens", "max_running", "max_decode_batch", "decode_wait_steps", "vae_tiling"):
+            if getattr(config, name) is None:
+                setattr(config, name, getattr(spec.batch, name))
         config.max_running = config.max_running or 2 * config.max_rows
         if config.output not in ("uint8", "float32"):
             raise ValueError("output must be 'uint8' or 'float32'")

@@ -40,10 +40,14 @@ class ModelDefaults:
 
 @dataclass(frozen=True)
 class BatchLimits:
-    """Per-forward limits for the engine's planner."""
+    """The engine's batching and memory knobs (see `engine.engine.EngineConfig`)."""
 
-    max_rows: int = 16
-    max_tokens: int = 65536
+    max_rows: int = 16  # rows (requests x CFG branches) in one transformer forward
+    max_tokens: int = 65536  # rows x (video patches + text tokens) in one forward
+    max_running: int | None = None  # requests holding latents at once; None: 2 x max_rows
+    max_decode_batch: int = 4  # finished videos of one shape in one VAE call
+    decode_wait_steps: int = 4  # iterations a finished video may wait for same-shape peers to decode with
+    vae_tiling: bool = False  # tiled / framewise VAE decoding (long or large videos; changes numerics slightly)
 
 
 @dataclass(frozen=True)
