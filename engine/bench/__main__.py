@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer families at the small size (CI, < 3 minutes)")
     parser.add_argument("--gpu", action="store_true", help="on cuda: tiny models and Wan 2.1 1.3B dimensions")
     parser.add_argument("--families", help="comma-separated subset of families")
+    parser.add_argument("--sizes", default="tiny,small", help="model sizes on the CPU: tiny,small")
+    parser.add_argument("--requests", type=int, default=16, help="requests per mix (at least 16 for the record)")
+    parser.add_argument("--repeats", type=int, help="runs per measurement, best kept (default: 1 quick, 2 full)")
     parser.add_argument("--model-dir", default=os.environ.get("VIDSERVE_MODEL_DIR", "var/models"))
     parser.add_argument("--output", default="BENCHMARKS.md", help="markdown file to update ('' to skip)")
     parser.add_argument("--chart", default=None, help="PNG path (default: beside the markdown file)")
@@ -42,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.gpu and not torch.cuda.is_available():
         print("--gpu: no CUDA device", file=sys.stderr)
         return 2
+    repeats = args.repeats or (1 if args.quick or args.gpu else 2)
+    load_before = os.getloadavg()[0]
     started = time.perf_counter()
     limits = ModelLimits(max_frames=129, max_height=1280, max_width=1280, max_steps=100)
     measurements = []
@@ -59,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             options=options,
         )
 
-    sizes = ["tiny", "small"] if not args.gpu else ["tiny"]
+    sizes = args.sizes.split(",") if not args.gpu else ["tiny"]
     for size in sizes:
         chosen = (
             families if not (args.quick and size == "small") else [f for f in families if f == "wan"] or families[:1]
@@ -69,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         for family in chosen:
             spec = spec_for(family, str(paths[family]))
             adapter = adapter_class(family).load(spec)
-            mix = request_mix(family)
-            measurements += compare(size, family, spec, adapter, mix, warmup_requests(mix))
+            mix = request_mix(family, args.requests)
+            measurements += compare(size, family, spec, adapter, mix, warmup_requests(mix), repeats=repeats)
             del adapter
 
     if args.gpu:
@@ -80,17 +85,18 @@ def main(argv: list[str] | None = None) -> int:
         print("wan2.1-1.3b (random weights): building on cuda", flush=True)
         adapter = WanAdapter(wan_1_3b_random("cuda"))
         spec = spec_for("wan", "(in memory)", "bfloat16")
-        mix = request_mix("wan", gpu=True, steps=(8, 12, 16))
+        mix = request_mix("wan", args.requests, gpu=True, steps=(8, 12, 16))
         batch = {"max_rows": 16, "max_tokens": 64 * 1024}
-        measurements += compare("1.3B", "wan", spec, adapter, mix, warmup_requests(mix), batch)
+        measurements += compare("1.3B", "wan", spec, adapter, mix, warmup_requests(mix), batch, repeats)
 
     elapsed = time.perf_counter() - started
     where = torch.cuda.get_device_name(0) if args.gpu else f"CPU, {torch.get_num_threads()} threads"
+    load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
     kind = "gpu" if args.gpu else ("cpu-quick" if args.quick else "cpu")
     print()
     print(report.table(measurements))
     print()
-    print(f"{len(measurements) // 2} comparisons on {where} in {elapsed:.0f} s ({kind})")
+    print(f"{len(measurements) // 2} comparisons on {where} in {elapsed:.0f} s ({kind}; {load}; best of {repeats})")
     lines = report.ratio_lines(measurements)
     if args.output:
         out = Path(args.output)
@@ -99,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         body = (
             f"`python -m engine.bench{' --quick' if args.quick else ''}{' --gpu' if args.gpu else ''}` on "
             f"{where} ({platform.machine()}), torch {torch.__version__}, diffusers {diffusers.__version__}; "
-            f"{time.strftime('%Y-%m-%d')}, {elapsed:.0f} s.\n\n"
+            f"{time.strftime('%Y-%m-%d')}, {elapsed:.0f} s, {load}, best of {repeats} run(s) each.\n\n"
             "Each family serves the same 16 requests (2 lengths x 2 sizes, 4/6/8 steps, guidance on and off, "
             "12 prompts, a shared negative prompt) two ways: diffusers' pipeline, one call per request, first "
             "come first served; and the engine. *together*: all arrive at once; *staggered*: one every 1/8 of "

@@ -1,0 +1,28 @@
+"""The benchmark runs end to end and reports in the agreed format (speed is reported, never asserted)."""
+
+from __future__ import annotations
+
+import re
+
+from engine.bench.__main__ import main
+from engine.bench.report import write_section
+
+
+def test_the_benchmark_prints_a_ratio_line_per_size_and_writes_its_section_and_chart(model_dir, tmp_path, capsys):
+    out = tmp_path / "BENCHMARKS.md"
+    args = ["--sizes", "tiny", "--families", "wan", "--requests", "4", "--repeats", "1"]
+    assert main([*args, "--model-dir", str(model_dir), "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"^throughput_vs_diffusers\[tiny\]: \d+\.\d+x$", printed, re.M)
+    assert "| tiny | wan | staggered | engine |" in out.read_text()
+    assert (tmp_path / "benchmarks-cpu.png").stat().st_size > 0
+
+
+def test_writing_a_section_keeps_the_rest_of_the_file_and_replaces_only_itself(tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    out.write_text("# Benchmarks\n\n## Someone else's section\n\nkept\n")
+    write_section(out, "cpu", "Engine", "first")
+    write_section(out, "cpu", "Engine", "second")
+    text = out.read_text()
+    assert "Someone else's section" in text and "kept" in text
+    assert text.count("<!-- engine-bench:cpu -->") == 1 and "second" in text and "first" not in text
