@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         adapter = WanAdapter(wan_1_3b_random("cuda"))
         spec = spec_for("wan", "(in memory)", "bfloat16")
         mix = request_mix("wan", args.requests, gpu=True, steps=(8, 12, 16))
-        batch = {"max_rows": 16, "max_tokens": 64 * 1024}
+        batch = {"max_rows": 16, "max_tokens": 64 * 1024, "max_decode_batch": 2}
         measurements += compare("1.3B", "wan", spec, adapter, mix, warmup_requests(mix), batch, repeats)
 
     elapsed = time.perf_counter() - started

@@ -9,7 +9,10 @@ from __future__ import annotations
 import torch
 
 
-def wan_1_3b_random(device: str = "cuda", dtype: torch.dtype = torch.bfloat16):
+def wan_1_3b_random(
+    device: str = "cuda", dtype: torch.dtype = torch.bfloat16, num_layers: int = 30, text_layers: int = 4
+):
+    """Wan 2.1 1.3B's pipeline with random weights; fewer layers only for a smoke run off the GPU."""
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
     from transformers import T5Config, T5EncoderModel
 
@@ -27,7 +30,7 @@ def wan_1_3b_random(device: str = "cuda", dtype: torch.dtype = torch.bfloat16):
             text_dim=4096,
             freq_dim=256,
             ffn_dim=8960,
-            num_layers=30,
+            num_layers=num_layers,
             cross_attn_norm=True,
             qk_norm="rms_norm_across_heads",
             eps=1e-6,
@@ -40,7 +43,7 @@ def wan_1_3b_random(device: str = "cuda", dtype: torch.dtype = torch.bfloat16):
                 d_ff=10240,
                 d_kv=64,
                 num_heads=64,
-                num_layers=4,
+                num_layers=text_layers,
                 relative_attention_num_buckets=32,
                 feed_forward_proj="gated-gelu",
                 pad_token_id=tokenizer.pad_token_id,

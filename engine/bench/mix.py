@@ -32,7 +32,7 @@ CPU_SHAPES = {
     "hunyuanvideo": ((9, 17), ((32, 32), (32, 48))),
     "ltx": ((9, 17), ((32, 32), (32, 64))),
 }
-GPU_SHAPES = {"wan": ((17, 33), ((256, 256), (256, 448)))}
+GPU_SHAPES = {"wan": ((17, 33), ((256, 256), (320, 576)))}
 
 
 def request_mix(family: str, n: int = 16, gpu: bool = False, steps: tuple[int, ...] = (4, 6, 8)) -> list:
