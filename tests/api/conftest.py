@@ -1,4 +1,4 @@
-"""Fixtures of the API tests: an app over a private database, a registry of our own and the test Redis DB.
+"""Fixtures of the API tests: an app over a database, a Redis DB index and a model registry of their own.
 
 The Flask test client talks to `create_app(settings)`; Postgres, Redis and S3 are the suite's real services.
 """
@@ -25,6 +25,9 @@ from vidserve.settings import ENV_VARS, Settings
 from vidserve.storage import VideoStore
 
 REPO = Path(__file__).resolve().parents[2]
+# No worker consumes this Redis DB: the API tests' messages stay where the tests can read them, and the
+# workers of other suites (possibly running at the same time) never meet them.
+API_REDIS_DB = int(os.environ.get("VIDSERVE_TEST_API_REDIS_DB", "14"))
 
 # The API tests pin their own registry, so a change to engine/models.toml cannot move their limits.
 REGISTRY = """
@@ -44,15 +47,17 @@ limits = { max_frames = 33, max_height = 128, max_width = 128, max_steps = 50 }
 
 @pytest.fixture(scope="session")
 def api_settings(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """The suite's services, but a database of the API tests' own: list tests see only their jobs."""
+    """The suite's services, with a database and Redis DB of the API tests' own: they see only their jobs."""
     registry = tmp_path_factory.mktemp("registry") / "models.toml"
     registry.write_text(REGISTRY)
     database_url = settings.database_url + "_api"
     db.create_database(database_url)
     db.upgrade(database_url)
+    redis_url = f"{settings.redis_url.rsplit('/', 1)[0]}/{API_REDIS_DB}"
     VideoStore(settings).ensure_bucket()
-    yield dataclasses.replace(settings, database_url=database_url, models_file=str(registry))
+    yield dataclasses.replace(settings, database_url=database_url, redis_url=redis_url, models_file=str(registry))
     db.drop_database(database_url)
+    redis.Redis.from_url(redis_url).flushdb()
 
 
 @pytest.fixture(scope="session")
@@ -82,33 +87,38 @@ def no_jobs(api_settings: Settings) -> None:
 
 
 class Broker:
-    """The Celery queues in the test Redis DB, read the way a worker would find them."""
+    """The Celery queues in the API tests' Redis DB, read the way a worker would find them."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, key_prefix: str = "") -> None:
         self.redis = redis.Redis.from_url(url)
-
-    def clear(self) -> None:
-        for key in self.redis.scan_iter("gen.*"):
-            self.redis.delete(key)
-        self.redis.delete("webhooks")
+        self.key_prefix = key_prefix  # kombu's global_keyprefix, when the settings name one
 
     def messages(self, queue: str) -> list[dict[str, Any]]:
         """The Celery messages waiting on `queue`, oldest first, each as {task, args}."""
         found = []
-        for raw in reversed(self.redis.lrange(queue, 0, -1)):
+        for raw in reversed(self.redis.lrange(self.key_prefix + queue, 0, -1)):
             message = json.loads(raw)
             args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
             found.append({"task": message["headers"]["task"], "args": args})
         return found
 
+    def find(self, queue: str, first_arg: str) -> dict[str, Any] | None:
+        """The message on `queue` whose first argument (a job or delivery id) is `first_arg`, if any."""
+        return next((m for m in self.messages(queue) if m["args"][:1] == [first_arg]), None)
+
 
 @pytest.fixture
-def broker(api_settings: Settings) -> Iterator[Broker]:
-    # Queues are emptied before and after: later suites' workers must not meet the API tests' messages.
-    broker = Broker(api_settings.redis_url)
-    broker.clear()
-    yield broker
-    broker.clear()
+def broker(api_settings: Settings) -> Broker:
+    return Broker(api_settings.redis_url, getattr(api_settings, "redis_prefix", ""))
+
+
+@pytest.fixture
+def count_jobs(api_settings: Settings) -> Callable[[], int]:
+    def count() -> int:
+        with db.get_engine(api_settings.database_url).connect() as conn:
+            return conn.execute(text("SELECT count(*) FROM jobs")).scalar_one()
+
+    return count
 
 
 Submit = Callable[..., dict[str, Any]]

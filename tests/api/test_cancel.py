@@ -8,8 +8,11 @@ from __future__ import annotations
 import uuid
 
 from flask.testing import FlaskClient
+from sqlalchemy import select
 
+from vidserve.db import session_factory
 from vidserve.jobs import JobStore
+from vidserve.schema import WebhookDelivery
 from vidserve.settings import Settings
 
 
@@ -68,11 +71,15 @@ def test_cancel_of_an_unknown_job_is_a_404(client: FlaskClient) -> None:
     assert response.get_json()["error"]["code"] == "job_not_found"
 
 
-def test_cancel_of_a_job_with_a_webhook_publishes_a_job_canceled_delivery(client: FlaskClient, submit, broker) -> None:
+def test_cancel_of_a_job_with_a_webhook_publishes_a_job_canceled_delivery(
+    client: FlaskClient, submit, broker, api_settings: Settings
+) -> None:
     job = submit(webhook_url="http://127.0.0.1:9/hook")
 
     client.post(f"/v1/jobs/{job['id']}/cancel")
 
-    [message] = broker.messages("webhooks")
-    assert message["task"] == "worker.tasks.deliver_webhook"
-    assert uuid.UUID(message["args"][0])
+    with session_factory(api_settings.database_url)() as s:
+        [delivery] = s.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == uuid.UUID(job["id"])))
+    assert delivery.event_type == "job.canceled"
+    message = broker.find("webhooks", str(delivery.id))
+    assert message == {"task": "worker.tasks.deliver_webhook", "args": [str(delivery.id)]}
