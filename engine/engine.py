@@ -178,7 +178,13 @@ class Engine:
         """Admit, plan, run, advance, retire."""
         self._admit()
         for batch in self.planner.plan([s for s in self._running if not s.done]):
-            noise_preds = self.runner.run(batch)
+            try:
+                noise_preds = self.runner.run(batch)
+            except Exception as exc:  # e.g. out of memory: fail this forward's requests, keep the others
+                log.exception("forward of %d requests failed", len(batch.seqs))
+                for seq in batch.seqs:
+                    self._finish(seq, exc)
+                continue
             self._advance(batch, noise_preds)
         self._retire()
         self._iteration += 1

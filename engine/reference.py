@@ -38,7 +38,10 @@ def pipeline_kwargs(spec: ModelSpec, request: GenerationRequest) -> dict[str, An
     if "max_sequence_length" in options:
         kwargs["max_sequence_length"] = options["max_sequence_length"]
     if spec.family == "hunyuanvideo":
-        kwargs.pop("negative_prompt")  # embedded guidance: no negative branch unless true CFG is asked for
+        if float(options.get("true_cfg_scale", 1.0)) > 1.0:
+            kwargs["true_cfg_scale"] = options["true_cfg_scale"]
+        else:
+            kwargs.pop("negative_prompt")  # embedded guidance: no negative branch unless true CFG is asked for
         if "prompt_template" in options:
             kwargs["prompt_template"] = options["prompt_template"]
     elif spec.family == "ltx":

@@ -91,6 +91,8 @@ class CogVideoXAdapter(FamilyAdapter):
         request = seq.request
         key = (request.height, request.width, seq.latents.shape[1])
         if key not in self._rotary:
+            if len(self._rotary) >= 16:  # a few shapes are in use at a time; keep memory flat
+                self._rotary.pop(next(iter(self._rotary)))
             self._rotary[key] = self.pipe._prepare_rotary_positional_embeddings(*key, self.device)
         return self._rotary[key]
 

@@ -26,12 +26,17 @@ class HunyuanVideoAdapter(FamilyAdapter):
     def __init__(self, pipe, options=None) -> None:
         super().__init__(pipe, options)
         self.prompt_template = dict(self.options.get("prompt_template", DEFAULT_PROMPT_TEMPLATE))
+        self.true_cfg_scale = float(self.options.get("true_cfg_scale", 1.0))
         config = self.transformer.config
         self.spatial_multiple = pipe.vae_scale_factor_spatial * config.patch_size
         self.temporal_factor = pipe.vae_scale_factor_temporal
 
     def uses_cfg(self, request: GenerationRequest) -> bool:
-        return False  # guidance is an input of the distilled transformer, not a second row
+        # Guidance is an input of the distilled transformer; a negative row runs only under "true CFG".
+        return self.true_cfg_scale > 1.0
+
+    def guide(self, seq: Sequence, cond: torch.Tensor, uncond: torch.Tensor | None) -> torch.Tensor:
+        return cond if uncond is None else uncond + self.true_cfg_scale * (cond - uncond)
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> list[TextEmbedding]:
@@ -94,19 +99,22 @@ class HunyuanVideoAdapter(FamilyAdapter):
         return (f // config.patch_size_t) * (h // config.patch_size) * (w // config.patch_size) + seq.cond.length
 
     def model_call(self, seqs: list[Sequence]) -> ModelCall:
-        latents = stack_rows([s.latents for s in seqs])
+        guided = [s for s in seqs if s.uncond is not None]
+        rows = seqs + guided
+        texts = [s.cond for s in seqs] + [s.uncond for s in guided]
+        latents = stack_rows([s.latents for s in rows])
+        # Each request's own guidance scale, embedded per sample as the pipeline does for a whole batch.
+        guidance = torch.tensor([s.request.guidance_scale for s in rows], dtype=self.dtype, device=self.device)
         kwargs = dict(
             hidden_states=latents.to(self.dtype),
-            timestep=torch.stack([s.timestep for s in seqs]).to(latents.dtype),
-            encoder_hidden_states=stack_rows([s.cond.embeds for s in seqs]),
-            encoder_attention_mask=stack_rows([s.cond.mask for s in seqs]),
-            pooled_projections=stack_rows([s.cond.pooled for s in seqs]),
-            # Each request's own guidance scale, embedded per sample as the pipeline does for a whole batch.
-            guidance=torch.tensor([s.request.guidance_scale for s in seqs], dtype=self.dtype, device=self.device)
-            * 1000.0,
+            timestep=torch.stack([s.timestep for s in rows]).to(latents.dtype),
+            encoder_hidden_states=stack_rows([t.embeds for t in texts]),
+            encoder_attention_mask=stack_rows([t.mask for t in texts]),
+            pooled_projections=stack_rows([t.pooled for t in texts]),
+            guidance=guidance * 1000.0,
             attention_kwargs=None,
         )
-        return ModelCall(model=self.transformer, kwargs=kwargs, rows=len(seqs))
+        return ModelCall(model=self.transformer, kwargs=kwargs, rows=len(rows))
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, seqs: list[Sequence]) -> list[np.ndarray]:

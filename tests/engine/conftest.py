@@ -48,9 +48,11 @@ def registry(model_dir: Path) -> ModelRegistry:
 
 @pytest.fixture(scope="session")
 def specs(registry: ModelRegistry, model_dir: Path) -> dict[str, ModelSpec]:
-    """Registry entries by family, plus "wan2.2" for the two-expert pipeline."""
+    """Registry entries by family, plus "wan2.2" (two experts) and HunyuanVideo with true CFG."""
     out = {family: registry.get(f"tiny-{family}") for family in FAMILIES}
     out["wan2.2"] = replace(out["wan"], name="tiny-wan2.2", path=str(model_dir / "tiny" / "wan2.2"))
+    hunyuan = out["hunyuanvideo"]
+    out["hunyuanvideo-true-cfg"] = replace(hunyuan, options={**hunyuan.options, "true_cfg_scale": 3.0})
     return out
 
 
