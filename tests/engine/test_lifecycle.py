@@ -123,3 +123,31 @@ def test_a_finished_video_waits_a_bounded_number_of_steps_to_share_a_vae_call(wa
         fresh.adapter.decode = counting
         fresh.generate([make_request("wan", "short", num_inference_steps=3), make_request("wan", "long")])
     assert len(decoded) == calls
+
+
+def test_a_model_directory_that_is_missing_raises_model_unavailable(specs, tmp_path):
+    from dataclasses import replace
+
+    from engine import ModelUnavailable
+
+    with pytest.raises(ModelUnavailable):
+        Engine(replace(specs["wan"], path=str(tmp_path / "nowhere")))
+
+
+def test_a_forward_that_fails_fails_only_the_requests_it_held(specs, make_request):
+    with Engine(specs["wan"], background=False) as fresh:
+        original = fresh.adapter.model_call
+
+        def fail_wide_videos(seqs):
+            if seqs[0].request.width == 48:
+                raise RuntimeError("out of memory")
+            return original(seqs)
+
+        fresh.adapter.model_call = fail_wide_videos
+        wide = fresh.submit(make_request("wan", "wide", width=48))
+        narrow = fresh.submit(make_request("wan", "narrow"))
+        while not (wide.done() and narrow.done()):
+            fresh.step()
+    with pytest.raises(RuntimeError, match="out of memory"):
+        wide.result()
+    assert narrow.result().stats.steps_computed == 4
