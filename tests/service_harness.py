@@ -6,6 +6,7 @@ their own process groups against the suite's Postgres database, Redis DB and S3 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -112,6 +113,14 @@ class WebhookReceiver:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def isolated(settings: Settings, **changes: Any) -> Settings:
+    """`settings` with Redis keys prefixed by this run's database name: queues of their own, even when
+    another test run (or another checkout's) shares the same Redis DB index."""
+    from sqlalchemy.engine import make_url
+
+    return dataclasses.replace(settings, redis_prefix=f"{make_url(settings.database_url).database}:", **changes)
 
 
 def service_env(settings: Settings, **extra: str) -> dict[str, str]:

@@ -14,6 +14,8 @@ ENV_VARS: list[tuple[str, str, Any, str]] = [
     ("VIDSERVE_DATABASE_URL", "database_url", "postgresql+psycopg://postgres@127.0.0.1:5432/vidserve",
      "SQLAlchemy URL of the Postgres database (created by `make run` when missing)"),
     ("VIDSERVE_REDIS_URL", "redis_url", "redis://127.0.0.1:6379/0", "Redis URL used as the Celery broker"),
+    ("VIDSERVE_REDIS_PREFIX", "redis_prefix", "",
+     "prefix of every Redis key the queues use, so several deployments (or test runs) can share one Redis DB"),
     ("VIDSERVE_HOST", "host", "127.0.0.1", "address the API binds to"),
     ("VIDSERVE_PORT", "port", 8000, "port the API listens on"),
     ("VIDSERVE_PUBLIC_URL", "public_url", "", "base URL clients use to reach the API (default http://HOST:PORT)"),
@@ -48,6 +50,7 @@ ENV_VARS: list[tuple[str, str, Any, str]] = [
 class Settings:
     database_url: str = ENV_VARS[0][2]
     redis_url: str = ENV_VARS[1][2]
+    redis_prefix: str = ""
     host: str = "127.0.0.1"
     port: int = 8000
     public_url: str = ""

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 # How often a running job's slot wakes to write progress and read the cancel flag: the cancel latency.
 TICK_SECONDS = 0.5
+# Longest wait between two reads of the cancel flag when there is no progress to write.
+CANCEL_POLL_SECONDS = 2.0
 # In-place tries of an upload or of the final write before the job is handed back to the queue, and the
 # first wait between them (doubling).
 STORE_RETRIES = 4
@@ -74,7 +76,10 @@ class Attempt:
                 progress = self.progress
                 flag = store.set_progress(self.job_id, self.owner, progress)
                 self.written_progress, wrote = progress, True
-            if time.monotonic() - self.renewed_at >= settings.lease_seconds / 3:
+            # Renew at a third of the lease's life, and at least every CANCEL_POLL_SECONDS while no progress
+            # is written (a job waiting in the engine, a slow step), since the renewal reads the cancel flag too.
+            due = settings.lease_seconds / 3 if wrote else min(settings.lease_seconds / 3, CANCEL_POLL_SECONDS)
+            if time.monotonic() - self.renewed_at >= due:
                 flag = store.renew_lease(self.job_id, self.owner, settings.lease_seconds)
                 self.renewed_at, wrote = time.monotonic(), True
         except OperationalError:

@@ -5,12 +5,11 @@ They run as subprocesses against the suite's Postgres, Redis DB and S3 server, s
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from service_harness import SERVED_MODEL, Stack, WebhookReceiver, start_api, start_celery_service
+from service_harness import SERVED_MODEL, Stack, WebhookReceiver, isolated, start_api, start_celery_service
 
 from vidserve.job_view import job_to_dict
 from vidserve.jobs import JobStore
@@ -21,7 +20,7 @@ from vidserve.storage import VideoStore
 
 @pytest.fixture(scope="module")
 def e2e_settings(settings: Settings, model_dir: Path) -> Settings:
-    return dataclasses.replace(settings, model_dir=str(model_dir), worker_models=SERVED_MODEL, worker_slots=4)
+    return isolated(settings, model_dir=str(model_dir), worker_models=SERVED_MODEL, worker_slots=4)
 
 
 @pytest.fixture(scope="module")

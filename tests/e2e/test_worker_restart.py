@@ -6,13 +6,12 @@ process boundaries.
 
 from __future__ import annotations
 
-import dataclasses
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from service_harness import SERVED_MODEL, start_celery_service, wait_until
+from service_harness import SERVED_MODEL, isolated, start_celery_service, wait_until
 
 from vidserve.job_view import job_to_dict
 from vidserve.jobs import JobStore
@@ -26,7 +25,7 @@ LONG_JOB = {"prompt": "a long walk", "num_frames": 17, "height": 64, "width": 64
 
 @pytest.fixture
 def restart_settings(settings: Settings, model_dir: Path) -> Settings:
-    return dataclasses.replace(settings, model_dir=str(model_dir), worker_models=SERVED_MODEL, lease_seconds=4)
+    return isolated(settings, model_dir=str(model_dir), worker_models=SERVED_MODEL, lease_seconds=4)
 
 
 @pytest.fixture

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from service_harness import SERVED_MODEL, WebhookReceiver
+from service_harness import SERVED_MODEL, WebhookReceiver, isolated
 
 from vidserve.settings import Settings
 from worker.context import WorkerContext
@@ -15,7 +14,7 @@ from worker.context import WorkerContext
 
 @pytest.fixture(scope="module")
 def worker_settings(settings: Settings, model_dir: Path) -> Settings:
-    return dataclasses.replace(settings, model_dir=str(model_dir), worker_models=SERVED_MODEL)
+    return isolated(settings, model_dir=str(model_dir), worker_models=SERVED_MODEL)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from service_harness import isolated, wait_until
 from sqlalchemy import text, update
 
 from vidserve.db import session_factory
@@ -30,6 +31,11 @@ def model() -> str:
 
 
 @pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return isolated(settings)
+
+
+@pytest.fixture
 def store(settings: Settings) -> JobStore:
     return JobStore(settings.database_url, lambda job: job_to_dict(job, None))
 
@@ -45,7 +51,7 @@ def queued_messages(settings: Settings, queue: str) -> list[tuple[str, list[str]
     """(task name, args) of every message waiting in a Celery queue on Redis."""
     client = redis.Redis.from_url(settings.redis_url)
     messages = []
-    for raw in client.lrange(queue, 0, -1):
+    for raw in client.lrange(settings.redis_prefix + queue, 0, -1):
         envelope = json.loads(raw)
         args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
         messages.append((envelope["headers"]["task"], args))
@@ -116,7 +122,7 @@ def test_a_webhook_delivery_whose_message_was_lost_is_published_again(
             .returning(WebhookDelivery.id)
         ).one()
 
-    redis.Redis.from_url(settings.redis_url).delete(WEBHOOK_QUEUE)
+    redis.Redis.from_url(settings.redis_url).delete(settings.redis_prefix + WEBHOOK_QUEUE)
     assert sweeper.sweep_once().deliveries_published >= 1
     assert str(delivery_id) in {args[0] for _task, args in queued_messages(settings, WEBHOOK_QUEUE)}
 
@@ -128,8 +134,6 @@ def test_the_sweeper_thread_runs_passes_until_stopped(
     backdate(settings, job.id, updated_at="1 minute")
     sweeper.start()
     try:
-        from service_harness import wait_until
-
         wait_until(lambda: store.get(job.id).published_at is not None, 10, what="the sweeper thread")
     finally:
         sweeper.stop()
