@@ -99,6 +99,9 @@ class Engine:
         self._closed = False
         self._iteration = 0
         self._thread: threading.Thread | None = None
+        # OpenMP's thread count is per thread: the loop thread must adopt the intra-op thread count the
+        # process set (torch.set_num_threads), or it runs with another one.
+        self._intra_op_threads = torch.get_num_threads()
         if self.config.background:
             self._thread = threading.Thread(target=self._loop, name=f"engine-{spec.name}", daemon=True)
             self._thread.start()
@@ -284,7 +287,8 @@ class Engine:
 
     def _finish(self, seq: Sequence, outcome: np.ndarray | BaseException) -> None:
         with self._lock:
-            self._running.remove(seq)
+            if seq in self._running:
+                self._running.remove(seq)
         seq.status = Status.FINISHED
         seq.stats.seconds_running = time.perf_counter() - seq.started_at
         # Drop tensors now: a finished request must not pin memory while its caller reads the result.
@@ -299,6 +303,7 @@ class Engine:
     # --- the loop ------------------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        torch.set_num_threads(self._intra_op_threads)
         while True:
             with self._lock:
                 while not self._closed and not self._waiting and not self._running:

@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--families", help="comma-separated subset of families")
     parser.add_argument("--sizes", default="tiny,small", help="model sizes on the CPU: tiny,small")
     parser.add_argument("--requests", type=int, default=16, help="requests per mix (at least 16 for the record)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
     parser.add_argument("--repeats", type=int, help="runs per measurement, best kept (default: 1 quick, 2 full)")
     parser.add_argument("--model-dir", default=os.environ.get("VIDSERVE_MODEL_DIR", "var/models"))
     parser.add_argument("--output", default="BENCHMARKS.md", help="markdown file to update ('' to skip)")
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     from engine.tiny import build_models
 
     diffusers.utils.logging.set_verbosity_error()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     families = args.families.split(",") if args.families else list(FAMILIES)
     device = "cuda" if args.gpu else "cpu"
     if args.gpu and not torch.cuda.is_available():

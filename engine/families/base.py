@@ -1,8 +1,7 @@
 """What every model-family adapter provides, and the helpers they share.
 
-An adapter wraps one loaded diffusers pipeline and re-expresses its `__call__` as separate stages
-(encode prompt, prepare latents, set timesteps, one batched transformer call, guidance, scheduler step,
-decode) so that the engine can interleave requests of different shapes and steps between them.
+An adapter re-expresses its diffusers pipeline's `__call__` as stages (encode prompt, prepare latents, set
+timesteps, transformer call, guidance, scheduler step, decode) that the engine interleaves across requests.
 """
 
 from __future__ import annotations
@@ -79,7 +78,7 @@ class FamilyAdapter:
         if not local and os.path.isabs(spec.path):
             raise ModelUnavailable(f"model {spec.name!r}: no pipeline directory at {spec.path}")
         try:
-            pipe = pipeline_cls.from_pretrained(spec.path, torch_dtype=dtype, local_files_only=local)
+            pipe = pipeline_cls.from_pretrained(spec.path, dtype=dtype, local_files_only=local)
         except (OSError, ValueError) as exc:
             raise ModelUnavailable(f"model {spec.name!r}: cannot load {spec.path}: {exc}") from exc
         pipe.to(spec.devices[0])
