@@ -364,13 +364,15 @@ def _ltx(small: bool = False):
         decoder_block_out_channels=(8, 8, 8, 8),
         layers_per_block=(1, 1, 1, 1, 1),
         decoder_layers_per_block=(1, 1, 1, 1, 1),
-        spatio_temporal_scaling=(True, True, False, False),
-        decoder_spatio_temporal_scaling=(True, True, False, False),
+        # LTX-Video's own compression (32x space, 8x time: 3 scaling blocks x a 4-pixel patch), so the tiny
+        # model obeys the family's 8k+1 frames and multiples of 32, and its latents are as short as the real one's.
+        spatio_temporal_scaling=(True, True, True, False),
+        decoder_spatio_temporal_scaling=(True, True, True, False),
         decoder_inject_noise=(False, False, False, False, False),
         upsample_residual=(False, False, False, False),
         upsample_factor=(1, 1, 1, 1),
         timestep_conditioning=False,
-        patch_size=1,
+        patch_size=4,
         patch_size_t=1,
         encoder_causal=True,
         decoder_causal=False,
