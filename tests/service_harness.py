@@ -115,6 +115,29 @@ class WebhookReceiver:
         self.server.server_close()
 
 
+# A registry for the tests: the two tiny models they use, Wan with a step limit high enough that a job can be
+# made to run for many seconds however fast the machine is (what the cancel and restart tests need).
+TEST_REGISTRY = """
+[models.tiny-wan]
+family = "wan"
+path = "tiny/wan"
+defaults = { num_frames = 9, height = 32, width = 32, num_inference_steps = 4, guidance_scale = 5.0, fps = 8 }
+limits = { max_frames = 33, max_height = 128, max_width = 128, max_steps = 5000 }
+
+[models.tiny-cogvideox]
+family = "cogvideox"
+path = "tiny/cogvideox"
+"""
+# Parameters of a job that runs long enough to be caught mid-way (thousands of small steps).
+LONG_JOB = {"prompt": "a long walk", "num_frames": 9, "height": 32, "width": 32, "num_inference_steps": 3000}
+
+
+def write_test_registry(model_dir: Path) -> str:
+    path = model_dir / "test-models.toml"
+    path.write_text(TEST_REGISTRY)
+    return str(path)
+
+
 def isolated(settings: Settings, **changes: Any) -> Settings:
     """`settings` with Redis keys prefixed by this run's database name: queues of their own, even when
     another test run (or another checkout's) shares the same Redis DB index."""

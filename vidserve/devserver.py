@@ -157,6 +157,11 @@ def main() -> int:
 
         VideoStore(settings).ensure_bucket()
 
+        for name in ("api", "worker", "webhooks"):
+            # Readiness is read from these logs: a previous run's lines must not count.
+            log = logs / f"{name}.log"
+            if log.exists():
+                log.replace(logs / f"{name}.log.1")
         api = ManagedProcess("api", vidserve_command("api"), env=env, log_path=logs / "api.log")
         started.append(api)
         worker = ManagedProcess("worker", vidserve_command("worker"), env=env, log_path=logs / "worker.log")
@@ -172,7 +177,8 @@ def main() -> int:
 
         registry = ModelRegistry.from_file(settings.models_file or None, settings.model_dir)
         _say(f"API      {settings.api_url}   (OpenAPI: {settings.api_url}/openapi.json)")
-        _say(f"models   {', '.join(registry.names())}")
+        names = [s.name if Path(s.path).exists() else f"{s.name} (no weights at {s.path})" for s in registry]
+        _say(f"models   {', '.join(names)}")
         _say(f"logs     {logs}/  (api.log, worker.log, webhooks.log)")
         _say(
             f"try      curl -s -X POST {settings.api_url}/v1/jobs -H 'content-type: application/json' "

@@ -43,6 +43,8 @@ def weed_binary() -> str:
 
 def _port_free(port: int) -> bool:
     with socket.socket() as sock:
+        # As Go's listeners do: a port held only by TIME_WAIT connections (a server stopped seconds ago) is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

@@ -31,7 +31,7 @@ _sender: WebhookSender | None = None
 
 
 def _db_retry_countdown(task: Task) -> float:
-    return min(60.0, 2.0 ** task.request.retries)
+    return min(60.0, 2.0**task.request.retries)
 
 
 @app.task(name=GENERATE_TASK, bind=True, max_retries=20)

@@ -177,8 +177,9 @@ def _run_engine(attempt: Attempt, engine: Any, request: GenerationRequest) -> Ge
             pass
         attempt.maintain()
         if not stopping and (attempt.cancel_requested or attempt.lease_lost or attempt.ctx.shutting_down.is_set()):
-            stopping = True
-            engine.cancel(request.id)
+            # False while the engine cannot stop it yet (e.g. between admission and its first step): ask again
+            # next tick rather than let it run to the end.
+            stopping = engine.cancel(request.id)
 
 
 def _stopped(attempt: Attempt, model: str) -> str:

@@ -9,7 +9,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from service_harness import SERVED_MODEL, Stack, WebhookReceiver, isolated, start_api, start_celery_service
+from service_harness import (
+    SERVED_MODEL,
+    Stack,
+    WebhookReceiver,
+    isolated,
+    start_api,
+    start_celery_service,
+    write_test_registry,
+)
 
 from vidserve.job_view import job_to_dict
 from vidserve.jobs import JobStore
@@ -20,7 +28,13 @@ from vidserve.storage import VideoStore
 
 @pytest.fixture(scope="module")
 def e2e_settings(settings: Settings, model_dir: Path) -> Settings:
-    return isolated(settings, model_dir=str(model_dir), worker_models=SERVED_MODEL, worker_slots=4)
+    return isolated(
+        settings,
+        model_dir=str(model_dir),
+        models_file=write_test_registry(model_dir),
+        worker_models=SERVED_MODEL,
+        worker_slots=4,
+    )
 
 
 @pytest.fixture(scope="module")

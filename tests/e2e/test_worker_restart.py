@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from service_harness import SERVED_MODEL, isolated, start_celery_service, wait_until
+from service_harness import LONG_JOB, SERVED_MODEL, isolated, start_celery_service, wait_until, write_test_registry
 
 from vidserve.job_view import job_to_dict
 from vidserve.jobs import JobStore
@@ -20,12 +20,19 @@ from vidserve.queue import make_celery, publish_job
 from vidserve.schema import JobStatus
 from vidserve.settings import Settings
 
-LONG_JOB = {"prompt": "a long walk", "num_frames": 17, "height": 64, "width": 64, "num_inference_steps": 50}
+# Long enough to be caught mid-way, short enough that the next worker finishes it quickly.
+RESTARTED_JOB = {**LONG_JOB, "num_inference_steps": 200}
 
 
 @pytest.fixture
 def restart_settings(settings: Settings, model_dir: Path) -> Settings:
-    return isolated(settings, model_dir=str(model_dir), worker_models=SERVED_MODEL, lease_seconds=4)
+    return isolated(
+        settings,
+        model_dir=str(model_dir),
+        models_file=write_test_registry(model_dir),
+        worker_models=SERVED_MODEL,
+        lease_seconds=4,
+    )
 
 
 @pytest.fixture
@@ -37,7 +44,7 @@ def processes() -> Iterator[list[ManagedProcess]]:
 
 
 def submit_long_job(settings: Settings, store: JobStore) -> str:
-    job = store.create(model=SERVED_MODEL, params=LONG_JOB)
+    job = store.create(model=SERVED_MODEL, params=RESTARTED_JOB)
     celery = make_celery(settings)
     try:
         publish_job(celery, job.id, SERVED_MODEL)

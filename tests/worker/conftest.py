@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from service_harness import SERVED_MODEL, WebhookReceiver, isolated
+from service_harness import SERVED_MODEL, WebhookReceiver, isolated, write_test_registry
 
 from vidserve.settings import Settings
 from worker.context import WorkerContext
@@ -14,7 +14,9 @@ from worker.context import WorkerContext
 
 @pytest.fixture(scope="module")
 def worker_settings(settings: Settings, model_dir: Path) -> Settings:
-    return isolated(settings, model_dir=str(model_dir), worker_models=SERVED_MODEL)
+    return isolated(
+        settings, model_dir=str(model_dir), models_file=write_test_registry(model_dir), worker_models=SERVED_MODEL
+    )
 
 
 @pytest.fixture(scope="module")
