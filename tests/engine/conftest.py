@@ -48,12 +48,38 @@ def registry(model_dir: Path) -> ModelRegistry:
 
 @pytest.fixture(scope="session")
 def specs(registry: ModelRegistry, model_dir: Path) -> dict[str, ModelSpec]:
-    """Registry entries by family, plus "wan2.2" (two experts) and HunyuanVideo with true CFG."""
+    """Registry entries by family, plus variants: "wan2.2" (two experts), "cogvideox-dpm" (DPM scheduler,
+    dynamic CFG) and "hunyuanvideo-true-cfg"."""
     out = {family: registry.get(f"tiny-{family}") for family in FAMILIES}
     out["wan2.2"] = replace(out["wan"], name="tiny-wan2.2", path=str(model_dir / "tiny" / "wan2.2"))
+    out["cogvideox-dpm"] = replace(
+        out["cogvideox"],
+        name="tiny-cogvideox-dpm",
+        path=str(_dpm_variant(model_dir)),
+        options={"use_dynamic_cfg": True},
+    )
     hunyuan = out["hunyuanvideo"]
     out["hunyuanvideo-true-cfg"] = replace(hunyuan, options={**hunyuan.options, "true_cfg_scale": 3.0})
     return out
+
+
+def _dpm_variant(model_dir: Path) -> Path:
+    """Tiny CogVideoX with CogVideoX 1.5's DPM scheduler instead of DDIM (same weights, a copy of the folder)."""
+    import json
+    import shutil
+
+    target = model_dir / "tiny" / "cogvideox-dpm"
+    if not target.exists():
+        shutil.copytree(model_dir / "tiny" / "cogvideox", target)
+        config_path = target / "scheduler" / "scheduler_config.json"
+        config = json.loads(config_path.read_text())
+        config["_class_name"] = "CogVideoXDPMScheduler"
+        config_path.write_text(json.dumps(config))
+        index_path = target / "model_index.json"
+        index = json.loads(index_path.read_text())
+        index["scheduler"] = ["diffusers", "CogVideoXDPMScheduler"]
+        index_path.write_text(json.dumps(index))
+    return target
 
 
 @pytest.fixture(scope="session")

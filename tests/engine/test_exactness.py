@@ -15,11 +15,11 @@ from engine.reference import load_pipeline, run_pipeline
 
 TOLERANCE = 1e-5  # float32, max abs difference on decoded frames in [0, 1]
 
-ALL = [*FAMILIES, "wan2.2", "hunyuanvideo-true-cfg"]
+ALL = [*FAMILIES, "wan2.2", "cogvideox-dpm", "hunyuanvideo-true-cfg"]
 
 
 def family_of(name: str) -> str:
-    return {"wan2.2": "wan", "hunyuanvideo-true-cfg": "hunyuanvideo"}.get(name, name)
+    return {"wan2.2": "wan", "cogvideox-dpm": "cogvideox", "hunyuanvideo-true-cfg": "hunyuanvideo"}.get(name, name)
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +69,8 @@ def test_every_request_of_a_mixed_batch_equals_the_diffusers_pipeline(name, spec
         expected = run_pipeline(pipelines(name), specs[name], request)
         assert result.frames.shape == expected.shape
         assert np.abs(result.frames - expected).max() <= TOLERANCE, request.id
-    if name == "hunyuanvideo-true-cfg":
-        return  # batch sizes as for HunyuanVideo; this variant is here for its frames
+    if name in ("cogvideox-dpm", "hunyuanvideo-true-cfg"):
+        return  # batch sizes as for the family; these variants are here for their frames
     if name == "wan2.2":
         # Step counts set the timesteps, so b crosses to the low-noise expert at another step than a and d.
         assert results[0].stats.batch_sizes[0] == 3 and 2 in results[0].stats.batch_sizes
