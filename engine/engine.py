@@ -199,6 +199,8 @@ class Engine:
                 seq.future.set_exception(RequestCanceled(f"request {seq.id} canceled"))
             room = self.config.max_running - len(self._running)
             admitted = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+            # Running from now on, so that `cancel` finds them while their text is being encoded.
+            self._running.extend(admitted)
         if not admitted:
             return
         try:
@@ -207,10 +209,7 @@ class Engine:
                 self._start(seq)
         except Exception as exc:  # a bad request must not take the loop down with it
             for seq in admitted:
-                seq.future.set_exception(exc)
-            return
-        with self._lock:
-            self._running.extend(admitted)
+                self._finish(seq, exc)
 
     def _encode_text(self, seqs: list[Sequence]) -> None:
         """Encode every new prompt in one batched call; identical prompts are encoded once."""
@@ -290,7 +289,8 @@ class Engine:
             if seq in self._running:
                 self._running.remove(seq)
         seq.status = Status.FINISHED
-        seq.stats.seconds_running = time.perf_counter() - seq.started_at
+        if seq.started_at:
+            seq.stats.seconds_running = time.perf_counter() - seq.started_at
         # Drop tensors now: a finished request must not pin memory while its caller reads the result.
         seq.latents = seq.scheduler = seq.cond = seq.uncond = seq.generator = None
         if isinstance(outcome, BaseException):
