@@ -127,6 +127,8 @@ def generate(ctx: WorkerContext, job_id: str) -> str:
     except RequestCanceled:
         return _stopped(attempt, job.model)
     except EngineError as exc:
+        if ctx.shutting_down.is_set():  # the engine closed under it: not the job's fault, queue it again
+            return _stopped(attempt, job.model)
         log.warning("job %s: engine error %s: %s", job_id, exc.code, exc)
         ctx.store.fail(job_id, exc.code, str(exc), owner=owner)
         return "failed"

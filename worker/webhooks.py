@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -75,7 +76,8 @@ class WebhookSender:
         self.settings = settings
         self._sessions = session_factory(settings.database_url)
         self._schedule = schedule
-        self._http = requests.Session()
+        # One HTTP session (connection pool) per delivery thread: requests.Session is not thread-safe.
+        self._local = threading.local()
 
     def deliver(self, delivery_id: str | uuid.UUID) -> Outcome:
         """Make one attempt if the delivery is pending and due; record it; schedule the next on failure."""
@@ -91,7 +93,7 @@ class WebhookSender:
         error: str | None = None
         started = time.perf_counter()
         try:
-            response = self._http.post(
+            response = self._session().post(
                 url, data=body.encode(), headers=headers, timeout=self.settings.webhook_timeout, allow_redirects=False
             )
             status_code = response.status_code
@@ -102,6 +104,12 @@ class WebhookSender:
             error = f"{type(exc).__name__}: {exc}"[:2000]
         duration_ms = (time.perf_counter() - started) * 1000
         return self._record(delivery_id, attempt, status_code, error, duration_ms)
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+        return session
 
     def _claim(self, delivery_id: uuid.UUID) -> tuple[uuid.UUID, str, dict[str, Any], int] | None:
         now = _now()
