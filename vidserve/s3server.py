@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from vidserve.processes import die_with_parent
+
 # weed mini's listeners, in the order their ports are assigned from the base port.
 _PORT_FLAGS = (
     "s3.port",
@@ -99,7 +101,15 @@ def start_s3_server(
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
     log = open(log_path or data_dir / "weed.log", "ab")
     # Own process group: Ctrl-C in a terminal reaches the supervisor, which stops this server itself.
-    process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        args,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        # Stopped with its parent even when that parent is SIGKILLed (make run, a test session).
+        preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
+    )
     log.close()
     server = S3Server(process, f"http://127.0.0.1:{base}", data_dir)
     _wait_ready(server, access_key, secret_key, timeout)
