@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.cache_policy import parse_cache
 from engine.families import adapter_class
 from engine.families.base import FamilyAdapter, TextEmbedding
 from engine.planner import Batch, Planner
@@ -25,6 +26,7 @@ from engine.registry import ModelSpec
 from engine.request import EngineError, GenerationRequest, GenerationResult, RequestCanceled
 from engine.runner import ModelRunner
 from engine.sequence import ProgressCallback, Sequence, Status
+from engine.step_cache import RequestCache
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,9 @@ class EngineConfig:
     decode_wait_steps: int | None = None
     vae_tiling: bool | None = None  # tiled / framewise VAE decoding for long or large videos
     output: str = "uint8"  # "uint8" frames, or "float32" in [0, 1] (exactness tests compare these)
-    text_cache_size: int = 64  # recently encoded prompts kept (the empty negative prompt above all)
+    text_cache_size: int = 64  # recently encoded prompts kept (the empty negative prompt above all); 0: off
+    # Cross-attention families: each request projects its text (and every block's text K/V) once, not per step.
+    text_kv_cache: bool = True
     background: bool = True  # run the loop thread; False: the caller drives `step()` itself
 
     @classmethod
@@ -63,20 +67,29 @@ class EngineConfig:
 
 @dataclass
 class _TextCache:
-    """A small LRU of prompt embeddings, so repeated prompts are encoded once without growing forever."""
+    """A small LRU of prompt embeddings, so repeated prompts are encoded once without growing forever.
+
+    Keyed by model, encoding settings and prompt (`settings`), so an embedding is never served to a model or
+    a sequence length it was not encoded for, even if the cache came to be shared.
+    """
 
     capacity: int
-    entries: OrderedDict[str, TextEmbedding] = field(default_factory=OrderedDict)
+    settings: tuple = ()
+    entries: OrderedDict[tuple, TextEmbedding] = field(default_factory=OrderedDict)
 
     def get(self, prompt: str) -> TextEmbedding | None:
-        hit = self.entries.get(prompt)
+        key = (*self.settings, prompt)
+        hit = self.entries.get(key)
         if hit is not None:
-            self.entries.move_to_end(prompt)
+            self.entries.move_to_end(key)
         return hit
 
     def put(self, prompt: str, value: TextEmbedding) -> None:
-        self.entries[prompt] = value
-        self.entries.move_to_end(prompt)
+        if self.capacity <= 0:
+            return
+        key = (*self.settings, prompt)
+        self.entries[key] = value
+        self.entries.move_to_end(key)
         while len(self.entries) > self.capacity:
             self.entries.popitem(last=False)
 
@@ -91,8 +104,8 @@ class Engine:
         if self.config.vae_tiling:
             self.adapter.enable_vae_tiling()
         self.planner = Planner(self.adapter, self.config.max_rows, self.config.max_tokens)
-        self.runner = ModelRunner(self.adapter)
-        self._texts = _TextCache(self.config.text_cache_size)
+        self.runner = ModelRunner(self.adapter, self.config.text_kv_cache)
+        self._texts = _TextCache(self.config.text_cache_size, (spec.name, spec.path, *self.adapter.text_settings()))
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []
         self._lock = threading.Condition()
@@ -180,7 +193,12 @@ class Engine:
     def step(self) -> None:
         """Admit, plan, run, advance, retire."""
         self._admit()
-        for batch in self.planner.plan([s for s in self._running if not s.done]):
+        running = [s for s in self._running if not s.done]
+        # Requests whose cache forecasts this step leave the iteration's forwards; the rest still share them.
+        forecast = [s for s in running if s.cache is not None and s.cache.forecasts(s.step_index)]
+        for seq in forecast:
+            self._advance_one(seq, seq.cache.forecast(seq.step_index), reused=True)
+        for batch in self.planner.plan([s for s in running if s not in forecast]):
             try:
                 noise_preds = self.runner.run(batch)
             except Exception as exc:  # e.g. out of memory: fail this forward's requests, keep the others
@@ -234,21 +252,34 @@ class Engine:
         seq.generator = torch.Generator("cpu").manual_seed(seq.request.seed)
         seq.latents = self.adapter.prepare_latents(seq.request, seq.generator)
         self.adapter.set_timesteps(seq)
+        policy = parse_cache(seq.request.cache)
+        seq.cache = RequestCache(policy) if policy.approximate else None
+        seq.stats.cache_policy = policy.policy
         seq.status = Status.RUNNING
         seq.started_at = time.perf_counter()
         seq.stats.seconds_queued = seq.started_at - seq.submitted_at
 
     def _advance(self, batch: Batch, noise_preds: list[torch.Tensor]) -> None:
-        for seq, noise_pred in zip(batch.seqs, noise_preds, strict=True):
-            self.adapter.scheduler_step(seq, noise_pred)
-            seq.step_index += 1
-            seq.stats.steps_computed += 1
+        for i, (seq, noise_pred) in enumerate(zip(batch.seqs, noise_preds, strict=True)):
+            seq.stats.block_evaluations += batch.block_evaluations[i]
             seq.stats.batch_sizes.append(len(batch.seqs))
-            if seq.on_progress is not None:
-                try:
-                    seq.on_progress(seq.step_index, seq.num_steps)
-                except Exception:  # a caller's callback must not break other requests
-                    log.exception("progress callback of request %s failed", seq.id)
+            if seq.cache is not None:
+                seq.cache.record(seq.step_index, noise_pred)
+            self._advance_one(seq, noise_pred, reused=batch.reused[i])
+
+    def _advance_one(self, seq: Sequence, noise_pred: torch.Tensor, reused: bool) -> None:
+        """One scheduler step for the request, its noise prediction computed or served from its cache."""
+        self.adapter.scheduler_step(seq, noise_pred)
+        seq.step_index += 1
+        if reused:
+            seq.stats.steps_reused += 1
+        else:
+            seq.stats.steps_computed += 1
+        if seq.on_progress is not None:
+            try:
+                seq.on_progress(seq.step_index, seq.num_steps)
+            except Exception:  # a caller's callback must not break other requests
+                log.exception("progress callback of request %s failed", seq.id)
 
     def _retire(self) -> None:
         """Decode finished requests, batched by shape, and resolve their futures."""
@@ -292,7 +323,8 @@ class Engine:
         if seq.started_at:
             seq.stats.seconds_running = time.perf_counter() - seq.started_at
         # Drop tensors now: a finished request must not pin memory while its caller reads the result.
-        seq.latents = seq.scheduler = seq.cond = seq.uncond = seq.generator = None
+        seq.latents = seq.scheduler = seq.cond = seq.uncond = seq.generator = seq.cache = None
+        seq.extra.pop("text_kv", None)
         if isinstance(outcome, BaseException):
             seq.future.set_exception(outcome)
             return

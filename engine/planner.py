@@ -20,6 +20,10 @@ class Batch:
     seqs: list[Sequence] = field(default_factory=list)
     rows: int = 0
     tokens: int = 0
+    # Filled by the runner: per sequence, whether its tail blocks came from its first-block cache, and how many
+    # transformer blocks ran for its rows.
+    reused: list[bool] = field(default_factory=list)
+    block_evaluations: list[int] = field(default_factory=list)
 
 
 class Planner:

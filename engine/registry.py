@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from engine.cache_policy import parse_cache
 from engine.family_rules import FamilyRules, rules_for
 from engine.request import GenerationRequest, InvalidRequest, ModelUnavailable
 
@@ -105,6 +106,8 @@ class ModelSpec:
         guidance = _float(params, "guidance_scale", d.guidance_scale, 0.0, lim.max_guidance_scale)
         seed = _int(params, "seed", 0, 0, 2**63 - 1)
         fps = _int(params, "fps", d.fps, 1, 60)
+        # Recorded resolved (defaults applied), so a job's params say exactly which policy and strength ran.
+        cache = None if params.get("cache") is None else parse_cache(params["cache"]).as_dict()
         return GenerationRequest(
             id=request_id,
             prompt=prompt,
@@ -116,7 +119,7 @@ class ModelSpec:
             guidance_scale=guidance,
             seed=seed,
             fps=fps,
-            cache=params.get("cache"),
+            cache=cache,
         )
 
     def check_request(self, request: GenerationRequest) -> None:
@@ -138,6 +141,7 @@ class ModelSpec:
             raise InvalidRequest("guidance_scale", f"must be between 0.0 and {lim.max_guidance_scale}")
         if not isinstance(request.prompt, str) or not request.prompt.strip():
             raise InvalidRequest("prompt", "must be a non-empty string")
+        parse_cache(request.cache)
 
 
 def _int(params: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:

@@ -55,16 +55,23 @@ class GenerationRequest:
     seed: int
     negative_prompt: str = ""
     fps: int = 8
-    # Step-caching policy for this request (the step-caching issue fills this in); None = default.
+    # Approximate step-caching policy: None (exact reuse only) or {"policy": ..., settings}; see cache_policy.
     cache: dict[str, Any] | None = None
 
 
 @dataclass
 class RequestStats:
-    """How a request was served."""
+    """How a request was served.
+
+    `steps_computed` counts denoising steps whose transformer ran in full, `steps_reused` those served from the
+    request's approximate cache (`cache_policy`): a forecast output, or the first block only plus the cached
+    residual of the others. `block_evaluations` counts transformer blocks run for this request's rows.
+    """
 
     steps_computed: int = 0
     steps_reused: int = 0
+    cache_policy: str = "none"
+    block_evaluations: int = 0
     batch_sizes: list[int] = field(default_factory=list)
     seconds_queued: float = 0.0
     seconds_running: float = 0.0
@@ -73,6 +80,12 @@ class RequestStats:
         return {
             "steps_computed": self.steps_computed,
             "steps_reused": self.steps_reused,
+            "cache": {
+                "policy": self.cache_policy,
+                "steps_computed": self.steps_computed,
+                "steps_from_cache": self.steps_reused,
+                "block_evaluations": self.block_evaluations,
+            },
             "batch_sizes": list(self.batch_sizes),
             "seconds_queued": round(self.seconds_queued, 4),
             "seconds_running": round(self.seconds_running, 4),

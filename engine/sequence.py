@@ -42,6 +42,7 @@ class Sequence:
     uncond: Any = None  # TextEmbedding of the negative prompt, when guidance runs an unconditional row
     # Family-specific state that is neither latents nor scheduler (e.g. CogVideoX's previous x0 estimate).
     extra: dict[str, Any] = field(default_factory=dict)
+    cache: Any = None  # engine.step_cache.RequestCache: this request's approximate-cache state
     stats: RequestStats = field(default_factory=RequestStats)
     submitted_at: float = field(default_factory=time.perf_counter)
     started_at: float = 0.0

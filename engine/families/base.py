@@ -15,6 +15,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from engine.request import GenerationRequest, InvalidRequest, ModelUnavailable
+from engine.step_cache import DEFAULT_ROW_ARGS
 
 if TYPE_CHECKING:
     from engine.registry import ModelSpec
@@ -55,6 +56,9 @@ class FamilyAdapter:
     pipeline_class: ClassVar[str]
     # Tokens the pipeline pads every prompt to; a registry entry may override with options.max_sequence_length.
     default_max_sequence_length: ClassVar[int] = 226
+    # Transformer-block arguments with one entry per row, sliced when only some rows run a block (first-block
+    # caching); the others (rotary tables shared by all rows) pass as they are.
+    block_row_args: ClassVar[tuple[str, ...]] = DEFAULT_ROW_ARGS
 
     def __init__(self, pipe: Any, options: dict[str, Any] | None = None) -> None:
         self.pipe = pipe
@@ -64,6 +68,24 @@ class FamilyAdapter:
         self.vae = pipe.vae
         self.device = self.transformer.device
         self.dtype = self.transformer.dtype
+
+    # --- caching ---------------------------------------------------------------------------------
+
+    def text_settings(self) -> tuple:
+        """Everything besides the prompt that shapes its embedding: part of the prompt cache's key."""
+        return (self.family, self.max_sequence_length, repr(sorted(self.options.items())))
+
+    def models(self) -> list[torch.nn.Module]:
+        """Every transformer that serves steps (two-expert models have two)."""
+        return [self.transformer]
+
+    def cache_blocks(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        """The model's transformer blocks in the order its forward calls them."""
+        return list(model.transformer_blocks)
+
+    def text_kv_parts(self, model: torch.nn.Module) -> tuple[torch.nn.Module, list[Any]] | None:
+        """For cross-attention families: the text projection and each block's cross-attention (text K/V cache)."""
+        return None
 
     # --- loading ---------------------------------------------------------------------------------
 

@@ -31,6 +31,10 @@ class HunyuanVideoAdapter(FamilyAdapter):
         self.spatial_multiple = pipe.vae_scale_factor_spatial * config.patch_size
         self.temporal_factor = pipe.vae_scale_factor_temporal
 
+    def cache_blocks(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        # Dual-stream blocks, then single-stream ones: one chain for first-block caching.
+        return [*model.transformer_blocks, *model.single_transformer_blocks]
+
     def uses_cfg(self, request: GenerationRequest) -> bool:
         # Guidance is an input of the distilled transformer; a negative row runs only under "true CFG".
         return self.true_cfg_scale > 1.0

@@ -19,6 +19,8 @@ class LTXAdapter(FamilyAdapter):
     family = "ltx"
     pipeline_class = "LTXPipeline"
     default_max_sequence_length = 128
+    # LTX's rotary table has one entry per row.
+    block_row_args = (*FamilyAdapter.block_row_args, "image_rotary_emb")
 
     def __init__(self, pipe, options=None) -> None:
         super().__init__(pipe, options)
@@ -29,6 +31,9 @@ class LTXAdapter(FamilyAdapter):
         self.decode_timestep = float(self.options.get("decode_timestep", 0.0))
         noise_scale = self.options.get("decode_noise_scale")
         self.decode_noise_scale = self.decode_timestep if noise_scale is None else float(noise_scale)
+
+    def text_kv_parts(self, model: torch.nn.Module) -> tuple[torch.nn.Module, list] | None:
+        return model.caption_projection, [block.attn2 for block in model.transformer_blocks]
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> list[TextEmbedding]:

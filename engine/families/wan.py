@@ -33,6 +33,18 @@ class WanAdapter(FamilyAdapter):
         self.spatial_multiple = pipe.vae_scale_factor_spatial * self.patch_size[1]
         self.temporal_factor = pipe.vae_scale_factor_temporal
 
+    def models(self) -> list[torch.nn.Module]:
+        return self.experts
+
+    def cache_blocks(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        return list(model.blocks)
+
+    def text_kv_parts(self, model: torch.nn.Module) -> tuple[torch.nn.Module, list] | None:
+        attentions = [block.attn2 for block in model.blocks]
+        if any(a.add_k_proj is not None or getattr(a, "fused_projections", False) for a in attentions):
+            return None  # image-to-video's extra image K/V and fused projections: computed in the forward
+        return model.condition_embedder.text_embedder, attentions
+
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> list[TextEmbedding]:
         pipe = self.pipe
