@@ -12,6 +12,7 @@ from flask import Blueprint, Response, current_app, jsonify
 
 from api.services import services
 from api.validation import CURSOR_PATTERN, MAX_METADATA_BYTES, MAX_PAGE, MAX_WEBHOOK_URL_CHARS, WEBHOOK_URL_PATTERN
+from engine.cache_policy import SETTINGS
 from engine.registry import ModelRegistry, ModelSpec
 from vidserve.schema import JobStatus
 
@@ -94,6 +95,7 @@ def _job_request_schema(spec: ModelSpec) -> dict[str, Any]:
                 }
             ),
             "fps": _nullable({"type": "integer", "minimum": 1, "maximum": 60, "description": "frames per second"}),
+            "cache": {"anyOf": [_ref("CachePolicy"), {"type": "null"}]},
             "webhook_url": _nullable(
                 {
                     "type": "string",
@@ -111,6 +113,31 @@ def _job_request_schema(spec: ModelSpec) -> dict[str, Any]:
                 }
             ),
         },
+    }
+
+
+def _cache_policy_schema() -> dict[str, Any]:
+    """Approximate step caching, one schema per policy, from the engine's own table of ranges and defaults."""
+    variants = []
+    for policy, settings in SETTINGS.items():
+        properties: dict[str, Any] = {"policy": {"const": policy}}
+        for name, (kind, low, high, default) in settings.items():
+            properties[name] = {
+                "type": "integer" if kind is int else "number",
+                "minimum": kind(low),
+                "maximum": kind(high),
+                "default": kind(default),
+            }
+        variants.append(
+            {"type": "object", "additionalProperties": False, "required": ["policy"], "properties": properties}
+        )
+    return {
+        "description": (
+            "approximate step caching for this job (exact reuse is always on): none; first_block (skip the other "
+            "transformer blocks while the first block's residual changed less than `threshold`); taylorseer "
+            "(compute every `interval`-th step after `warmup`, forecast the others to `order`)"
+        ),
+        "oneOf": variants,
     }
 
 
@@ -143,6 +170,7 @@ def _schemas(registry: ModelRegistry) -> dict[str, Any]:
             "oneOf": [_ref(request_schema_name(spec.name)) for spec in registry],
         },
         **{request_schema_name(spec.name): _job_request_schema(spec) for spec in registry},
+        "CachePolicy": _cache_policy_schema(),
         "MetadataValue": {
             "anyOf": [
                 {"type": ["null", "boolean", "number"]},
@@ -169,6 +197,9 @@ def _schemas(registry: ModelRegistry) -> dict[str, Any]:
                 "seed": {"type": "integer"},
                 "fps": {"type": "integer"},
             },
+            # `cache` appears only in the params of a job that asked for approximate caching (resolved, defaults
+            # applied), so it is not among the properties every job has.
+            "patternProperties": {"^cache$": _ref("CachePolicy")},
         },
         "JobOutput": {
             "type": "object",

@@ -33,6 +33,7 @@ JOB_FIELDS: dict[str, str] = {
     "guidance_scale": "number",
     "seed": "integer",
     "fps": "integer",
+    "cache": "object",
     "webhook_url": "string",
     "metadata": "object",
 }
@@ -47,6 +48,7 @@ GENERATION_FIELDS = (
     "guidance_scale",
     "seed",
     "fps",
+    "cache",
 )
 MAX_WEBHOOK_URL_CHARS = 2048
 # http(s), a host name or IPv4 address, an optional port up to 65535, then printable ASCII: one regex that both
@@ -143,6 +145,8 @@ def parse_submission(body: dict[str, Any], registry: ModelRegistry) -> JobSubmis
     requested.setdefault("seed", secrets.randbelow(RANDOM_SEED_BOUND))
     resolved = registry.get(values["model"]).resolve(str(job_id), requested)
     params = {name: getattr(resolved, name) for name in GENERATION_FIELDS}
+    if params["cache"] is None:  # no approximate caching asked for: the params stay as before the field existed
+        del params["cache"]
     return JobSubmission(job_id, values["model"], params, webhook_url, metadata)
 
 

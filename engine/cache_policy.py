@@ -54,7 +54,7 @@ def parse_cache(value: Any) -> CachePolicy:
         return CachePolicy()
     if not isinstance(value, dict):
         raise InvalidRequest("cache", 'must be an object such as {"policy": "first_block"}')
-    policy = value.get("policy", NONE)
+    policy = value.get("policy")
     if policy not in SETTINGS:
         raise InvalidRequest("cache.policy", f"must be one of: {', '.join(POLICIES)}")
     allowed = SETTINGS[policy]

@@ -60,6 +60,9 @@ BAD_FIELDS: list[tuple[str, dict[str, Any], str, str]] = [
     ("metadata not an object", {"metadata": ["a"]}, "metadata", "must be a JSON object"),
     ("metadata too large", {"metadata": {"blob": "x" * 5000}}, "metadata", "at most 4096 bytes"),
     ("metadata with a NUL character", {"metadata": {"k": "v\u0000"}}, "metadata", "NUL"),
+    ("cache not an object", {"cache": "fast"}, "cache", "must be a JSON object"),
+    ("cache with an unknown policy", {"cache": {"policy": "magic"}}, "cache.policy", "must be one of: none"),
+    ("cache threshold out of range", {"cache": {"policy": "first_block", "threshold": 5}}, "cache.threshold", "1.0"),
 ]
 
 
