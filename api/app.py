@@ -10,7 +10,8 @@ import logging
 
 from flask import Flask
 
-from api import health, jobs, models, openapi
+from api import events, health, jobs, metrics, models, openai_videos, openapi
+from api.admin import views as admin
 from api.errors import register_error_handlers
 from api.services import EXTENSION, Services
 from vidserve.settings import Settings
@@ -24,7 +25,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
     app.extensions[EXTENSION] = Services.from_settings(settings)
-    for blueprint in (jobs.bp, models.bp, health.bp, openapi.bp):
+    for blueprint in (jobs.bp, events.bp, models.bp, health.bp, openapi.bp, metrics.bp, openai_videos.bp, admin.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
     return app

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from vidserve.db import session_factory
@@ -274,6 +274,17 @@ class JobStore:
                 )
             )
         return to_publish, deliveries
+
+    def delete(self, job_id: uuid.UUID | str) -> Job:
+        """Remove a job with its timeline and webhook deliveries (the OpenAI-compatible DELETE).
+
+        A worker still running it loses its lease at its next write and stops; the caller removes the video.
+        """
+        with self._sessions() as s, s.begin():
+            job = s.scalars(delete(Job).where(Job.id == _uuid(job_id)).returning(Job)).first()
+            if job is None:
+                raise JobNotFound(str(job_id))
+            return job
 
     # ---- internals -----------------------------------------------------------------------------
     def _transition(

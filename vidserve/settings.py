@@ -43,6 +43,10 @@ ENV_VARS: list[tuple[str, str, Any, str]] = [
     ("VIDSERVE_WEBHOOK_BACKOFF", "webhook_backoff", 5.0, "first retry delay in seconds; doubles per attempt"),
     ("VIDSERVE_WEBHOOK_CONCURRENCY", "webhook_concurrency", 8, "deliveries one webhook sender process makes at once"),
     ("VIDSERVE_LOG_LEVEL", "log_level", "INFO", "log level of API and worker"),
+    ("VIDSERVE_ADMIN_TOKEN", "admin_token", "",
+     "password of the admin dashboard (/admin) and its API; empty: the dashboard is locked"),
+    ("VIDSERVE_HEARTBEAT_SECONDS", "heartbeat_seconds", 5.0,
+     "how often a worker writes its heartbeat to Redis; it expires after three periods"),
 ]
 
 
@@ -75,6 +79,8 @@ class Settings:
     webhook_backoff: float = 5.0
     webhook_concurrency: int = 8
     log_level: str = "INFO"
+    admin_token: str = ""
+    heartbeat_seconds: float = 5.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:

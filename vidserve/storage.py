@@ -61,6 +61,10 @@ class VideoStore:
             response.close()
             response.release_conn()
 
+    def delete(self, key: str) -> None:
+        """Remove a video (deleting a missing key is not an error in S3)."""
+        self._internal.remove_object(self.bucket, key)
+
     def presigned_url(self, key: str) -> tuple[str, dt.datetime]:
         expires_at = dt.datetime.now(dt.UTC) + self.ttl
         return self._public.presigned_get_object(self.bucket, key, expires=self.ttl), expires_at

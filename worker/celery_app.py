@@ -19,6 +19,7 @@ from sqlalchemy.exc import OperationalError
 from vidserve.queue import DELIVER_WEBHOOK_TASK, GENERATE_TASK, WEBHOOK_QUEUE, make_celery, queue_for
 from vidserve.settings import Settings
 from worker import context, tasks
+from worker.heartbeat import Heartbeat
 from worker.sweeper import Sweeper
 from worker.webhooks import WebhookSender, celery_scheduler
 
@@ -28,6 +29,7 @@ app: Celery = make_celery(Settings.from_env())
 
 _sweeper: Sweeper | None = None
 _sender: WebhookSender | None = None
+_heartbeat: Heartbeat | None = None
 
 
 def _db_retry_countdown(task: Task) -> float:
@@ -63,7 +65,7 @@ def webhook_sender() -> WebhookSender:
 
 @signals.worker_init.connect
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
-    global _sweeper
+    global _sweeper, _heartbeat
     ctx = context.current()
     consumed = set(sender.app.amqp.queues.consume_from or {}) if sender is not None else set()
     models = [m for m in ctx.engines.models if not consumed or queue_for(m) in consumed]
@@ -79,6 +81,9 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
         webhook_sender()  # a missing or malformed secret stops the process here, loudly
     _sweeper = Sweeper(ctx.store, app, ctx.settings.sweep_seconds, ctx.settings.max_attempts)
     _sweeper.start()
+    slots = int(getattr(sender, "concurrency", 0) or ctx.settings.worker_slots)
+    _heartbeat = Heartbeat(ctx.settings, ctx.node, models, slots, kind="gen" if models else "webhooks")
+    _heartbeat.start()
     log.info("worker ready: models %s, webhooks %s", models or "none", not consumed or WEBHOOK_QUEUE in consumed)
 
 
@@ -93,6 +98,8 @@ def _on_shutting_down(**_: Any) -> None:
 def _on_shutdown(**_: Any) -> None:
     if _sweeper is not None:
         _sweeper.stop()
+    if _heartbeat is not None:
+        _heartbeat.stop()
     if context._current is not None:
         context._current.close()
 

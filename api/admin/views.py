@@ -1,0 +1,308 @@
+"""The admin dashboard (`/admin`): jobs, job detail, queues, workers and charts, rendered server-side.
+
+Locked unless `VIDSERVE_ADMIN_TOKEN` is set. A browser signs in with the token and gets a signed cookie;
+scripts send `Authorization: Bearer <token>`. Every form POST carries a CSRF token bound to the cookie.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import uuid
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import Blueprint, Response, abort, jsonify, redirect, render_template, request, url_for
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+from api.admin import queries
+from api.services import services
+from vidserve.jobs import JobConflict, JobNotFound
+from vidserve.schema import JobStatus
+from worker.heartbeat import read_heartbeats
+
+bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates", static_folder="static")
+
+COOKIE = "vidserve_admin"
+SESSION_SECONDS = 12 * 3600
+
+
+def _token() -> str:
+    return services().settings.admin_token
+
+
+def _serializer() -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(_token(), salt="vidserve-admin")
+
+
+def _csrf_for(cookie: str) -> str:
+    return hmac.new(_token().encode(), b"csrf:" + cookie.encode(), hashlib.sha256).hexdigest()
+
+
+def _authenticated() -> str | None:
+    """'bearer' or 'cookie' when the request carries the admin credential, else None."""
+    token = _token()
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer ") and hmac.compare_digest(header[7:].encode(), token.encode()):
+        return "bearer"
+    cookie = request.cookies.get(COOKIE)
+    if cookie:
+        try:
+            _serializer().loads(cookie, max_age=SESSION_SECONDS)
+            return "cookie"
+        except BadSignature:
+            return None
+    return None
+
+
+def admin_required(view: Callable[..., Any]) -> Callable[..., Any]:
+    @wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if not _token():
+            return render_template("admin/locked.html"), 403
+        how = _authenticated()
+        if how is None:
+            if request.method == "GET" and "text/html" in request.headers.get("Accept", ""):
+                return redirect(url_for("admin.login", next=request.full_path))
+            return jsonify(error={"code": "unauthorized", "message": "admin credential required"}), 401
+        # A cookie rides along with cross-site requests; a form POST must prove it came from our page.
+        if request.method == "POST" and how == "cookie":
+            sent = request.form.get("csrf", "")
+            if not hmac.compare_digest(sent, _csrf_for(request.cookies[COOKIE])):
+                abort(403, "CSRF token missing or wrong; reload the page")
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+@bp.app_template_global()
+def csrf_token() -> str:
+    cookie = request.cookies.get(COOKIE)
+    return _csrf_for(cookie) if cookie else ""
+
+
+@bp.app_template_filter("when")
+def _when(value: dt.datetime | None) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if value else "—"
+
+
+@bp.app_template_filter("age")
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+@bp.app_template_filter("filesize")
+def _filesize(n: int | None) -> str:
+    if n is None:
+        return "—"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+# ---- sign in -------------------------------------------------------------------------------------------
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Any:
+    if not _token():
+        return render_template("admin/locked.html"), 403
+    target = request.values.get("next") or url_for("admin.jobs")
+    if not target.startswith("/admin"):  # never redirect off-site after sign-in
+        target = url_for("admin.jobs")
+    error = None
+    if request.method == "POST":
+        if hmac.compare_digest(request.form.get("token", "").encode(), _token().encode()):
+            response = redirect(target)
+            response.set_cookie(
+                COOKIE,
+                _serializer().dumps(uuid.uuid4().hex),
+                max_age=SESSION_SECONDS,
+                httponly=True,
+                samesite="Strict",
+                secure=request.is_secure,
+                path="/admin",
+            )
+            return response
+        error = "wrong token"
+    return render_template("admin/login.html", next=target, error=error), 401 if error else 200
+
+
+@bp.post("/logout")
+@admin_required
+def logout() -> Response:
+    response = redirect(url_for("admin.login"))
+    response.delete_cookie(COOKIE, path="/admin")
+    return response
+
+
+# ---- jobs ----------------------------------------------------------------------------------------------
+
+
+def _parse_time(value: str) -> dt.datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)  # the form's times are UTC
+
+
+@bp.get("/")
+@admin_required
+def jobs() -> str:
+    svc = services()
+    args = request.args
+    status = args.get("status", "")
+    f = queries.JobFilter(
+        status=status if status in {s.value for s in JobStatus} else "",
+        model=args.get("model", ""),
+        since=_parse_time(args.get("since", "")),
+        until=_parse_time(args.get("until", "")),
+        q=args.get("q", "").strip()[:200],
+        page=int(args["page"]) if args.get("page", "").isdigit() else 1,
+    )
+    page = queries.search_jobs(svc, f)
+    keep = {k: v for k, v in args.items() if k != "page" and v}
+
+    def page_url(n: int) -> str:
+        return url_for("admin.jobs") + "?" + urlencode({**keep, "page": n})
+
+    return render_template(
+        "admin/jobs.html",
+        page=page,
+        f=f,
+        args=args,
+        statuses=[s.value for s in JobStatus],
+        models=svc.registry.names(),
+        page_url=page_url,
+        message=args.get("msg"),
+    )
+
+
+@bp.post("/jobs/bulk")
+@admin_required
+def bulk() -> Response:
+    svc = services()
+    ids = request.form.getlist("ids")
+    action = request.form.get("action")
+    if action == "cancel":
+        done, problems = queries.cancel_jobs(svc, ids)
+        msg = f"canceled {done} job(s)"
+    elif action == "retry":
+        created, problems = queries.retry_jobs(svc, ids)
+        msg = f"retried {len(created)} job(s) as new jobs"
+    else:
+        abort(400, "action must be cancel or retry")
+    if problems:
+        msg += "; skipped: " + "; ".join(problems[:5])
+    return redirect(url_for("admin.jobs", msg=msg))
+
+
+@bp.get("/jobs/<job_id>")
+@admin_required
+def job_detail(job_id: str) -> Any:
+    svc = services()
+    try:
+        job = svc.jobs.get(job_id)
+    except JobNotFound:
+        abort(404, f"no job {job_id}")
+    video_url = None
+    if job.status == JobStatus.SUCCEEDED and job.output and svc.videos is not None:
+        video_url, _ = svc.videos.presigned_url(job.output["key"])
+    return render_template(
+        "admin/job.html",
+        job=job,
+        events=svc.jobs.events(job.id),
+        deliveries=queries.deliveries(svc, job.id),
+        video_url=video_url,
+        retryable=job.status in queries.RETRYABLE,
+        message=request.args.get("msg"),
+    )
+
+
+@bp.get("/jobs/<job_id>.json")
+@admin_required
+def job_json(job_id: str) -> Response:
+    svc = services()
+    return jsonify(svc.view_job(svc.jobs.get(job_id)))
+
+
+@bp.post("/jobs/<job_id>/cancel")
+@admin_required
+def cancel(job_id: str) -> Response:
+    svc = services()
+    try:
+        job = svc.jobs.cancel(job_id)
+        msg = "canceled" if job.status == JobStatus.CANCELED else "cancel requested; it stops at its next step"
+    except JobConflict as e:
+        msg = f"not canceled: {e}"
+    return redirect(url_for("admin.job_detail", job_id=job_id, msg=msg))
+
+
+@bp.post("/jobs/<job_id>/retry")
+@admin_required
+def retry(job_id: str) -> Response:
+    svc = services()
+    try:
+        new = queries.retry_job(svc, job_id)
+    except JobConflict as e:
+        return redirect(url_for("admin.job_detail", job_id=job_id, msg=f"not retried: {e}"))
+    return redirect(url_for("admin.job_detail", job_id=new.id, msg=f"retry of {job_id}"))
+
+
+@bp.post("/deliveries/<delivery_id>/redeliver")
+@admin_required
+def redeliver(delivery_id: str) -> Response:
+    job_id = request.form.get("job_id", "")
+    ok = queries.redeliver(services(), delivery_id)
+    msg = "webhook queued for redelivery" if ok else "no such delivery"
+    if job_id:
+        return redirect(url_for("admin.job_detail", job_id=job_id, msg=msg))
+    return redirect(url_for("admin.jobs", msg=msg))
+
+
+# ---- fleet ---------------------------------------------------------------------------------------------
+
+
+@bp.get("/queues")
+@admin_required
+def queues() -> str:
+    return render_template("admin/queues.html", queues=queries.queues(services()))
+
+
+@bp.get("/workers")
+@admin_required
+def workers() -> str:
+    return render_template("admin/workers.html", workers=read_heartbeats(services().settings))
+
+
+@bp.get("/charts")
+@admin_required
+def charts() -> str:
+    range_name = request.args.get("range", "hour")
+    if range_name not in queries.RANGES:
+        range_name = "hour"
+    return render_template("admin/charts.html", range=range_name, ranges=list(queries.RANGES))
+
+
+@bp.get("/charts.json")
+@admin_required
+def charts_json() -> Response:
+    range_name = request.args.get("range", "hour")
+    if range_name not in queries.RANGES:
+        abort(400, f"range must be one of: {', '.join(queries.RANGES)}")
+    return jsonify(queries.chart_series(services(), range_name))

@@ -1,0 +1,269 @@
+"""OpenAI-compatible Videos API (`/v1/videos...`) mapped onto vidserve's own jobs.
+
+OpenAI's field names, statuses and error shape, so the official `openai` SDK works unchanged: `seconds` becomes
+the nearest frame count the model's family can make at its frame rate, `size` ("WxH") its width and height.
+A video id is the job id: the same job shows in `/v1/jobs` and the admin dashboard.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+import secrets
+import uuid
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, redirect, request
+from sqlalchemy import and_, or_, select
+
+from api.errors import ApiError
+from api.services import services
+from api.validation import RANDOM_SEED_BOUND, parse_json_object, read_body
+from engine.registry import ModelSpec
+from engine.request import InvalidRequest
+from vidserve.db import session_factory
+from vidserve.jobs import JobConflict, JobNotFound
+from vidserve.schema import Job, JobStatus
+
+bp = Blueprint("openai_videos", __name__, url_prefix="/v1/videos")
+
+CREATE_FIELDS = ("prompt", "model", "seconds", "size", "input_reference")
+STATUS = {
+    JobStatus.QUEUED: "queued",
+    JobStatus.RUNNING: "in_progress",
+    JobStatus.SUCCEEDED: "completed",
+    JobStatus.FAILED: "failed",
+    JobStatus.CANCELED: "failed",  # OpenAI has no canceled state; the error says what happened
+}
+DEFAULT_LIST_LIMIT = 20
+MAX_LIST_LIMIT = 100
+SIZE_PATTERN = re.compile(r"^([1-9][0-9]{0,4})x([1-9][0-9]{0,4})$")
+
+
+class OpenAIError(Exception):
+    """An error in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+
+def _error_response(e: OpenAIError) -> tuple[Response, int]:
+    return jsonify(error={"message": e.message, "type": e.kind, "param": e.param, "code": e.code}), e.status
+
+
+@bp.errorhandler(OpenAIError)
+def _openai_error(e: OpenAIError) -> tuple[Response, int]:
+    return _error_response(e)
+
+
+@bp.errorhandler(InvalidRequest)
+def _invalid_request(e: InvalidRequest) -> tuple[Response, int]:
+    return _error_response(OpenAIError(400, str(e), _public_param(e.field), "invalid_value"))
+
+
+@bp.errorhandler(ApiError)
+def _api_error(e: ApiError) -> tuple[Response, int]:
+    return _error_response(OpenAIError(e.status, e.message, e.field, e.code))
+
+
+@bp.errorhandler(JobNotFound)
+def _not_found(e: JobNotFound) -> tuple[Response, int]:
+    return _error_response(OpenAIError(404, f"No video found with id '{e}'.", "video_id", "not_found"))
+
+
+# ---- mapping -------------------------------------------------------------------------------------------
+
+
+def frames_for_seconds(spec: ModelSpec, seconds: float, fps: int) -> int:
+    """The frame count of the form `m*k + 1` nearest to `seconds * fps` (ties go to the longer clip)."""
+    multiple = spec.rules.frame_multiple
+    k = max(0, math.floor((seconds * fps - 1) / multiple + 0.5))
+    return multiple * k + 1
+
+
+def _public_param(field: str | None) -> str | None:
+    # Our engine's field names, as the OpenAI request spells them.
+    return {"num_frames": "seconds", "height": "size", "width": "size"}.get(field or "", field)
+
+
+def _unix(value: dt.datetime | None) -> int | None:
+    return int(value.timestamp()) if value else None
+
+
+def video_object(job: Job) -> dict[str, Any]:
+    """A job as OpenAI's Video object (plus `vidserve_job` with our own view's link)."""
+    params = job.params or {}
+    fps = int(params.get("fps") or 8)
+    error = None
+    if job.status == JobStatus.FAILED:
+        error = {"code": job.error_code or "failed", "message": job.error_message or "generation failed"}
+    elif job.status == JobStatus.CANCELED:
+        error = {"code": "canceled", "message": "the video was canceled before it finished"}
+    return {
+        "id": str(job.id),
+        "object": "video",
+        "model": job.model,
+        "status": STATUS[job.status],
+        "progress": int(round((job.progress or 0.0) * 100)),
+        "created_at": _unix(job.created_at),
+        "completed_at": _unix(job.finished_at),
+        "expires_at": None,
+        "prompt": params.get("prompt"),
+        "seconds": f"{params.get('num_frames', 1) / fps:g}",
+        "size": f"{params.get('width')}x{params.get('height')}",
+        "remixed_from_video_id": None,
+        "error": error,
+    }
+
+
+def _parse_create_body() -> dict[str, Any]:
+    # The SDK sends multipart/form-data (for the optional input_reference file); curl users send JSON.
+    if request.mimetype == "multipart/form-data" or request.mimetype == "application/x-www-form-urlencoded":
+        body: dict[str, Any] = dict(request.form.items())
+        if request.files:
+            body["input_reference"] = True
+        return body
+    try:
+        return parse_json_object(read_body(request))
+    except ApiError as e:
+        raise OpenAIError(400, e.message, None, "invalid_json") from None
+
+
+def _resolve_create(body: dict[str, Any]) -> tuple[uuid.UUID, str, dict[str, Any]]:
+    svc = services()
+    for name in body:
+        if name not in CREATE_FIELDS:
+            raise OpenAIError(400, f"Unknown parameter: '{name}'.", name, "unknown_parameter")
+    if body.get("input_reference") is not None:
+        raise OpenAIError(400, "input_reference is not supported: vidserve generates from text only.",
+                          "input_reference", "unsupported_parameter")
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise OpenAIError(400, "Missing required parameter: 'prompt'.", "prompt", "missing_required_parameter")
+    if "\x00" in prompt:
+        raise OpenAIError(400, "prompt must not contain NUL characters.", "prompt", "invalid_value")
+    names = svc.registry.names()
+    model = body.get("model") or names[0]
+    if not isinstance(model, str) or model not in svc.registry:
+        raise OpenAIError(400, f"Invalid model: {model!r}; available: {', '.join(names)}.", "model", "invalid_value")
+    spec = svc.registry.get(model)
+    fps = spec.defaults.fps
+    requested: dict[str, Any] = {"prompt": prompt, "fps": fps, "seed": secrets.randbelow(RANDOM_SEED_BOUND)}
+
+    seconds = body.get("seconds")
+    if seconds is not None:
+        try:
+            value = float(seconds) if not isinstance(seconds, bool) else math.nan
+        except (TypeError, ValueError):
+            value = math.nan
+        if not math.isfinite(value) or value <= 0:
+            raise OpenAIError(400, f"Invalid seconds: {seconds!r}; must be a positive number of seconds.",
+                              "seconds", "invalid_value")
+        frames = frames_for_seconds(spec, value, fps)
+        if frames > spec.limits.max_frames:
+            longest = spec.limits.max_frames - (spec.limits.max_frames - 1) % spec.rules.frame_multiple
+            raise OpenAIError(400, f"Invalid seconds: {seconds!r}; {model} makes at most {longest / fps:g} seconds"
+                              f" ({longest} frames at {fps} fps).", "seconds", "invalid_value")
+        requested["num_frames"] = frames
+
+    size = body.get("size")
+    if size is not None:
+        match = SIZE_PATTERN.match(size) if isinstance(size, str) else None
+        if not match:
+            raise OpenAIError(400, f"Invalid size: {size!r}; must be WIDTHxHEIGHT, e.g. "
+                              f"{spec.defaults.width}x{spec.defaults.height}.", "size", "invalid_value")
+        requested["width"], requested["height"] = int(match.group(1)), int(match.group(2))
+
+    job_id = uuid.uuid4()
+    resolved = spec.resolve(str(job_id), requested)  # InvalidRequest -> 400 naming seconds/size
+    params = {name: getattr(resolved, name) for name in
+              ("prompt", "negative_prompt", "num_frames", "height", "width", "num_inference_steps",
+               "guidance_scale", "seed", "fps")}
+    return job_id, model, params
+
+
+# ---- views ---------------------------------------------------------------------------------------------
+
+
+@bp.post("")
+def create_video() -> Response:
+    svc = services()
+    job_id, model, params = _resolve_create(_parse_create_body())
+    job = svc.jobs.create(job_id=job_id, model=model, params=params)
+    svc.publish(job)
+    return jsonify(video_object(job))
+
+
+@bp.get("/<video_id>")
+def retrieve_video(video_id: str) -> Response:
+    return jsonify(video_object(services().jobs.get(video_id)))
+
+
+@bp.get("")
+def list_videos() -> Response:
+    svc = services()
+    raw_limit = request.args.get("limit", str(DEFAULT_LIST_LIMIT))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIST_LIMIT:
+        raise OpenAIError(400, f"limit must be an integer between 1 and {MAX_LIST_LIMIT}.", "limit", "invalid_value")
+    limit = int(raw_limit)
+    order = request.args.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise OpenAIError(400, "order must be 'asc' or 'desc'.", "order", "invalid_value")
+    q = select(Job).limit(limit + 1)
+    if order == "desc":
+        q = q.order_by(Job.created_at.desc(), Job.id.desc())
+    else:
+        q = q.order_by(Job.created_at.asc(), Job.id.asc())
+    after = request.args.get("after")
+    if after:
+        try:
+            anchor = svc.jobs.get(after)
+        except JobNotFound:
+            raise OpenAIError(400, f"after: no video with id {after!r}.", "after", "invalid_value") from None
+        if order == "desc":
+            q = q.where(or_(Job.created_at < anchor.created_at,
+                            and_(Job.created_at == anchor.created_at, Job.id < anchor.id)))
+        else:
+            q = q.where(or_(Job.created_at > anchor.created_at,
+                            and_(Job.created_at == anchor.created_at, Job.id > anchor.id)))
+    with session_factory(svc.settings.database_url)() as s:
+        rows = list(s.scalars(q))
+    page = rows[:limit]
+    data = [video_object(job) for job in page]
+    return jsonify(object="list", data=data, first_id=data[0]["id"] if data else None,
+                   last_id=data[-1]["id"] if data else None, has_more=len(rows) > limit)
+
+
+@bp.get("/<video_id>/content")
+def video_content(video_id: str) -> Response:
+    svc = services()
+    variant = request.args.get("variant", "video")
+    if variant != "video":
+        raise OpenAIError(400, f"variant {variant!r} is not available; only 'video' is.", "variant", "invalid_value")
+    job = svc.jobs.get(video_id)
+    if job.status != JobStatus.SUCCEEDED or not job.output:
+        raise OpenAIError(409, f"Video is {STATUS[job.status]}; its content exists once it is completed.",
+                          None, "video_not_ready")
+    if svc.videos is None:
+        raise OpenAIError(503, "no object store is configured", None, "storage_unavailable", "server_error")
+    # The API never streams video bytes itself: the SDK follows the redirect to the presigned URL.
+    url, _ = svc.videos.presigned_url(job.output["key"])
+    return redirect(url, 302)
+
+
+@bp.delete("/<video_id>")
+def delete_video(video_id: str) -> Response:
+    svc = services()
+    job = svc.jobs.get(video_id)
+    if not job.status.terminal:
+        try:
+            svc.jobs.cancel(video_id)  # a running worker stops at its next step (its lease is gone after delete)
+        except JobConflict:
+            pass  # it finished meanwhile
+    deleted = svc.jobs.delete(video_id)
+    if deleted.output and svc.videos is not None:
+        svc.videos.delete(deleted.output["key"])
+    return jsonify(id=str(deleted.id), object="video.deleted", deleted=True)

@@ -1,0 +1,85 @@
+"""`GET /v1/jobs/{id}/events`: status and progress as Server-Sent Events, ending once the job is terminal.
+
+A thread moves the job through claim → progress → success with the real `JobStore` (SQL) while the test
+reads the stream from the app, the way a worker's writes reach a watching client.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from typing import Any
+
+from flask.testing import FlaskClient
+
+from vidserve.job_view import job_to_dict
+from vidserve.jobs import JobStore
+from vidserve.settings import Settings
+
+
+def read_events(client: FlaskClient, job_id: str, timeout: float = 30.0) -> list[tuple[str, dict[str, Any]]]:
+    response = client.get(f"/v1/jobs/{job_id}/events", buffered=False)
+    assert response.status_code == 200
+    assert response.mimetype == "text/event-stream"
+    assert response.headers["Cache-Control"] == "no-cache"
+    events: list[tuple[str, dict[str, Any]]] = []
+    buffer = ""
+    deadline = time.monotonic() + timeout
+    for chunk in response.response:
+        buffer += chunk.decode() if isinstance(chunk, bytes) else chunk
+        while "\n\n" in buffer:
+            block, buffer = buffer.split("\n\n", 1)
+            fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line and line[0] != ":")
+            if "data" in fields:
+                events.append((fields.get("event", "message"), json.loads(fields["data"])))
+        assert time.monotonic() < deadline, "stream did not end"
+    response.close()
+    return events
+
+
+def test_stream_reports_each_status_and_progress_change_then_the_whole_job(
+    client: FlaskClient, submit: Any, api_settings: Settings
+) -> None:
+    store = JobStore(api_settings.database_url, lambda job: job_to_dict(job, None))
+    job = submit()
+    owner = f"sse-test/{uuid.uuid4().hex[:8]}"
+
+    def worker() -> None:
+        time.sleep(0.6)
+        store.claim(job["id"], owner, 30)
+        for progress in (0.25, 0.5, 0.75):
+            time.sleep(0.6)
+            store.set_progress(job["id"], owner, progress)
+        time.sleep(0.6)
+        store.succeed(job["id"], owner, {"key": "videos/none.mp4"}, {"steps_computed": 4})
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    events = read_events(client, job["id"])
+    thread.join()
+
+    statuses = [(data["status"], data["progress"]) for name, data in events if name == "status"]
+    assert statuses[0] == ("queued", 0.0)
+    assert ("running", 0.5) in statuses and statuses[-1] == ("succeeded", 1.0)
+    progress = [p for _, p in statuses]
+    assert progress == sorted(progress), "progress never goes backwards"
+    assert len(statuses) == len(set(statuses)), "only changes are sent"
+    name, done = events[-1]
+    assert name == "done" and done["id"] == job["id"] and done["status"] == "succeeded"
+    assert done["stats"] == {"steps_computed": 4}
+
+
+def test_stream_of_a_finished_job_ends_at_once(client: FlaskClient, submit: Any) -> None:
+    job = submit()
+    assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
+    events = read_events(client, job["id"], timeout=5)
+    assert [name for name, _ in events] == ["status", "done"]
+    assert events[0][1]["status"] == "canceled"
+
+
+def test_stream_of_an_unknown_job_is_a_json_404(client: FlaskClient) -> None:
+    response = client.get(f"/v1/jobs/{uuid.uuid4()}/events")
+    assert response.status_code == 404
+    assert response.get_json()["error"]["code"] == "job_not_found"
