@@ -23,6 +23,7 @@ PG_HOST = os.environ.get("VIDSERVE_TEST_PG", "postgresql+psycopg://postgres@127.
 REDIS_BASE = os.environ.get("VIDSERVE_TEST_REDIS", "redis://127.0.0.1:6379")
 REDIS_DB = int(os.environ.get("VIDSERVE_TEST_REDIS_DB", "13"))
 RUN_ID = uuid.uuid4().hex[:8]
+REDIS_PREFIX = f"vidserve-test-{RUN_ID}:"
 
 
 @pytest.fixture(scope="session")
@@ -35,10 +36,13 @@ def database_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
+def redis_url() -> Iterator[str]:
     url = f"{REDIS_BASE}/{REDIS_DB}"
-    redis.Redis.from_url(url).flushdb()
-    return url
+    yield url
+    # Only this run's keys (every key carries the run's prefix): a suite running beside it keeps its own.
+    client = redis.Redis.from_url(url)
+    for key in client.scan_iter(match=f"{REDIS_PREFIX}*"):
+        client.delete(key)
 
 
 @pytest.fixture(scope="session")
@@ -68,6 +72,7 @@ def settings(database_url: str, redis_url: str, s3_server: S3Server, webhook_sec
     return Settings(
         database_url=database_url,
         redis_url=redis_url,
+        redis_prefix=REDIS_PREFIX,
         s3_endpoint=s3_server.endpoint,
         s3_access_key="vidserve-test",
         s3_secret_key="vidserve-test-secret",

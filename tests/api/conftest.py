@@ -57,7 +57,9 @@ def api_settings(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -
     VideoStore(settings).ensure_bucket()
     yield dataclasses.replace(settings, database_url=database_url, redis_url=redis_url, models_file=str(registry))
     db.drop_database(database_url)
-    redis.Redis.from_url(redis_url).flushdb()
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(match=f"{settings.redis_prefix}*"):
+        client.delete(key)
 
 
 @pytest.fixture(scope="session")
