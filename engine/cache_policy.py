@@ -20,7 +20,7 @@ SETTINGS: dict[str, dict[str, tuple[type, float, float, float]]] = {
     FIRST_BLOCK: {"threshold": (float, 0.01, 1.0, 0.2)},
     # Compute every `interval`-th step after `warmup` computed ones; forecast the others from finite differences
     # of the computed outputs, up to `order`.
-    TAYLORSEER: {"interval": (int, 2, 8, 3), "warmup": (int, 1, 10, 2), "order": (int, 0, 2, 1)},
+    TAYLORSEER: {"interval": (int, 2, 8, 2), "warmup": (int, 1, 10, 2), "order": (int, 0, 2, 1)},
 }
 POLICIES = tuple(SETTINGS)
 

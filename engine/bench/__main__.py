@@ -1,6 +1,8 @@
 """`python -m engine.bench [--quick] [--gpu]`: diffusers one call per request vs the engine, same mix and seeds.
 
 Prints a table and `throughput_vs_diffusers[<size>]: <ratio>x` lines; writes a BENCHMARKS.md section and a chart.
+Then step caching on the largest CPU size's Wan mix (`--cached`): cached rows, PSNR/SSIM against the uncached
+frames, and `throughput_vs_diffusers[<size>,cached]: <ratio>x at <psnr> dB`, in a section of its own.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, help="torch intra-op threads (default: 1 on the CPU, torch's choice with --gpu)"
     )
     parser.add_argument("--repeats", type=int, help="runs per measurement, best kept (default: 1 quick, 2 full)")
+    parser.add_argument(
+        "--cached",
+        choices=("on", "only", "off"),
+        default="on",
+        help="step-caching rows on the largest CPU size's Wan mix: with the rest (on), alone (only), or not (off)",
+    )
     parser.add_argument("--model-dir", default=os.environ.get("VIDSERVE_MODEL_DIR", "var/models"))
     parser.add_argument("--output", default="BENCHMARKS.md", help="markdown file to update ('' to skip)")
     parser.add_argument("--chart", default=None, help="PNG path (default: beside the markdown file)")
@@ -73,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     sizes = args.sizes.split(",") if not args.gpu else ["tiny"]
-    for size in sizes:
+    for size in sizes if args.cached != "only" else []:
         chosen = (
             families if not (args.quick and size == "small") else [f for f in families if f == "wan"] or families[:1]
         )
@@ -85,6 +93,19 @@ def main(argv: list[str] | None = None) -> int:
             mix = request_mix(family, args.requests)
             measurements += compare(size, family, spec, adapter, mix, warmup_requests(mix), repeats=repeats)
             del adapter
+
+    cached_rows = []
+    if args.cached != "off" and not args.gpu:
+        from engine.bench.cached import compare_cached
+
+        size, family = sizes[-1], "wan" if "wan" in families else families[0]
+        print(f"{size}: step caching ({family})", flush=True)
+        path = build_models(Path(args.model_dir) / size, [family], size=size)[family]
+        spec = spec_for(family, str(path))
+        mix = request_mix(family, args.requests)
+        cached_rows = compare_cached(
+            size, family, spec, adapter_class(family).load(spec), mix, warmup_requests(mix), repeats
+        )
 
     if args.gpu:
         from engine.bench.gpu import wan_1_3b_random
@@ -101,12 +122,36 @@ def main(argv: list[str] | None = None) -> int:
     where = torch.cuda.get_device_name(0) if args.gpu else f"CPU, {torch.get_num_threads()} threads"
     load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
     kind = "gpu" if args.gpu else ("cpu-quick" if args.quick else "cpu")
-    print()
-    print(report.table(measurements))
-    print()
+    if measurements:
+        print()
+        print(report.table(measurements))
+        print()
     print(f"{len(measurements) // 2} comparisons on {where} in {elapsed:.0f} s ({kind}; {load}; best of {repeats})")
     lines = report.ratio_lines(measurements)
-    if args.output:
+    if cached_rows:
+        from engine.bench import cached
+
+        cached_table, cached_line = cached.table(cached_rows), cached.ratio_line(cached_rows)
+        print()
+        print(cached_table)
+        lines = "\n".join(filter(None, [lines, cached_line]))
+    if args.output and cached_rows:
+        body = (
+            f"`python -m engine.bench{' --cached only' if args.cached == 'only' else ''}` on {where} "
+            f"({platform.machine()}), torch {torch.__version__}, diffusers {diffusers.__version__}; "
+            f"{time.strftime('%Y-%m-%d')}, {load}, best of {repeats} run(s) each.\n\n"
+            f"The same {args.requests} requests as above ({cached_rows[0].size} {cached_rows[0].family}), all arriving "
+            "together, served by diffusers (one call per request), by the engine with no reuse at all (no prompt "
+            "cache, text projected in every block at every step), with exact reuse only (prompt cache, text K/V "
+            "once per request; the default), and with each approximate policy at two strengths, set on every "
+            "request. *vs uncached*: throughput over the no-reuse engine's. *block evaluations*: transformer blocks "
+            "run, summed over rows. PSNR and SSIM: each request's frames against its frames from the no-reuse "
+            "engine (same seed), mean and worst over the requests. **Random weights: the quality figures are "
+            "indicative only**; a trained model's thresholds differ (first-block thresholds are model-specific).\n\n"
+            f"{cached_table}\n\n```\n{cached_line}\n```\n"
+        )
+        report.write_section(Path(args.output), f"{kind}-cached", f"Step caching ({kind})", body)
+    if args.output and measurements:
         out = Path(args.output)
         chart_path = Path(args.chart) if args.chart else out.with_name(f"benchmarks-{kind}.png")
         report.chart(measurements, chart_path, f"vidserve engine vs diffusers ({where})")

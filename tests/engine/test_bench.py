@@ -14,7 +14,10 @@ def test_the_benchmark_prints_a_ratio_line_per_size_and_writes_its_section_and_c
     assert main([*args, "--model-dir", str(model_dir), "--output", str(out)]) == 0
     printed = capsys.readouterr().out
     assert re.search(r"^throughput_vs_diffusers\[tiny\]: \d+\.\d+x$", printed, re.M)
-    assert "| tiny | wan | staggered | engine |" in out.read_text()
+    assert re.search(r"^throughput_vs_diffusers\[tiny,cached\]: \d+\.\d+x at \d+\.\d dB$", printed, re.M)
+    text = out.read_text()
+    assert "| tiny | wan | staggered | engine |" in text
+    assert "<!-- engine-bench:cpu-cached -->" in text and "| tiny | wan | engine | first_block 0.2 (default) |" in text
     assert (tmp_path / "benchmarks-cpu.png").stat().st_size > 0
 
 

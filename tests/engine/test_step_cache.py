@@ -75,7 +75,8 @@ POLICIES = [
     ("wan", {"policy": "first_block", "threshold": 0.2}),
     ("mochi", {"policy": "first_block", "threshold": 0.5}),
     ("hunyuanvideo", {"policy": "first_block", "threshold": 0.5}),
-    ("wan", {"policy": "taylorseer"}),
+    ("wan", {"policy": "taylorseer", "interval": 3}),
+    ("mochi", {"policy": "taylorseer"}),
     ("cogvideox", {"policy": "taylorseer", "interval": 2}),
     ("ltx", {"policy": "taylorseer", "interval": 2}),
 ]
@@ -103,7 +104,7 @@ def test_a_cached_request_in_a_mixed_batch_leaves_the_uncached_ones_unchanged(en
     unguided = make_request("wan", "unguided", prompt="rain", guidance_scale=1.0, num_inference_steps=8, seed=4)
     alone = [engine.generate([r])[0].frames for r in (guided, unguided)]
     first_block = make_request("wan", "fb", num_inference_steps=8, seed=5, cache={"policy": "first_block"})
-    taylor = make_request("wan", "ts", num_inference_steps=8, seed=6, cache={"policy": "taylorseer"})
+    taylor = make_request("wan", "ts", num_inference_steps=8, seed=6, cache={"policy": "taylorseer", "interval": 3})
     results = engine.generate([guided, first_block, unguided, taylor])
     for expected, result in zip(alone, (results[0], results[2]), strict=True):
         assert np.abs(result.frames - expected).max() <= ALONE
@@ -143,6 +144,6 @@ def test_a_bad_cache_setting_is_refused_naming_the_field(cache, field, engines, 
 
 def test_the_policy_defaults_are_applied_and_recorded(registry):
     request = registry.get("tiny-wan").resolve("r", {"prompt": "a cat", "cache": {"policy": "taylorseer"}})
-    assert request.cache == {"policy": "taylorseer", "interval": 3, "warmup": 2, "order": 1}
+    assert request.cache == {"policy": "taylorseer", "interval": 2, "warmup": 2, "order": 1}
     assert registry.get("tiny-wan").resolve("r", {"prompt": "a cat"}).cache is None
     assert parse_cache({"policy": "first_block"}).threshold == 0.2
