@@ -106,3 +106,16 @@ class Settings:
     @property
     def served_models(self) -> list[str]:
         return [m.strip() for m in self.worker_models.split(",") if m.strip()]
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated from ENV_VARS (`python -m vidserve.settings`)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for var, _attr, default, description in ENV_VARS:
+        shown = f"`{default}`" if default != "" else "(empty)"
+        rows.append(f"| `{var}` | {shown} | {description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())
