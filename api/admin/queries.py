@@ -212,7 +212,7 @@ def chart_series(svc: Services, range_name: str) -> dict[str, Any]:
     with get_engine(svc.settings.database_url).connect() as conn:
         rows = conn.execute(
             text(
-                f"SELECT {bucket_sql} AS t, count(*) AS finished,"
+                f"SELECT {bucket_sql} AS bucket_at, count(*) AS finished,"
                 " count(*) FILTER (WHERE status = 'succeeded') AS succeeded,"
                 " percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - created_at)) AS q50,"
                 " percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - created_at)) AS q95,"
@@ -232,7 +232,7 @@ def chart_series(svc: Services, range_name: str) -> dict[str, Any]:
             ),
             params,
         ).all()
-    by_time = {r.t: r for r in rows}
+    by_time = {r.bucket_at: r for r in rows}
     labels, finished, q50, q95, r50, r95, reuse = [], [], [], [], [], [], []
     first = dt.datetime.fromtimestamp((start.timestamp() // bucket) * bucket, dt.UTC)
     t = first

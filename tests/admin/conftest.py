@@ -1,0 +1,62 @@
+"""The admin tests run on the real stack of tests/e2e, with an admin token set, plus a headless Chromium."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from e2e.conftest import receiver, stack  # noqa: F401  (the worker engineer's real-stack fixtures, reused)
+from service_harness import SERVED_MODEL, isolated, write_test_registry
+
+from vidserve.settings import Settings
+
+ADMIN_TOKEN = "admin-test-token"
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "artifacts" / "admin"
+
+
+@pytest.fixture(scope="module")
+def e2e_settings(settings: Settings, model_dir: Path) -> Settings:
+    return isolated(
+        settings,
+        model_dir=str(model_dir),
+        models_file=write_test_registry(model_dir),
+        worker_models=SERVED_MODEL,
+        worker_slots=4,
+        admin_token=ADMIN_TOKEN,
+        heartbeat_seconds=1.0,
+    )
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """Debian's chromium driven headless by Debian's chromedriver, with a fresh profile."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    if not Path("/usr/bin/chromedriver").exists():
+        pytest.skip("chromium-driver is not installed (.ci/run installs it)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--autoplay-policy=no-user-gesture-required",
+        "--window-size=1400,1000",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    driver.set_page_load_timeout(30)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -1,0 +1,70 @@
+"""`vidserve submit/status/cancel/list`: the real command in a subprocess, talking to the public API only.
+
+The commands get the API's URL from `VIDSERVE_API_URL` (or `--api`) and nothing else: no database URL, no
+Redis, no S3 credentials in their environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from service_harness import LONG_JOB, SERVED_MODEL, Stack, wait_until
+
+from vidserve.settings import ENV_VARS
+from worker.video import decode_mp4
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def vidserve(stack: Stack, *args: str, api_in_env: bool = True) -> subprocess.CompletedProcess[str]:
+    # Only the public API's address: a client that reached for the database would fail here.
+    env = {k: v for k, v in os.environ.items() if k not in {var for var, *_ in ENV_VARS}}
+    env["PYTHONPATH"] = str(REPO)
+    if api_in_env:
+        env["VIDSERVE_API_URL"] = stack.api_url
+    return subprocess.run(
+        [sys.executable, "-m", "vidserve.cli", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_submit_wait_out_writes_the_video_and_shows_progress(stack: Stack, tmp_path: Path) -> None:
+    out = tmp_path / "video.mp4"
+    done = vidserve(stack, "submit", "a lighthouse at dusk", "--model", SERVED_MODEL, "--size", "48x32",
+                    "--steps", "6", "--wait", "--out", str(out), "--json")
+    assert done.returncode == 0, done.stderr
+    job = json.loads(done.stdout)
+    assert job["status"] == "succeeded" and job["params"]["num_inference_steps"] == 6
+    assert decode_mp4(out.read_bytes()).shape == (9, 32, 48, 3)
+    assert "100%" in done.stderr and f"wrote {out}" in done.stderr  # the progress bar reached the end
+
+    status = vidserve(stack, "status", job["id"])
+    assert status.returncode == 0 and job["id"] in status.stdout and "succeeded" in status.stdout
+
+    listing = vidserve(stack, "list", "--status", "succeeded", "--limit", "100")
+    assert listing.returncode == 0 and job["id"] in listing.stdout
+
+
+def test_submit_without_wait_prints_the_id_and_cancel_cancels(stack: Stack) -> None:
+    submitted = vidserve(stack, "submit", LONG_JOB["prompt"], "--model", SERVED_MODEL,
+                         "--steps", str(LONG_JOB["num_inference_steps"]), "--api", stack.api_url, api_in_env=False)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    wait_until(lambda: stack.store.get(job_id).status.value == "running", 60, 0.1, "job running")
+    canceled = vidserve(stack, "cancel", job_id, "--json")
+    assert canceled.returncode == 0, canceled.stderr
+    wait_until(lambda: stack.store.get(job_id).status.value == "canceled", 60, 0.1, "job canceled")
+    again = vidserve(stack, "cancel", job_id)
+    assert again.returncode == 1 and "409 job_conflict" in again.stderr
+
+
+def test_errors_are_readable_and_exit_nonzero(stack: Stack) -> None:
+    bad = vidserve(stack, "submit", "x", "--model", "no-such-model")
+    assert bad.returncode == 1 and "422 invalid_field" in bad.stderr and "model" in bad.stderr
+    missing = vidserve(stack, "status", "00000000-0000-0000-0000-000000000000")
+    assert missing.returncode == 1 and "404 job_not_found" in missing.stderr
+    unreachable = vidserve(stack, "list", "--api", "http://127.0.0.1:9", api_in_env=False)
+    assert unreachable.returncode == 1 and "error:" in unreachable.stderr
