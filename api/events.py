@@ -70,3 +70,27 @@ def stream_job_events(job_id: str) -> Response:
         yield from events
 
     return Response(stream_with_context(body()), mimetype="text/event-stream", headers=headers)
+
+
+# The OpenAPI fragment of this blueprint (merged into /openapi.json by api.openapi).
+OPENAPI_PATHS: dict[str, Any] = {
+    "/v1/jobs/{job_id}/events": {
+        "get": {
+            "operationId": "streamJobEvents",
+            "summary": "Follow a job's status and progress as Server-Sent Events",
+            "description": "`status` events ({id, status, progress, error}) on every change, then one `done` event "
+            "with the whole job once it is terminal; the stream then ends. Comment lines keep idle streams open.",
+            "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {
+                "200": {
+                    "description": "the event stream",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
+                "404": {
+                    "description": "no such job",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                },
+            },
+        }
+    }
+}

@@ -25,6 +25,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
         params=submission.params,
         webhook_url=submission.webhook_url,
         metadata=submission.metadata,
+        webhook_events=submission.webhook_events,
     )
     svc.publish(job)
     location = url_for("jobs.get_job", job_id=job.id)

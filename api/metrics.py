@@ -255,3 +255,19 @@ def metrics() -> Response:
     if registry is None:
         registry = current_app.extensions["vidserve.metrics"] = build_registry(services())
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+OPENAPI_PATHS: dict[str, Any] = {
+    "/metrics": {
+        "get": {
+            "operationId": "metrics",
+            "summary": "Prometheus metrics, computed from Postgres, Redis and worker heartbeats at scrape time",
+            "responses": {
+                "200": {
+                    "description": "Prometheus text exposition format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        }
+    }
+}

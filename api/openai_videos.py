@@ -267,3 +267,151 @@ def delete_video(video_id: str) -> Response:
     if deleted.output and svc.videos is not None:
         svc.videos.delete(deleted.output["key"])
     return jsonify(id=str(deleted.id), object="video.deleted", deleted=True)
+
+
+# ---- OpenAPI fragment (merged into /openapi.json by api.openapi) ----------------------------------------
+
+_OAI_ERROR = {"$ref": "#/components/schemas/OpenAIError"}
+_VIDEO_ID = {"name": "video_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _oai_error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _OAI_ERROR}}}
+
+
+def _oai_json(description: str, schema: str) -> dict[str, Any]:
+    ref = {"$ref": f"#/components/schemas/{schema}"}
+    return {"description": description, "content": {"application/json": {"schema": ref}}}
+
+
+OPENAPI_SCHEMAS: dict[str, Any] = {
+    "OpenAIError": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["message", "type", "param", "code"],
+                "properties": {
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                    "param": {"type": ["string", "null"]},
+                    "code": {"type": ["string", "null"]},
+                },
+            }
+        },
+    },
+    "OpenAIVideoCreate": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["prompt"],
+        "properties": {
+            "prompt": {"type": "string", "minLength": 1},
+            "model": {"type": "string", "description": "a registered model (default: the first in /v1/models)"},
+            "seconds": {
+                "type": "string",
+                "description": "clip length; becomes the nearest frame count the model's family makes at its fps",
+            },
+            "size": {"type": "string", "pattern": SIZE_PATTERN.pattern, "description": "WIDTHxHEIGHT"},
+        },
+    },
+    "OpenAIVideo": {
+        "type": "object",
+        "required": ["id", "object", "model", "status", "progress", "created_at", "seconds", "size"],
+        "properties": {
+            "id": {"type": "string", "description": "the job id"},
+            "object": {"const": "video"},
+            "model": {"type": "string"},
+            "status": {"type": "string", "enum": ["queued", "in_progress", "completed", "failed"]},
+            "progress": {"type": "integer", "minimum": 0, "maximum": 100},
+            "created_at": {"type": "integer"},
+            "completed_at": {"type": ["integer", "null"]},
+            "expires_at": {"type": ["integer", "null"]},
+            "prompt": {"type": ["string", "null"]},
+            "seconds": {"type": "string"},
+            "size": {"type": "string"},
+            "remixed_from_video_id": {"type": "null"},
+            "error": {
+                "type": ["object", "null"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+    "OpenAIVideoList": {
+        "type": "object",
+        "required": ["object", "data", "has_more"],
+        "properties": {
+            "object": {"const": "list"},
+            "data": {"type": "array", "items": {"$ref": "#/components/schemas/OpenAIVideo"}},
+            "first_id": {"type": ["string", "null"]},
+            "last_id": {"type": ["string", "null"]},
+            "has_more": {"type": "boolean"},
+        },
+    },
+    "OpenAIVideoDeleted": {
+        "type": "object",
+        "required": ["id", "object", "deleted"],
+        "properties": {"id": {"type": "string"}, "object": {"const": "video.deleted"}, "deleted": {"const": True}},
+    },
+}
+
+_CREATE_BODY = {"schema": {"$ref": "#/components/schemas/OpenAIVideoCreate"}}
+OPENAPI_PATHS: dict[str, Any] = {
+    "/v1/videos": {
+        "post": {
+            "operationId": "openaiCreateVideo",
+            "summary": "OpenAI-compatible: create a video (a job)",
+            "requestBody": {
+                "required": True,
+                "content": {"multipart/form-data": _CREATE_BODY, "application/json": _CREATE_BODY},
+            },
+            "responses": {
+                "200": _oai_json("the video, queued", "OpenAIVideo"),
+                "400": _oai_error("a parameter is invalid; `param` names it"),
+            },
+        },
+        "get": {
+            "operationId": "openaiListVideos",
+            "summary": "OpenAI-compatible: list videos",
+            "parameters": [
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+                {"name": "after", "in": "query", "schema": {"type": "string"}},
+                {"name": "order", "in": "query", "schema": {"type": "string", "enum": ["asc", "desc"]}},
+            ],
+            "responses": {
+                "200": _oai_json("one page of videos", "OpenAIVideoList"),
+                "400": _oai_error("a parameter is invalid"),
+            },
+        },
+    },
+    "/v1/videos/{video_id}": {
+        "get": {
+            "operationId": "openaiRetrieveVideo",
+            "summary": "OpenAI-compatible: get a video",
+            "parameters": [_VIDEO_ID],
+            "responses": {"200": _oai_json("the video", "OpenAIVideo"), "404": _oai_error("no such video")},
+        },
+        "delete": {
+            "operationId": "openaiDeleteVideo",
+            "summary": "OpenAI-compatible: delete a video (cancels it when unfinished, removes job and MP4)",
+            "parameters": [_VIDEO_ID],
+            "responses": {"200": _oai_json("deleted", "OpenAIVideoDeleted"), "404": _oai_error("no such video")},
+        },
+    },
+    "/v1/videos/{video_id}/content": {
+        "get": {
+            "operationId": "openaiDownloadVideoContent",
+            "summary": "OpenAI-compatible: download the MP4 (a redirect to its presigned URL)",
+            "parameters": [
+                _VIDEO_ID,
+                {"name": "variant", "in": "query", "schema": {"type": "string", "enum": ["video"]}},
+            ],
+            "responses": {
+                "302": {"description": "redirect to a presigned URL of the MP4"},
+                "400": _oai_error("a variant other than video"),
+                "404": _oai_error("no such video"),
+                "409": _oai_error("the video is not completed"),
+            },
+        }
+    },
+}

@@ -10,10 +10,13 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify
 
+from api import events, metrics, openai_videos
+from api.admin import views as admin_views
 from api.services import services
 from api.validation import CURSOR_PATTERN, MAX_METADATA_BYTES, MAX_PAGE, MAX_WEBHOOK_URL_CHARS, WEBHOOK_URL_PATTERN
 from engine.cache_policy import SETTINGS
 from engine.registry import ModelRegistry, ModelSpec
+from vidserve.jobs import ALL_WEBHOOK_EVENTS
 from vidserve.schema import JobStatus
 
 bp = Blueprint("openapi", __name__)
@@ -112,7 +115,19 @@ def _job_request_schema(spec: ModelSpec) -> dict[str, Any]:
                     "description": f"any JSON object of at most {MAX_METADATA_BYTES} bytes, without NUL characters",
                 }
             ),
+            "webhook_events": _nullable(
+                {
+                    "type": "array",
+                    "items": {"type": "string", "enum": sorted(ALL_WEBHOOK_EVENTS)},
+                    "uniqueItems": True,
+                    "description": "the events sent to webhook_url (default: every status change); add "
+                    "`job.progress` for an event each time progress crosses a tenth",
+                }
+            ),
         },
+        # Events are sent to the webhook URL, so asking for events needs one.
+        "if": {"properties": {"webhook_events": {"type": "array"}}, "required": ["webhook_events"]},
+        "then": {"properties": {"webhook_url": {"type": "string"}}, "required": ["webhook_url"]},
     }
 
 
@@ -231,6 +246,7 @@ def _schemas(registry: ModelRegistry) -> dict[str, Any]:
                 "output",
                 "stats",
                 "webhook_url",
+                "webhook_events",
                 "metadata",
             ],
             "properties": {
@@ -256,6 +272,7 @@ def _schemas(registry: ModelRegistry) -> dict[str, Any]:
                 "output": {"oneOf": [{"type": "null"}, _ref("JobOutput")]},
                 "stats": {"type": ["object", "null"], "description": "engine statistics of the successful attempt"},
                 "webhook_url": {"type": ["string", "null"]},
+                "webhook_events": {"type": ["array", "null"], "items": {"type": "string"}},
                 "metadata": {"type": ["object", "null"]},
             },
         },
@@ -472,6 +489,11 @@ def build_openapi(registry: ModelRegistry) -> dict[str, Any]:
                     },
                 }
             },
+            # The operator and client surfaces document themselves beside their code.
+            **events.OPENAPI_PATHS,
+            **metrics.OPENAPI_PATHS,
+            **openai_videos.OPENAPI_PATHS,
+            **admin_views.OPENAPI_PATHS,
         },
-        "components": {"schemas": _schemas(registry)},
+        "components": {"schemas": {**_schemas(registry), **openai_videos.OPENAPI_SCHEMAS}},
     }

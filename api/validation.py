@@ -19,6 +19,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from api.errors import InvalidField, MalformedBody
 from engine.registry import ModelRegistry
+from vidserve.jobs import ALL_WEBHOOK_EVENTS
 from vidserve.schema import JobStatus
 
 # field -> JSON type it must have; `None` is accepted for every optional field and means "not given".
@@ -35,6 +36,7 @@ JOB_FIELDS: dict[str, str] = {
     "fps": "integer",
     "cache": "object",
     "webhook_url": "string",
+    "webhook_events": "array",
     "metadata": "object",
 }
 REQUIRED_FIELDS = ("model", "prompt")
@@ -72,6 +74,7 @@ _RULE_FOR_TYPE = {
     "integer": "must be an integer",
     "number": "must be a number",
     "object": "must be a JSON object",
+    "array": "must be a JSON array",
 }
 
 
@@ -84,6 +87,7 @@ class JobSubmission:
     params: dict[str, Any]
     webhook_url: str | None
     metadata: dict[str, Any] | None
+    webhook_events: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,9 @@ def parse_submission(body: dict[str, Any], registry: ModelRegistry) -> JobSubmis
     metadata = values.get("metadata")
     if metadata is not None:
         _check_metadata(metadata)
+    webhook_events = values.get("webhook_events")
+    if webhook_events is not None:
+        _check_webhook_events(webhook_events, webhook_url)
 
     job_id = uuid.uuid4()
     requested = {name: values[name] for name in GENERATION_FIELDS if name in values}
@@ -147,7 +154,7 @@ def parse_submission(body: dict[str, Any], registry: ModelRegistry) -> JobSubmis
     params = {name: getattr(resolved, name) for name in GENERATION_FIELDS}
     if params["cache"] is None:  # no approximate caching asked for: the params stay as before the field existed
         del params["cache"]
-    return JobSubmission(job_id, values["model"], params, webhook_url, metadata)
+    return JobSubmission(job_id, values["model"], params, webhook_url, metadata, webhook_events)
 
 
 def parse_job_query(args: Mapping[str, str]) -> JobQuery:
@@ -194,6 +201,8 @@ def _typed(name: str, value: Any) -> Any:
         return value
     if kind == "object" and isinstance(value, dict):
         return value
+    if kind == "array" and isinstance(value, list):
+        return value
     if kind in ("integer", "number") and isinstance(value, (int, float)) and not isinstance(value, bool):
         if kind == "number":
             # An integer too large for a float (10**400) would overflow later, in the range check.
@@ -223,6 +232,17 @@ def _check_webhook_url(url: str) -> None:
         raise InvalidField("webhook_url", f"must be at most {MAX_WEBHOOK_URL_CHARS} characters")
     if not re.fullmatch(WEBHOOK_URL_PATTERN, url):
         raise InvalidField("webhook_url", "must be an absolute http(s) URL with a host name")
+
+
+def _check_webhook_events(events: list[Any], webhook_url: str | None) -> None:
+    """`webhook_events`: distinct event types to send (e.g. the opt-in "job.progress"); needs a webhook_url."""
+    allowed = sorted(ALL_WEBHOOK_EVENTS)
+    if any(not isinstance(e, str) or e not in ALL_WEBHOOK_EVENTS for e in events):
+        raise InvalidField("webhook_events", f"must be a list of: {', '.join(allowed)}")
+    if len(set(events)) != len(events):
+        raise InvalidField("webhook_events", "must not repeat an event")
+    if webhook_url is None:
+        raise InvalidField("webhook_events", "needs a webhook_url")
 
 
 def _check_metadata(metadata: dict[str, Any]) -> None:

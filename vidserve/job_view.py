@@ -38,5 +38,6 @@ def job_to_dict(job: Job, presign: Presign | None) -> dict[str, Any]:
         "output": output,
         "stats": job.stats,
         "webhook_url": job.webhook_url,
+        "webhook_events": job.webhook_events,
         "metadata": job.client_metadata,
     }

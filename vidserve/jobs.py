@@ -19,6 +19,10 @@ from vidserve.db import session_factory
 from vidserve.schema import DeliveryStatus, Job, JobEvent, JobStatus, WebhookDelivery
 
 WEBHOOK_EVENTS = frozenset({"job.running", "job.succeeded", "job.failed", "job.canceled"})
+# Sent only to jobs that list it in `webhook_events`: one event each time progress crosses a tenth.
+PROGRESS_EVENT = "job.progress"
+PROGRESS_WEBHOOK_STEPS = 10
+ALL_WEBHOOK_EVENTS = WEBHOOK_EVENTS | {PROGRESS_EVENT}
 
 
 class JobNotFound(LookupError):
@@ -88,6 +92,7 @@ class JobStore:
         webhook_url: str | None = None,
         metadata: dict[str, Any] | None = None,
         job_id: uuid.UUID | None = None,
+        webhook_events: list[str] | None = None,
     ) -> Job:
         job = Job(
             id=job_id or uuid.uuid4(),
@@ -97,6 +102,7 @@ class JobStore:
             progress=0.0,
             attempts=0,
             webhook_url=webhook_url,
+            webhook_events=webhook_events,
             client_metadata=metadata,
             cancel_requested=False,
         )
@@ -141,15 +147,35 @@ class JobStore:
             return None if row is None else bool(row[0])
 
     def set_progress(self, job_id: uuid.UUID | str, owner: str, progress: float) -> bool | None:
-        """Record progress (0..1); returns the cancel flag, or None when `owner` lost the job."""
+        """Record progress (0..1); returns the cancel flag, or None when `owner` lost the job.
+
+        A job that asked for `job.progress` webhooks gets one each time its progress crosses a tenth.
+        """
+        new_deliveries: list[uuid.UUID] = []
+        key = _uuid(job_id)
+        # A subquery in the same statement reads the row as it was before this UPDATE: the previous progress.
+        before = select(Job.progress).where(Job.id == key).scalar_subquery()
         with self._sessions() as s, s.begin():
             row = s.execute(
                 update(Job)
-                .where(Job.id == _uuid(job_id), Job.status == JobStatus.RUNNING, Job.lease_owner == owner)
+                .where(Job.id == key, Job.status == JobStatus.RUNNING, Job.lease_owner == owner)
                 .values(progress=max(0.0, min(1.0, progress)))
-                .returning(Job.cancel_requested)
+                .returning(Job, before),
+                execution_options={"synchronize_session": False},
             ).first()
-            return None if row is None else bool(row[0])
+            if row is None:
+                return None
+            job, previous = row
+            steps = PROGRESS_WEBHOOK_STEPS
+            if (
+                job.webhook_url
+                and PROGRESS_EVENT in (job.webhook_events or ())
+                and int(job.progress * steps) > int((previous or 0.0) * steps)
+            ):
+                self._add_delivery(s, job, PROGRESS_EVENT, new_deliveries)
+            cancel_requested = bool(job.cancel_requested)
+        self._announce(new_deliveries)
+        return cancel_requested
 
     def succeed(
         self, job_id: uuid.UUID | str, owner: str, output: dict[str, Any], stats: dict[str, Any] | None
@@ -305,27 +331,34 @@ class JobStore:
             if job is None:
                 return None
             self._record(s, job, event, detail, new_deliveries)
+        self._announce(new_deliveries)
+        return job
+
+    def _announce(self, new_deliveries: list[uuid.UUID]) -> None:
         if self._publish_delivery:
             for delivery_id in new_deliveries:
                 self._publish_delivery(delivery_id)
-        return job
 
     def _record(
         self, s: Session, job: Job, event: str, detail: dict[str, Any] | None, new_deliveries: list[uuid.UUID]
     ) -> None:
         s.add(JobEvent(job_id=job.id, type=event, attempt=job.attempts, detail=detail))
-        if job.webhook_url and event in WEBHOOK_EVENTS:
-            delivery = WebhookDelivery(
-                id=uuid.uuid4(),
-                job_id=job.id,
-                event_type=event,
-                url=job.webhook_url,
-                payload={"type": event, "timestamp": _now().isoformat(), "data": self._view(job)},
-                status=DeliveryStatus.PENDING,
-                attempts=0,
-            )
-            s.add(delivery)
-            new_deliveries.append(delivery.id)
+        wanted = WEBHOOK_EVENTS if job.webhook_events is None else job.webhook_events
+        if job.webhook_url and event in wanted:
+            self._add_delivery(s, job, event, new_deliveries)
+
+    def _add_delivery(self, s: Session, job: Job, event: str, new_deliveries: list[uuid.UUID]) -> None:
+        delivery = WebhookDelivery(
+            id=uuid.uuid4(),
+            job_id=job.id,
+            event_type=event,
+            url=job.webhook_url,
+            payload={"type": event, "timestamp": _now().isoformat(), "data": self._view(job)},
+            status=DeliveryStatus.PENDING,
+            attempts=0,
+        )
+        s.add(delivery)
+        new_deliveries.append(delivery.id)
 
 
 def _uuid(value: uuid.UUID | str) -> uuid.UUID:

@@ -70,6 +70,8 @@ class Job(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
     progress: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
     webhook_url: Mapped[str | None] = mapped_column(Text)
+    # The webhook event types the job asked for; NULL: the state changes (job.running ... job.canceled).
+    webhook_events: Mapped[list[str] | None] = mapped_column(JSONB)
     client_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

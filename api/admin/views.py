@@ -306,3 +306,56 @@ def charts_json() -> Response:
     if range_name not in queries.RANGES:
         abort(400, f"range must be one of: {', '.join(queries.RANGES)}")
     return jsonify(queries.chart_series(services(), range_name))
+
+
+# ---- OpenAPI fragment (merged into /openapi.json by api.openapi): HTML pages and form posts ------------
+
+
+def _page(operation_id: str, summary: str, params: tuple[str, ...] = (), method: str = "get") -> dict[str, Any]:
+    ok = "302" if method == "post" else "200"
+    return {
+        "operationId": operation_id,
+        "summary": summary,
+        "tags": ["admin"],
+        "parameters": [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params],
+        "responses": {
+            ok: {"description": "the page (HTML)" if ok == "200" else "redirect back to a page"},
+            "401": {
+                "description": "no admin credential (browsers are redirected to the sign-in page)",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            },
+        },
+    }
+
+
+OPENAPI_PATHS: dict[str, Any] = {
+    "/admin/": {"get": _page("adminJobs", "Admin: jobs, filtered and paged")},
+    "/admin/login": {
+        "get": _page("adminLoginForm", "Admin: sign-in form"),
+        "post": _page("adminLogin", "Admin: sign in with VIDSERVE_ADMIN_TOKEN (sets a cookie)", method="post"),
+    },
+    "/admin/logout": {"post": _page("adminLogout", "Admin: sign out", method="post")},
+    "/admin/jobs/bulk": {"post": _page("adminBulk", "Admin: cancel or retry the selected jobs", method="post")},
+    "/admin/jobs/{job_id}": {"get": _page("adminJob", "Admin: a job's detail page", ("job_id",))},
+    "/admin/jobs/{job_id}.json": {"get": _page("adminJobJson", "Admin: a job as JSON", ("job_id",))},
+    "/admin/jobs/{job_id}/cancel": {"post": _page("adminCancel", "Admin: cancel a job", ("job_id",), "post")},
+    "/admin/jobs/{job_id}/retry": {
+        "post": _page("adminRetry", "Admin: run a failed or canceled job again as a new job", ("job_id",), "post")
+    },
+    "/admin/deliveries/{delivery_id}/redeliver": {
+        "post": _page("adminRedeliver", "Admin: send a webhook delivery again", ("delivery_id",), "post")
+    },
+    "/admin/queues": {"get": _page("adminQueues", "Admin: queue depth and oldest waiting job per model")},
+    "/admin/workers": {"get": _page("adminWorkers", "Admin: live workers from their heartbeats")},
+    "/admin/charts": {"get": _page("adminCharts", "Admin: charts page")},
+    "/admin/charts.json": {"get": _page("adminChartsJson", "Admin: the charts' series (last hour or day)")},
+    "/admin/static/{filename}": {
+        "get": {
+            "operationId": "adminStatic",
+            "summary": "Admin: CSS, scripts and the vendored Chart.js",
+            "tags": ["admin"],
+            "parameters": [{"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "the file"}},
+        }
+    },
+}

@@ -130,6 +130,22 @@ def test_job_detail_shows_timeline_stats_deliveries_and_redeliver_resends(
     assert again[-1].body == succeeded[0].body, "a redelivery sends the same signed body under the same id"
 
 
+def test_a_job_that_asks_gets_progress_webhooks_from_the_real_worker(
+    stack: Stack, receiver: WebhookReceiver
+) -> None:
+    hook = receiver.url("/hooks/progress")
+    job = submit(stack, prompt="a slow sunrise", num_inference_steps=400, webhook_url=hook,
+                 webhook_events=["job.progress", "job.succeeded"])
+    got = receiver.wait_for("/hooks/progress", lambda got: any(r.json["type"] == "job.succeeded" for r in got), 90)
+    types = [r.json["type"] for r in got]
+    progress = [r.json["data"]["progress"] for r in got if r.json["type"] == "job.progress"]
+    assert types[-1] == "job.succeeded" and "job.running" not in types
+    assert progress and progress == sorted(progress) and all(0 < p <= 1 for p in progress), progress
+    # Throttled by tenths: never more than one event per tenth of progress.
+    assert len({int(p * 10) for p in progress}) == len(progress)
+    assert stack.store.get(job["id"]).status.value == "succeeded"
+
+
 def test_queues_workers_and_charts(stack: Stack, admin: requests.Session) -> None:
     queues = admin.get(f"{stack.api_url}/admin/queues").text
     assert SERVED_MODEL in queues and "tiny-cogvideox" in queues

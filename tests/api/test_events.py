@@ -83,3 +83,55 @@ def test_stream_of_an_unknown_job_is_a_json_404(client: FlaskClient) -> None:
     response = client.get(f"/v1/jobs/{uuid.uuid4()}/events")
     assert response.status_code == 404
     assert response.get_json()["error"]["code"] == "job_not_found"
+
+
+def deliveries_of(api_settings: Settings, job_id: str) -> list[tuple[str, float]]:
+    from sqlalchemy import text
+
+    from vidserve.db import get_engine
+
+    with get_engine(api_settings.database_url).connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT event_type, (payload->'data'->>'progress')::float FROM webhook_deliveries"
+                " WHERE job_id = :id ORDER BY created_at"
+            ),
+            {"id": job_id},
+        ).all()
+    return [(r[0], r[1]) for r in rows]
+
+
+def test_progress_webhooks_only_for_jobs_that_ask_and_once_per_tenth(
+    client: FlaskClient, submit: Any, api_settings: Settings
+) -> None:
+    store = JobStore(api_settings.database_url, lambda job: job_to_dict(job, None))
+    hook = "https://hooks.example.com/progress"
+    asked = submit(webhook_url=hook, webhook_events=["job.progress", "job.succeeded"])
+    assert asked["webhook_events"] == ["job.progress", "job.succeeded"]
+    plain = submit(webhook_url=hook)
+    for job in (asked, plain):
+        owner = f"progress-test/{uuid.uuid4().hex[:8]}"
+        store.claim(job["id"], owner, 30)
+        for progress in (0.05, 0.1, 0.12, 0.19, 0.25, 0.5, 0.55, 1.0):
+            assert store.set_progress(job["id"], owner, progress) is False
+        store.succeed(job["id"], owner, {"key": "videos/none.mp4"}, None)
+
+    # Tenths crossed: 0.1, 0.2 (at 0.25), 0.5, 1.0; `job.running` was not asked for, so it is not sent.
+    assert deliveries_of(api_settings, asked["id"]) == [
+        ("job.progress", 0.1), ("job.progress", 0.25), ("job.progress", 0.5), ("job.progress", 1.0),
+        ("job.succeeded", 1.0),
+    ]
+    assert [e for e, _ in deliveries_of(api_settings, plain["id"])] == ["job.running", "job.succeeded"]
+
+
+def test_webhook_events_are_validated(client: FlaskClient) -> None:
+    base = {"model": "tiny-wan", "prompt": "a cat", "webhook_url": "https://hooks.example.com/x"}
+    for events, rule in (
+        (["job.progres"], "must be a list of"),
+        ("job.progress", "must be a JSON array"),
+        (["job.progress", "job.progress"], "must not repeat"),
+    ):
+        response = client.post("/v1/jobs", json={**base, "webhook_events": events})
+        assert response.status_code == 422 and rule in response.get_json()["error"]["rule"], events
+    no_url = client.post("/v1/jobs", json={"model": "tiny-wan", "prompt": "a cat", "webhook_events": ["job.progress"]})
+    assert no_url.status_code == 422 and no_url.get_json()["error"]["rule"] == "needs a webhook_url"
