@@ -33,16 +33,19 @@ METRICS: list[tuple[str, str, str, str]] = [
     ("vidserve_jobs", "gauge", "state, model", "jobs in each state, per model"),
     ("vidserve_queue_depth", "gauge", "model", "messages waiting in the model's Celery queue (Redis)"),
     ("vidserve_queue_oldest_seconds", "gauge", "model", "age of the oldest queued job (0 when none)"),
-    ("vidserve_job_duration_seconds", "histogram", "model, state",
-     "end to end, created to finished, of finished jobs"),
+    ("vidserve_job_duration_seconds", "histogram", "model, state", "end to end, created to finished, of finished jobs"),
     ("vidserve_job_queue_seconds", "histogram", "model", "created to started (last attempt) of started jobs"),
     ("vidserve_job_run_seconds", "histogram", "model, state", "started to finished (last attempt) of finished jobs"),
     ("vidserve_batch_size", "histogram", "model", "rows in each transformer forward a succeeded job took part in"),
     ("vidserve_steps_computed_total", "counter", "model", "denoising steps computed for succeeded jobs"),
     ("vidserve_steps_reused_total", "counter", "model", "denoising steps served from the step cache"),
     ("vidserve_webhook_deliveries", "gauge", "status", "webhook deliveries by status (pending, delivered, failed)"),
-    ("vidserve_webhook_attempts_total", "counter", "outcome",
-     "webhook HTTP attempts: success (2xx), http_error (other status), network_error (no response)"),
+    (
+        "vidserve_webhook_attempts_total",
+        "counter",
+        "outcome",
+        "webhook HTTP attempts: success (2xx), http_error (other status), network_error (no response)",
+    ),
     ("vidserve_workers", "gauge", "kind", "live worker processes (heartbeat not expired), gen or webhooks"),
     ("vidserve_worker_slots", "gauge", "node", "job slots (the window) of each live worker"),
     ("vidserve_worker_busy_slots", "gauge", "node", "slots holding a running job"),
@@ -106,55 +109,85 @@ class VidserveCollector(Collector):
     def _from_postgres(self) -> Iterator[Metric]:
         models = self.svc.registry.names()
         with get_engine(self.svc.settings.database_url).connect() as conn:
-            by_state = {(r.status, r.model): r.n for r in conn.execute(
-                text("SELECT status::text AS status, model, count(*) AS n FROM jobs GROUP BY 1, 2")
-            )}
+            by_state = {
+                (r.status, r.model): r.n
+                for r in conn.execute(
+                    text("SELECT status::text AS status, model, count(*) AS n FROM jobs GROUP BY 1, 2")
+                )
+            }
             g = GaugeMetricFamily("vidserve_jobs", _help("vidserve_jobs"), labels=["state", "model"])
             for model in sorted(set(models) | {m for _, m in by_state}):
                 for state in JobStatus:
                     g.add_metric([state.value, model], by_state.get((state.value, model), 0))
             yield g
 
-            oldest = dict(conn.execute(text(
-                "SELECT model, extract(epoch FROM now() - min(created_at)) FROM jobs WHERE status = 'queued' GROUP BY 1"
-            )).all())
-            g = GaugeMetricFamily("vidserve_queue_oldest_seconds", _help("vidserve_queue_oldest_seconds"),
-                                  labels=["model"])
+            oldest = dict(
+                conn.execute(
+                    text(
+                        "SELECT model, extract(epoch FROM now() - min(created_at)) FROM jobs"
+                        " WHERE status = 'queued' GROUP BY 1"
+                    )
+                ).all()
+            )
+            g = GaugeMetricFamily(
+                "vidserve_queue_oldest_seconds", _help("vidserve_queue_oldest_seconds"), labels=["model"]
+            )
             for model in models:
                 g.add_metric([model], float(oldest.get(model) or 0.0))
             yield g
 
-            yield self._histogram(conn, "vidserve_job_duration_seconds", ["model", "state"],
-                                  "extract(epoch FROM finished_at - created_at)", "finished_at IS NOT NULL",
-                                  DURATION_BUCKETS)
-            yield self._histogram(conn, "vidserve_job_queue_seconds", ["model"],
-                                  "extract(epoch FROM started_at - created_at)", "started_at IS NOT NULL",
-                                  DURATION_BUCKETS)
-            yield self._histogram(conn, "vidserve_job_run_seconds", ["model", "state"],
-                                  "extract(epoch FROM finished_at - started_at)",
-                                  "finished_at IS NOT NULL AND started_at IS NOT NULL", DURATION_BUCKETS)
+            yield self._histogram(
+                conn,
+                "vidserve_job_duration_seconds",
+                ["model", "state"],
+                "extract(epoch FROM finished_at - created_at)",
+                "finished_at IS NOT NULL",
+                DURATION_BUCKETS,
+            )
+            yield self._histogram(
+                conn,
+                "vidserve_job_queue_seconds",
+                ["model"],
+                "extract(epoch FROM started_at - created_at)",
+                "started_at IS NOT NULL",
+                DURATION_BUCKETS,
+            )
+            yield self._histogram(
+                conn,
+                "vidserve_job_run_seconds",
+                ["model", "state"],
+                "extract(epoch FROM finished_at - started_at)",
+                "finished_at IS NOT NULL AND started_at IS NOT NULL",
+                DURATION_BUCKETS,
+            )
 
             # Batch sizes: one observation per forward, from each succeeded job's engine statistics.
-            rows = conn.execute(text(
-                f"SELECT model, {_histogram_sql('v', BATCH_BUCKETS)} FROM ("
-                " SELECT model, b::float AS v FROM jobs, jsonb_array_elements_text("
-                "   CASE WHEN jsonb_typeof(stats->'batch_sizes') = 'array' THEN stats->'batch_sizes' ELSE '[]' END"
-                " ) AS b WHERE status = 'succeeded') AS t GROUP BY model"
-            )).all()
+            rows = conn.execute(
+                text(
+                    f"SELECT model, {_histogram_sql('v', BATCH_BUCKETS)} FROM ("
+                    " SELECT model, b::float AS v FROM jobs, jsonb_array_elements_text("
+                    "   CASE WHEN jsonb_typeof(stats->'batch_sizes') = 'array' THEN stats->'batch_sizes' ELSE '[]' END"
+                    " ) AS b WHERE status = 'succeeded') AS t GROUP BY model"
+                )
+            ).all()
             h = HistogramMetricFamily("vidserve_batch_size", _help("vidserve_batch_size"), labels=["model"])
             for row in rows:
                 h.add_metric([row[0]], _buckets(row, BATCH_BUCKETS), row[2])
             yield h
 
-            steps = conn.execute(text(
-                "SELECT model, coalesce(sum((stats->>'steps_computed')::float), 0),"
-                " coalesce(sum((stats->>'steps_reused')::float), 0)"
-                " FROM jobs WHERE status = 'succeeded' AND stats IS NOT NULL GROUP BY model"
-            )).all()
-            computed = CounterMetricFamily("vidserve_steps_computed", _help("vidserve_steps_computed_total"),
-                                           labels=["model"])
-            reused = CounterMetricFamily("vidserve_steps_reused", _help("vidserve_steps_reused_total"),
-                                         labels=["model"])
+            steps = conn.execute(
+                text(
+                    "SELECT model, coalesce(sum((stats->>'steps_computed')::float), 0),"
+                    " coalesce(sum((stats->>'steps_reused')::float), 0)"
+                    " FROM jobs WHERE status = 'succeeded' AND stats IS NOT NULL GROUP BY model"
+                )
+            ).all()
+            computed = CounterMetricFamily(
+                "vidserve_steps_computed", _help("vidserve_steps_computed_total"), labels=["model"]
+            )
+            reused = CounterMetricFamily(
+                "vidserve_steps_reused", _help("vidserve_steps_reused_total"), labels=["model"]
+            )
             sums = {model: (done, cached) for model, done, cached in steps}
             for model in sorted(set(models) | set(sums)):
                 done, cached = sums.get(model, (0.0, 0.0))
@@ -163,22 +196,28 @@ class VidserveCollector(Collector):
             yield computed
             yield reused
 
-            deliveries = dict(conn.execute(
-                text("SELECT status::text, count(*) FROM webhook_deliveries GROUP BY 1")
-            ).all())
-            g = GaugeMetricFamily("vidserve_webhook_deliveries", _help("vidserve_webhook_deliveries"),
-                                  labels=["status"])
+            deliveries = dict(
+                conn.execute(text("SELECT status::text, count(*) FROM webhook_deliveries GROUP BY 1")).all()
+            )
+            g = GaugeMetricFamily(
+                "vidserve_webhook_deliveries", _help("vidserve_webhook_deliveries"), labels=["status"]
+            )
             for status in ("pending", "delivered", "failed"):
                 g.add_metric([status], deliveries.get(status, 0))
             yield g
 
-            outcomes = dict(conn.execute(text(
-                "SELECT CASE WHEN status_code BETWEEN 200 AND 299 AND error IS NULL THEN 'success'"
-                " WHEN status_code IS NOT NULL THEN 'http_error' ELSE 'network_error' END, count(*)"
-                " FROM webhook_attempts GROUP BY 1"
-            )).all())
-            c = CounterMetricFamily("vidserve_webhook_attempts", _help("vidserve_webhook_attempts_total"),
-                                    labels=["outcome"])
+            outcomes = dict(
+                conn.execute(
+                    text(
+                        "SELECT CASE WHEN status_code BETWEEN 200 AND 299 AND error IS NULL THEN 'success'"
+                        " WHEN status_code IS NOT NULL THEN 'http_error' ELSE 'network_error' END, count(*)"
+                        " FROM webhook_attempts GROUP BY 1"
+                    )
+                ).all()
+            )
+            c = CounterMetricFamily(
+                "vidserve_webhook_attempts", _help("vidserve_webhook_attempts_total"), labels=["outcome"]
+            )
             for outcome in ("success", "http_error", "network_error"):
                 c.add_metric([outcome], outcomes.get(outcome, 0))
             yield c
@@ -187,10 +226,12 @@ class VidserveCollector(Collector):
         self, conn: Any, name: str, labels: list[str], value: str, where: str, buckets: tuple[float, ...]
     ) -> Metric:
         columns = ", ".join({"model": "model", "state": "status::text"}[label] for label in labels)
-        rows = conn.execute(text(
-            f"SELECT {columns}, {_histogram_sql('v', buckets)} FROM"
-            f" (SELECT model, status, {value} AS v FROM jobs WHERE {where}) AS t GROUP BY {columns}"
-        )).all()
+        rows = conn.execute(
+            text(
+                f"SELECT {columns}, {_histogram_sql('v', buckets)} FROM"
+                f" (SELECT model, status, {value} AS v FROM jobs WHERE {where}) AS t GROUP BY {columns}"
+            )
+        ).all()
         h = HistogramMetricFamily(name, _help(name), labels=labels)
         n = len(labels)
         for row in rows:

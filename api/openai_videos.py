@@ -44,8 +44,14 @@ SIZE_PATTERN = re.compile(r"^([1-9][0-9]{0,4})x([1-9][0-9]{0,4})$")
 class OpenAIError(Exception):
     """An error in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error") -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        kind: str = "invalid_request_error",
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
 
@@ -138,8 +144,12 @@ def _resolve_create(body: dict[str, Any]) -> tuple[uuid.UUID, str, dict[str, Any
         if name not in CREATE_FIELDS:
             raise OpenAIError(400, f"Unknown parameter: '{name}'.", name, "unknown_parameter")
     if body.get("input_reference") is not None:
-        raise OpenAIError(400, "input_reference is not supported: vidserve generates from text only.",
-                          "input_reference", "unsupported_parameter")
+        raise OpenAIError(
+            400,
+            "input_reference is not supported: vidserve generates from text only.",
+            "input_reference",
+            "unsupported_parameter",
+        )
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise OpenAIError(400, "Missing required parameter: 'prompt'.", "prompt", "missing_required_parameter")
@@ -160,28 +170,49 @@ def _resolve_create(body: dict[str, Any]) -> tuple[uuid.UUID, str, dict[str, Any
         except (TypeError, ValueError):
             value = math.nan
         if not math.isfinite(value) or value <= 0:
-            raise OpenAIError(400, f"Invalid seconds: {seconds!r}; must be a positive number of seconds.",
-                              "seconds", "invalid_value")
+            raise OpenAIError(
+                400, f"Invalid seconds: {seconds!r}; must be a positive number of seconds.", "seconds", "invalid_value"
+            )
         frames = frames_for_seconds(spec, value, fps)
         if frames > spec.limits.max_frames:
             longest = spec.limits.max_frames - (spec.limits.max_frames - 1) % spec.rules.frame_multiple
-            raise OpenAIError(400, f"Invalid seconds: {seconds!r}; {model} makes at most {longest / fps:g} seconds"
-                              f" ({longest} frames at {fps} fps).", "seconds", "invalid_value")
+            raise OpenAIError(
+                400,
+                f"Invalid seconds: {seconds!r}; {model} makes at most {longest / fps:g} seconds"
+                f" ({longest} frames at {fps} fps).",
+                "seconds",
+                "invalid_value",
+            )
         requested["num_frames"] = frames
 
     size = body.get("size")
     if size is not None:
         match = SIZE_PATTERN.match(size) if isinstance(size, str) else None
         if not match:
-            raise OpenAIError(400, f"Invalid size: {size!r}; must be WIDTHxHEIGHT, e.g. "
-                              f"{spec.defaults.width}x{spec.defaults.height}.", "size", "invalid_value")
+            raise OpenAIError(
+                400,
+                f"Invalid size: {size!r}; must be WIDTHxHEIGHT, e.g. {spec.defaults.width}x{spec.defaults.height}.",
+                "size",
+                "invalid_value",
+            )
         requested["width"], requested["height"] = int(match.group(1)), int(match.group(2))
 
     job_id = uuid.uuid4()
     resolved = spec.resolve(str(job_id), requested)  # InvalidRequest -> 400 naming seconds/size
-    params = {name: getattr(resolved, name) for name in
-              ("prompt", "negative_prompt", "num_frames", "height", "width", "num_inference_steps",
-               "guidance_scale", "seed", "fps")}
+    params = {
+        name: getattr(resolved, name)
+        for name in (
+            "prompt",
+            "negative_prompt",
+            "num_frames",
+            "height",
+            "width",
+            "num_inference_steps",
+            "guidance_scale",
+            "seed",
+            "fps",
+        )
+    }
     return job_id, model, params
 
 
@@ -224,17 +255,24 @@ def list_videos() -> Response:
         except JobNotFound:
             raise OpenAIError(400, f"after: no video with id {after!r}.", "after", "invalid_value") from None
         if order == "desc":
-            q = q.where(or_(Job.created_at < anchor.created_at,
-                            and_(Job.created_at == anchor.created_at, Job.id < anchor.id)))
+            q = q.where(
+                or_(Job.created_at < anchor.created_at, and_(Job.created_at == anchor.created_at, Job.id < anchor.id))
+            )
         else:
-            q = q.where(or_(Job.created_at > anchor.created_at,
-                            and_(Job.created_at == anchor.created_at, Job.id > anchor.id)))
+            q = q.where(
+                or_(Job.created_at > anchor.created_at, and_(Job.created_at == anchor.created_at, Job.id > anchor.id))
+            )
     with session_factory(svc.settings.database_url)() as s:
         rows = list(s.scalars(q))
     page = rows[:limit]
     data = [video_object(job) for job in page]
-    return jsonify(object="list", data=data, first_id=data[0]["id"] if data else None,
-                   last_id=data[-1]["id"] if data else None, has_more=len(rows) > limit)
+    return jsonify(
+        object="list",
+        data=data,
+        first_id=data[0]["id"] if data else None,
+        last_id=data[-1]["id"] if data else None,
+        has_more=len(rows) > limit,
+    )
 
 
 @bp.get("/<video_id>/content")
@@ -245,8 +283,9 @@ def video_content(video_id: str) -> Response:
         raise OpenAIError(400, f"variant {variant!r} is not available; only 'video' is.", "variant", "invalid_value")
     job = svc.jobs.get(video_id)
     if job.status != JobStatus.SUCCEEDED or not job.output:
-        raise OpenAIError(409, f"Video is {STATUS[job.status]}; its content exists once it is completed.",
-                          None, "video_not_ready")
+        raise OpenAIError(
+            409, f"Video is {STATUS[job.status]}; its content exists once it is completed.", None, "video_not_ready"
+        )
     if svc.videos is None:
         raise OpenAIError(503, "no object store is configured", None, "storage_unavailable", "server_error")
     # The API never streams video bytes itself: the SDK follows the redirect to the presigned URL.

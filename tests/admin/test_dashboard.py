@@ -113,29 +113,40 @@ def test_job_detail_shows_timeline_stats_deliveries_and_redeliver_resends(
     wait_until(lambda: status_of(stack, job["id"]) == "succeeded", 60, 0.1, "job succeeded")
     receiver.wait_for("/hooks/admin", lambda got: any(r.json["type"] == "job.succeeded" for r in got))
     page = admin.get(f"{stack.api_url}/admin/jobs/{job['id']}").text
-    for text in ("job.queued", "job.running", "job.succeeded", "steps computed", "batch sizes seen", "<video",
-                 "delivered", "Redeliver", "a hummingbird"):
+    for text in (
+        "job.queued",
+        "job.running",
+        "job.succeeded",
+        "steps computed",
+        "batch sizes seen",
+        "<video",
+        "delivered",
+        "Redeliver",
+        "a hummingbird",
+    ):
         assert text in page, text
     delivery = stack.store.events(job["id"])  # the timeline rows exist in Postgres too
     assert [e.type for e in delivery][:2] == ["job.queued", "job.running"]
 
     succeeded = [r for r in receiver.at("/hooks/admin") if r.json["type"] == "job.succeeded"]
     delivery_id = succeeded[0].headers["webhook-id"]
-    response = admin.post(f"{stack.api_url}/admin/deliveries/{delivery_id}/redeliver",
-                          data={"csrf": csrf(page), "job_id": job["id"]})
-    assert "queued for redelivery" in response.text
-    again = receiver.wait_for(
-        "/hooks/admin", lambda got: sum(r.headers["webhook-id"] == delivery_id for r in got) == 2
+    response = admin.post(
+        f"{stack.api_url}/admin/deliveries/{delivery_id}/redeliver", data={"csrf": csrf(page), "job_id": job["id"]}
     )
+    assert "queued for redelivery" in response.text
+    again = receiver.wait_for("/hooks/admin", lambda got: sum(r.headers["webhook-id"] == delivery_id for r in got) == 2)
     assert again[-1].body == succeeded[0].body, "a redelivery sends the same signed body under the same id"
 
 
-def test_a_job_that_asks_gets_progress_webhooks_from_the_real_worker(
-    stack: Stack, receiver: WebhookReceiver
-) -> None:
+def test_a_job_that_asks_gets_progress_webhooks_from_the_real_worker(stack: Stack, receiver: WebhookReceiver) -> None:
     hook = receiver.url("/hooks/progress")
-    job = submit(stack, prompt="a slow sunrise", num_inference_steps=400, webhook_url=hook,
-                 webhook_events=["job.progress", "job.succeeded"])
+    job = submit(
+        stack,
+        prompt="a slow sunrise",
+        num_inference_steps=400,
+        webhook_url=hook,
+        webhook_events=["job.progress", "job.succeeded"],
+    )
     got = receiver.wait_for("/hooks/progress", lambda got: any(r.json["type"] == "job.succeeded" for r in got), 90)
     types = [r.json["type"] for r in got]
     progress = [r.json["data"]["progress"] for r in got if r.json["type"] == "job.progress"]
@@ -149,6 +160,7 @@ def test_a_job_that_asks_gets_progress_webhooks_from_the_real_worker(
 def test_queues_workers_and_charts(stack: Stack, admin: requests.Session) -> None:
     queues = admin.get(f"{stack.api_url}/admin/queues").text
     assert SERVED_MODEL in queues and "tiny-cogvideox" in queues
+
     def worker_row() -> str | None:
         page = admin.get(f"{stack.api_url}/admin/workers").text
         return page if SERVED_MODEL in page else None

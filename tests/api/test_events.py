@@ -118,7 +118,10 @@ def test_progress_webhooks_only_for_jobs_that_ask_and_once_per_tenth(
 
     # Tenths crossed: 0.1, 0.2 (at 0.25), 0.5, 1.0; `job.running` was not asked for, so it is not sent.
     assert deliveries_of(api_settings, asked["id"]) == [
-        ("job.progress", 0.1), ("job.progress", 0.25), ("job.progress", 0.5), ("job.progress", 1.0),
+        ("job.progress", 0.1),
+        ("job.progress", 0.25),
+        ("job.progress", 0.5),
+        ("job.progress", 1.0),
         ("job.succeeded", 1.0),
     ]
     assert [e for e, _ in deliveries_of(api_settings, plain["id"])] == ["job.running", "job.succeeded"]

@@ -67,10 +67,14 @@ def test_finished_jobs_feed_histograms_batch_sizes_and_step_counters(
     store = JobStore(api_settings.database_url, lambda job: job_to_dict(job, None))
     before = scrape(client)
     count = dict(model="tiny-wan", state="succeeded")
-    runs_before = value(before, "vidserve_job_run_seconds_count", **count) if any(
-        s.labels == count for s in before.get("vidserve_job_run_seconds_count", [])) else 0
-    computed_before = sum(s.value for s in before.get("vidserve_steps_computed_total", [])
-                          if s.labels["model"] == "tiny-wan")
+    runs_before = (
+        value(before, "vidserve_job_run_seconds_count", **count)
+        if any(s.labels == count for s in before.get("vidserve_job_run_seconds_count", []))
+        else 0
+    )
+    computed_before = sum(
+        s.value for s in before.get("vidserve_steps_computed_total", []) if s.labels["model"] == "tiny-wan"
+    )
     job = submit()
     owner = f"test/{uuid.uuid4().hex[:8]}"
     assert store.claim(job["id"], owner, 30) is not None

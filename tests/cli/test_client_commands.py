@@ -33,8 +33,21 @@ def vidserve(stack: Stack, *args: str, api_in_env: bool = True) -> subprocess.Co
 
 def test_submit_wait_out_writes_the_video_and_shows_progress(stack: Stack, tmp_path: Path) -> None:
     out = tmp_path / "video.mp4"
-    done = vidserve(stack, "submit", "a lighthouse at dusk", "--model", SERVED_MODEL, "--size", "48x32",
-                    "--steps", "6", "--wait", "--out", str(out), "--json")
+    done = vidserve(
+        stack,
+        "submit",
+        "a lighthouse at dusk",
+        "--model",
+        SERVED_MODEL,
+        "--size",
+        "48x32",
+        "--steps",
+        "6",
+        "--wait",
+        "--out",
+        str(out),
+        "--json",
+    )
     assert done.returncode == 0, done.stderr
     job = json.loads(done.stdout)
     assert job["status"] == "succeeded" and job["params"]["num_inference_steps"] == 6
@@ -49,8 +62,18 @@ def test_submit_wait_out_writes_the_video_and_shows_progress(stack: Stack, tmp_p
 
 
 def test_submit_without_wait_prints_the_id_and_cancel_cancels(stack: Stack) -> None:
-    submitted = vidserve(stack, "submit", LONG_JOB["prompt"], "--model", SERVED_MODEL,
-                         "--steps", str(LONG_JOB["num_inference_steps"]), "--api", stack.api_url, api_in_env=False)
+    submitted = vidserve(
+        stack,
+        "submit",
+        LONG_JOB["prompt"],
+        "--model",
+        SERVED_MODEL,
+        "--steps",
+        str(LONG_JOB["num_inference_steps"]),
+        "--api",
+        stack.api_url,
+        api_in_env=False,
+    )
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()
     wait_until(lambda: stack.store.get(job_id).status.value == "running", 60, 0.1, "job running")
