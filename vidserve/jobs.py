@@ -256,11 +256,14 @@ class JobStore:
             detail={"reason": reason},
         )
 
-    def sweep(self, max_attempts: int, republish_after: float = 600.0) -> tuple[list[Job], list[uuid.UUID]]:
+    def sweep(
+        self, max_attempts: int, republish_after: float = 600.0, republish_all: bool = False
+    ) -> tuple[list[Job], list[uuid.UUID]]:
         """Return dead workers' jobs to the queue (or fail them after `max_attempts`).
 
         Returns the queued jobs that need a (re-)published message (never published, or published more
-        than `republish_after` seconds ago: a broker that lost its messages) and pending webhook deliveries
+        than `republish_after` seconds ago: a broker that lost its messages; every queued job when
+        `republish_all`, once the broker is known to have lost its data) and pending webhook deliveries
         whose message may have been lost. Duplicate messages are harmless: claiming is conditional.
         """
         now = _now()
@@ -284,6 +287,7 @@ class JobStore:
                         or_(
                             and_(Job.published_at.is_(None), Job.updated_at < now - dt.timedelta(seconds=2)),
                             Job.published_at < stale,
+                            and_(Job.published_at.is_not(None), republish_all),
                         ),
                     )
                 )

@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from dataclasses import dataclass
 
+import redis
 from celery import Celery
 
 from vidserve.jobs import JobStore
 from vidserve.queue import publish_delivery, publish_job
 
 log = logging.getLogger(__name__)
+
+# A key the sweepers keep in the broker's Redis. It lives and dies with the queued messages: when it is gone,
+# Redis lost its data (restarted without persistence, flushed, failed over) and every queued job is re-published.
+BROKER_MARK = "vidserve:broker-mark"
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,10 @@ class Sweeper:
         self._thread: threading.Thread | None = None
 
     def sweep_once(self) -> SweepReport:
-        jobs, deliveries = self.store.sweep(self.max_attempts, self.republish_after)
+        lost = self.broker_lost_messages()
+        if lost:
+            log.warning("sweeper: the broker lost its data; re-publishing every queued job")
+        jobs, deliveries = self.store.sweep(self.max_attempts, self.republish_after, republish_all=lost)
         for job in jobs:
             publish_job(self.celery, job.id, job.model)
             self.store.mark_published(job.id)
@@ -52,6 +61,16 @@ class Sweeper:
             publish_delivery(self.celery, delivery_id)
             log.info("sweeper: re-published webhook delivery %s", delivery_id)
         return SweepReport(len(jobs), len(deliveries))
+
+    def broker_lost_messages(self) -> bool:
+        """True when the broker's mark is missing; it is set again at once, so one sweeper of many answers True."""
+        options = self.celery.conf.broker_transport_options or {}
+        key = options.get("global_keyprefix", "") + BROKER_MARK
+        client = redis.Redis.from_url(self.celery.conf.broker_url, socket_timeout=5, socket_connect_timeout=5)
+        try:
+            return bool(client.set(key, uuid.uuid4().hex, nx=True))
+        finally:
+            client.close()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="vidserve-sweeper", daemon=True)

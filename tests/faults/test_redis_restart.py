@@ -1,0 +1,26 @@
+"""Promise: Redis restarted (without persistence) while jobs are queued and running loses no accepted job.
+
+The queued jobs' messages die with the broker; the sweeper notices the broker lost its data and re-publishes
+every queued job from Postgres. The running jobs finish where they are; none runs twice."""
+
+from __future__ import annotations
+
+from conftest import Services, event_types, start_worker, submit, wait_running, wait_terminal
+
+from vidserve.processes import ManagedProcess
+
+
+def test_jobs_survive_a_redis_restart(faults: Services, processes: list[ManagedProcess]) -> None:
+    start_worker(faults, processes, VIDSERVE_WORKER_SLOTS="2")
+    ids = [submit(faults, prompt=f"a dog {i}", seed=i, num_inference_steps=60) for i in range(5)]
+    wait_running(faults, ids[:2])  # two in the window, three waiting in the broker
+
+    faults.redis.kill()
+    faults.redis.start()
+    done = wait_terminal(faults, ids, timeout=90)
+
+    assert [d["status"] for d in done.values()] == ["succeeded"] * 5, done
+    for job_id in ids:
+        # One claim per job: nothing ran twice, the re-published duplicates were ignored.
+        assert event_types(faults, job_id) == ["job.queued", "job.running", "job.succeeded"]
+        assert done[job_id]["attempts"] == 1
