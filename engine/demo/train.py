@@ -1,0 +1,448 @@
+"""Train vidserve's demo text-to-video model on synthetic clips, on CPU, in about an hour on two cores.
+
+Phases: (1) train the VAE on random clips; (2) encode a fixed set of clips to latents once and write their
+per-channel mean/std into the VAE config; (3) train the transformer with rectified flow on those latents, keeping
+an EMA copy; (4) save an ordinary `WanPipeline` directory and evaluate it (JSON + markdown report, sample grid).
+Seeded and resumable: every phase checkpoints into the work directory and a rerun continues where it stopped.
+
+    python -m engine.demo.train --out engine/weights/vidserve-shapes --report-dir docs/demo-model
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from engine.demo import clips
+from engine.demo import components as C
+
+log = logging.getLogger("engine.demo.train")
+
+PHASE_VAE, PHASE_LATENTS, PHASE_DIT, PHASE_VAE_FULL = 1, 2, 3, 4
+LATENT_NOISE = 0.05
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    vae_compression: int = 4  # spatial and temporal factor, 2 or 4
+    z_dim: int = 8
+    patch: int = 2
+    # Training sigma is logit-normal, then shifted like the sampler's schedule (1: unshifted).
+    train_shift: float = 1.0
+    sampler_shift: float = 2.0
+    vae_steps: int = 450
+    vae_batch: int = 8
+    # Short clips first: the first 5 frames (1 + one 4-frame chunk) teach the spatial code at about half the cost.
+    vae_frames: int = 5
+    vae_lr: float = 2e-3
+    # Then full 9-frame clips: decoding a chunk after a chunk (not after the first frame) needs its own practice;
+    # without it frames 5-8 drift green and lose their outline.
+    vae_tune_steps: int = 100
+    vae_tune_lr: float = 1e-3
+    latent_clips: int = 3000
+    dit_steps: int = 1000
+    dit_batch: int = 32
+    dit_lr: float = 5e-4
+    ema_decay: float = 0.999
+    prompt_dropout: float = 0.1
+    checkpoint_every: int = 100
+    eval_seeds: int = 2
+    eval_steps: int = 20
+    guidance_scale: float = 5.0
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up then cosine decay to 5% of the peak."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def step_rng(seed: int, phase: int, step: int) -> tuple[np.random.Generator, torch.Generator]:
+    """Per-step random streams: a resumed run draws exactly the data and noise an uninterrupted one would."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + phase * 100_003 + step)
+    return np.random.default_rng([seed, phase, step]), gen
+
+
+class TrainClock:
+    """Wall time spent training, summed over interrupted and resumed processes (kept in `elapsed.json`)."""
+
+    def __init__(self, work: Path) -> None:
+        self.path = work / "elapsed.json"
+        self.before = json.loads(self.path.read_text())["seconds"] if self.path.exists() else 0.0
+        self.started = time.time()
+
+    def seconds(self) -> float:
+        return self.before + time.time() - self.started
+
+    def save(self) -> None:
+        self.path.write_text(json.dumps({"seconds": round(self.seconds(), 1)}))
+
+
+_clock: TrainClock | None = None
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    # Write-then-rename so a kill mid-save never leaves a truncated checkpoint behind.
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    if _clock is not None:
+        _clock.save()
+
+
+def load_checkpoint(path: Path) -> dict | None:
+    return torch.load(path, weights_only=False, map_location="cpu") if path.exists() else None
+
+
+def _progress(total: int, initial: int, desc: str) -> tqdm:
+    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, mininterval=5.0, file=sys.stderr)
+
+
+def decode_unclamped(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """The VAE's reconstruction before `decode` clamps it to [-1, 1].
+
+    The clamp zeroes the gradient of every pixel past the bound, and a black background sits exactly on it: a
+    decoder that drifts below -1 gets no signal back and collapses to all-black. A hook collects the decoder's raw
+    per-frame outputs instead.
+    """
+    chunks: list[torch.Tensor] = []
+    handle = vae.decoder.register_forward_hook(lambda _module, _args, output: chunks.append(output))
+    try:
+        vae.decode(z)
+    finally:
+        handle.remove()
+    return torch.cat(chunks, dim=2)
+
+
+def vae_loss(vae: torch.nn.Module, video: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
+    posterior = vae.encode(video).latent_dist
+    # A small fixed noise instead of the posterior's own: the learned variance starts at 1 and drowns the code for
+    # hundreds of steps. Drawn on the CPU so a run sees the same numbers on any device.
+    z = posterior.mean + LATENT_NOISE * torch.randn(posterior.mean.shape, generator=gen).to(video.device)
+    rec = decode_unclamped(vae, z)
+    mse = F.mse_loss(rec, video)
+    l1 = F.l1_loss(rec, video)
+    # Edges carry the shape: penalise differences in spatial gradients so outlines stay sharp.
+    edge = F.l1_loss(rec.diff(dim=-1), video.diff(dim=-1)) + F.l1_loss(rec.diff(dim=-2), video.diff(dim=-2))
+    kl = posterior.kl().mean() / posterior.mean[0].numel()
+    loss = mse + l1 + 0.5 * edge + 1e-4 * kl
+    return loss, {"mse": mse.item(), "edge": edge.item()}
+
+
+def train_vae(vae: torch.nn.Module, cfg: TrainConfig, work: Path, device: torch.device, stage: str = "short") -> None:
+    """One VAE stage: "short" (5-frame clips, from scratch) or "full" (9-frame clips, continuing)."""
+    if stage == "short":
+        ckpt_path, steps, frames, lr, warmup, phase = (
+            work / "vae.pt",
+            cfg.vae_steps,
+            cfg.vae_frames,
+            cfg.vae_lr,
+            50,
+            PHASE_VAE,
+        )
+    else:
+        ckpt_path, steps, frames, lr, warmup = (
+            work / "vae_full.pt",
+            cfg.vae_tune_steps,
+            clips.NUM_FRAMES,
+            cfg.vae_tune_lr,
+            10,
+        )
+        phase = PHASE_VAE_FULL
+    every = min(cfg.checkpoint_every, max(1, steps // 4))
+    vae.to(device)
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup))
+    start = 0
+    if (state := load_checkpoint(ckpt_path)) is not None:
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        start = state["step"]
+        log.info("vae %s: resumed at step %d", stage, start)
+    vae.train()
+    bar = _progress(steps, start, f"vae {stage}")
+    t0 = time.time()
+    for step in range(start, steps):
+        rng, gen = step_rng(cfg.seed, phase, step)
+        video, _ = clips.batch(rng, cfg.vae_batch, clips.all_combos())
+        video = np.ascontiguousarray(video[:, :, :frames])
+        loss, parts = vae_loss(vae, torch.from_numpy(video).to(device), gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", mse=f"{parts['mse']:.5f}")
+        done = step + 1
+        if done % every == 0 or done == steps:
+            save_checkpoint(ckpt_path, {"model": vae.state_dict(), "opt": opt.state_dict(),
+                                        "sched": sched.state_dict(), "step": done})  # fmt: skip
+            log.info("vae %s step %d/%d loss %.4f mse %.5f edge %.4f (%.0fs)", stage, done, steps, loss.item(),
+                     parts["mse"], parts["edge"], time.time() - t0)  # fmt: skip
+    bar.close()
+    vae.eval()
+
+
+@torch.no_grad()
+def reconstruction_check(vae: torch.nn.Module, cfg: TrainConfig, device: torch.device, n: int = 96) -> dict:
+    """How often the checker still reads colour, shape and direction after a VAE round trip: the ceiling for
+    what the transformer can reach."""
+    from engine.demo import checker
+
+    rng, _ = step_rng(cfg.seed, PHASE_LATENTS, 1)
+    video, specs = clips.batch(rng, n, clips.all_combos())
+    rec = vae.decode(vae.encode(torch.from_numpy(video).to(device)).latent_dist.mean).sample.cpu()
+    frames = ((rec.permute(0, 2, 3, 4, 1).numpy() + 1.0) / 2.0).clip(0.0, 1.0)
+    return checker.score(list(frames), [(s.colour, s.shape, s.direction) for s in specs])
+
+
+@torch.no_grad()
+def encode_latents(vae: torch.nn.Module, cfg: TrainConfig, work: Path, device: torch.device) -> dict:
+    """Encode `latent_clips` training clips once; the transformer then never runs the VAE."""
+    path = work / "latents.pt"
+    if (state := load_checkpoint(path)) is not None:
+        log.info("latents: loaded %d from %s", len(state["latents"]), path)
+        return state
+    rng, _ = step_rng(cfg.seed, PHASE_LATENTS, 0)
+    combos = clips.training_combos()
+    latents, prompts = [], []
+    for _ in tqdm(range(0, cfg.latent_clips, 64), desc="encode", mininterval=5.0, file=sys.stderr):
+        video, specs = clips.batch(rng, 64, combos)
+        latents.append(vae.encode(torch.from_numpy(video).to(device)).latent_dist.mean.cpu())
+        prompts.extend(s.prompt for s in specs)
+    z = torch.cat(latents)[: cfg.latent_clips]
+    state = {"latents": z, "prompts": prompts[: cfg.latent_clips],
+             "mean": z.mean(dim=(0, 2, 3, 4)), "std": z.std(dim=(0, 2, 3, 4))}  # fmt: skip
+    save_checkpoint(path, state)
+    log.info("latents: %s, mean %s, std %s", tuple(z.shape), state["mean"].tolist(), state["std"].tolist())
+    return state
+
+
+def train_transformer(
+    transformer: torch.nn.Module,
+    data: dict,
+    text: dict[str, tuple[torch.Tensor, int]],
+    cfg: TrainConfig,
+    work: Path,
+    device: torch.device,
+    export_now: bool = False,
+) -> torch.nn.Module:
+    """Rectified flow on normalised latents; returns the EMA copy (as checkpointed, if `export_now`)."""
+    ckpt_path = work / "transformer.pt"
+    transformer.to(device)
+    ema = copy.deepcopy(transformer).requires_grad_(False)
+    opt = torch.optim.AdamW(transformer.parameters(), lr=cfg.dit_lr, betas=(0.9, 0.99), weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.dit_steps, 100))
+    start = 0
+    if (state := load_checkpoint(ckpt_path)) is not None:
+        transformer.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        start = state["step"]
+        log.info("transformer: resumed at step %d", start)
+    wrappers = C.install_padding_bias(transformer)
+    mean = data["mean"].view(1, -1, 1, 1, 1)
+    std = data["std"].view(1, -1, 1, 1, 1)
+    x_all = ((data["latents"] - mean) / std).to(device)
+    embeds = {p: e.to(device) for p, (e, _) in text.items()}
+    lengths = {p: n for p, (_, n) in text.items()}
+    transformer.train()
+    bar = _progress(cfg.dit_steps, start, "transformer")
+    t0 = time.time()
+    for step in range(start, start if export_now else cfg.dit_steps):
+        rng, gen = step_rng(cfg.seed, PHASE_DIT, step)
+        idx = rng.integers(len(x_all), size=cfg.dit_batch)
+        x0 = x_all[torch.from_numpy(idx).to(device)]
+        # Dropping the prompt teaches the unconditional prediction that classifier-free guidance needs.
+        prompts = ["" if rng.random() < cfg.prompt_dropout else data["prompts"][i] for i in idx]
+        enc = torch.stack([embeds[p] for p in prompts])
+        n = torch.tensor([lengths[p] for p in prompts])
+        # Mostly the pipeline's 512 positions, sometimes shorter: robust to callers that pad less.
+        eff = torch.where(
+            torch.rand(cfg.dit_batch, generator=gen) < 0.5,
+            torch.full((cfg.dit_batch,), 512.0),
+            torch.exp(torch.empty(cfg.dit_batch).uniform_(math.log(16), math.log(512), generator=gen)),
+        )
+        bias = C.padding_bias(n, eff).to(device)
+        for w in wrappers:
+            w.bias = bias
+        sigma = torch.sigmoid(torch.randn(cfg.dit_batch, generator=gen))  # logit-normal
+        sigma = (cfg.train_shift * sigma / (1 + (cfg.train_shift - 1) * sigma)).to(device)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        s = sigma.view(-1, 1, 1, 1, 1)
+        xt = (1 - s) * x0 + s * noise
+        pred = transformer(xt, sigma * 1000.0, enc, return_dict=False)[0]
+        loss = F.mse_loss(pred, noise - x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), transformer.parameters(), strict=True):
+                pe.lerp_(pm, 1 - decay)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        done = step + 1
+        if done % cfg.checkpoint_every == 0 or done == cfg.dit_steps:
+            state = {"model": transformer.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                     "sched": sched.state_dict(), "step": done}  # fmt: skip
+            save_checkpoint(ckpt_path, state)
+            log.info("transformer step %d/%d loss %.4f (%.0fs)", done, cfg.dit_steps, loss.item(), time.time() - t0)
+    bar.close()
+    return ema.eval()
+
+
+@torch.no_grad()
+def prompt_table(pipe: object) -> dict[str, tuple[torch.Tensor, int]]:
+    """Short (training-length) embeddings and token counts for every prompt the trainer uses."""
+    prompts = [clips.prompt_for(*c) for c in clips.all_combos()] + [""]
+    embeds, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, max_sequence_length=C.TRAIN_TEXT_LEN)
+    counts = pipe.tokenizer(prompts, padding="max_length", max_length=C.TRAIN_TEXT_LEN, truncation=True,
+                            return_attention_mask=True).attention_mask  # fmt: skip
+    return {p: (e, int(sum(m))) for p, e, m in zip(prompts, embeds, counts, strict=True)}
+
+
+def run(out: Path, report_dir: Path, work: Path, cfg: TrainConfig, evaluate_fn: Callable[..., dict] | None = None,
+        device: str = "cpu", export_now: bool = False) -> dict:  # fmt: skip
+    """The whole recipe; returns the evaluation report (empty if `evaluate_fn` is None)."""
+    work.mkdir(parents=True, exist_ok=True)
+    cfg_path = work / "config.json"
+    if cfg_path.exists() and json.loads(cfg_path.read_text()) != asdict(cfg):
+        raise SystemExit(f"{work} holds a run with a different configuration; pass another --work-dir")
+    cfg_path.write_text(json.dumps(asdict(cfg), indent=2))
+    global _clock
+    _clock = clock = TrainClock(work)
+    torch.manual_seed(cfg.seed)
+    tokenizer = C.build_tokenizer()
+    text_encoder = C.build_text_encoder(len(tokenizer), cfg.seed)
+    torch.manual_seed(cfg.seed + 1)
+    vae = C.build_vae(cfg.vae_compression, cfg.z_dim)
+    torch.manual_seed(cfg.seed + 2)
+    transformer = C.build_transformer(cfg.patch, cfg.z_dim)
+    log.info(
+        "parameters: vae %d, transformer %d, text encoder %d",
+        sum(p.numel() for p in vae.parameters()),
+        sum(p.numel() for p in transformer.parameters()),
+        sum(p.numel() for p in text_encoder.parameters()),
+    )
+
+    dev = torch.device(device)
+    train_vae(vae, cfg, work, dev, "short")
+    train_vae(vae, cfg, work, dev, "full")
+    vae.requires_grad_(False)
+    data = encode_latents(vae, cfg, work, dev)
+    vae_check = reconstruction_check(vae, cfg, dev)
+    log.info("vae reconstructions read by the checker: %s", vae_check)
+    vae.cpu()
+    vae.register_to_config(latents_mean=data["mean"].tolist(), latents_std=data["std"].tolist())
+
+    pipe = C.assemble_pipeline(tokenizer, text_encoder, vae, transformer, cfg.sampler_shift)
+    text = prompt_table(pipe)
+    ema = train_transformer(transformer, data, text, cfg, work, dev, export_now).cpu()
+
+    pipe = C.assemble_pipeline(tokenizer, text_encoder, vae, ema, cfg.sampler_shift)
+    if out.exists():
+        shutil.rmtree(out)
+    pipe.save_pretrained(out, safe_serialization=True)
+    clock.save()
+    train_seconds = clock.seconds()
+    log.info("saved pipeline to %s after %.1f min", out, train_seconds / 60)
+    if evaluate_fn is None:
+        return {}
+    report = evaluate_fn(out, report_dir, seeds_per_combo=cfg.eval_seeds, steps=cfg.eval_steps,
+                         guidance_scale=cfg.guidance_scale,
+                         extra={"train_seconds": round(train_seconds, 1), "vae_reconstruction": vae_check,
+                                "config": asdict(cfg)})  # fmt: skip
+    log.info("done (training %.1f min): %s", train_seconds / 60, json.dumps(report["summary"]))
+    return report
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m engine.demo.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True, help="pipeline directory to write")
+    p.add_argument("--report-dir", type=Path, help="evaluation report and sample grid (default: OUT-report)")
+    p.add_argument("--work-dir", type=Path, help="checkpoints and log (default: var/train-demo-model/<OUT name>)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vae-compression", type=int, choices=(2, 4), default=TrainConfig.vae_compression)
+    p.add_argument("--z-dim", type=int, default=TrainConfig.z_dim)
+    p.add_argument("--patch", type=int, default=TrainConfig.patch)
+    p.add_argument("--train-shift", type=float, default=TrainConfig.train_shift)
+    p.add_argument("--sampler-shift", type=float, default=TrainConfig.sampler_shift)
+    p.add_argument("--vae-steps", type=int, default=TrainConfig.vae_steps)
+    p.add_argument("--steps", type=int, default=TrainConfig.dit_steps, help="transformer steps")
+    p.add_argument("--vae-frames", type=int, default=TrainConfig.vae_frames, help="frames per VAE training clip")
+    p.add_argument("--latent-clips", type=int, default=TrainConfig.latent_clips)
+    p.add_argument("--eval-seeds", type=int, default=TrainConfig.eval_seeds, help="videos per prompt in evaluation")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--device", default="cpu", help="torch device to train on (the recipe is sized for cpu)")
+    p.add_argument("--fresh", action="store_true", help="discard checkpoints in the work directory and start over")
+    p.add_argument(
+        "--export-now",
+        action="store_true",
+        help="write the pipeline from the last transformer checkpoint without training further",
+    )
+    p.add_argument("--no-eval", action="store_true", help="skip evaluation after training")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `vidserve train-demo-model` and `python -m engine.demo.train`; resumes by default."""
+    args = parse_args(argv)
+    out = args.out
+    work = args.work_dir or Path("var/train-demo-model") / out.name
+    report_dir = args.report_dir or out.with_name(out.name + "-report")
+    if args.fresh and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        handlers=[logging.FileHandler(work / "train.log"), logging.StreamHandler()])  # fmt: skip
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = TrainConfig(
+        seed=args.seed,
+        vae_compression=args.vae_compression,
+        z_dim=args.z_dim,
+        patch=args.patch,
+        train_shift=args.train_shift,
+        sampler_shift=args.sampler_shift,
+        vae_steps=args.vae_steps,
+        vae_frames=args.vae_frames,
+        latent_clips=args.latent_clips,
+        dit_steps=args.steps,
+        eval_seeds=args.eval_seeds,
+    )
+    log.info("training demo model into %s (work %s): %s", out, work, asdict(cfg))
+    evaluate_fn = None
+    if not args.no_eval:
+        from engine.demo.evaluate import evaluate_directory
+
+        evaluate_fn = evaluate_directory
+    run(out, report_dir, work, cfg, evaluate_fn, args.device, args.export_now)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
