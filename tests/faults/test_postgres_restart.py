@@ -1,0 +1,41 @@
+"""Promise: Postgres restarted while a worker finishes a job loses no result, and the API answers 503 with a
+JSON body (never a 500) while the database is away."""
+
+from __future__ import annotations
+
+import requests
+from conftest import MODEL, Services, event_types, start_worker, submit, wait_running, wait_terminal
+from service_harness import wait_until
+
+from vidserve.processes import ManagedProcess
+
+
+def test_a_result_finished_while_postgres_is_down_is_recorded_when_it_returns(
+    faults: Services, processes: list[ManagedProcess]
+) -> None:
+    worker = start_worker(faults, processes)
+    job_id = submit(faults, prompt="a horse in the rain", num_inference_steps=40)
+    wait_running(faults, [job_id])
+
+    faults.postgres.stop("fast")
+    try:
+        read = requests.get(f"{faults.api_url}/v1/jobs/{job_id}", timeout=30)
+        write = requests.post(f"{faults.api_url}/v1/jobs", json={"model": MODEL, "prompt": "a cat"}, timeout=30)
+        listing = requests.get(f"{faults.api_url}/v1/jobs", timeout=30)
+        for response in (read, write, listing):
+            assert response.status_code == 503, response.text
+            assert response.json()["error"]["code"] == "database_unavailable"
+        # The engine finishes, the upload works, and the final write fails: the worker keeps retrying it.
+        wait_until(
+            lambda: "recording success failed" in worker.log_tail(200_000),
+            60,
+            interval=0.1,
+            what="the worker to try its final write",
+        )
+    finally:
+        faults.postgres.start()
+
+    done = wait_terminal(faults, [job_id], timeout=60)[job_id]
+    assert done["status"] == "succeeded" and done["attempts"] == 1, done
+    assert event_types(faults, job_id) == ["job.queued", "job.running", "job.succeeded"]
+    assert len(faults.videos.get(faults.videos.key_for(job_id))) == done["output"]["bytes"]
