@@ -72,7 +72,7 @@ class ModelRunner:
         return preds
 
     @staticmethod
-    def _text_rows(seq: Sequence, role: str, model: torch.nn.Module, text_kv: TextKV):
+    def _text_rows(seq: Sequence, role: str, model: torch.nn.Module, text_kv: TextKV) -> list:
         """A request's text projections for this model: computed at its first step, reused at every other."""
         store = seq.extra.setdefault("text_kv", {})
         key = (id(model), role)

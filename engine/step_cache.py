@@ -188,8 +188,8 @@ class BlockHooks:
         if index.numel() == 0:
             return passthrough if self.plan.pair_output else passthrough[0]
         for name in self.row_args:
-            value = bound.arguments.get(name)
-            bound.arguments[name] = _rows(value, index, total)
+            if name in bound.arguments:
+                bound.arguments[name] = _rows(bound.arguments[name], index, total)
         self.rows = index
         try:
             out = forward(*bound.args, **bound.kwargs)
@@ -206,6 +206,8 @@ class BlockHooks:
 
 def _rows(value: Any, index: torch.Tensor, total: int) -> Any:
     if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == total:
+        if value.stride(0) == 0:  # one value broadcast over the rows: narrowing it copies nothing
+            return value.narrow(0, 0, index.numel())
         return value.index_select(0, index)
     if isinstance(value, (tuple, list)):
         return type(value)(_rows(v, index, total) for v in value)

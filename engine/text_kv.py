@@ -23,9 +23,12 @@ class TextKV:
         self.model = model
         self.projection = projection
         self.attentions = attentions
-        self.hooks: BlockHooks | None = None  # set by the engine: which rows the blocks run now
-        self.projected: torch.Tensor | None = None  # (rows, L, D) while a forward runs
-        self.kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per block, (rows, L, heads, d) each
+        self.hooks: BlockHooks | None = None  # set by the runner: which rows the blocks run now
+        self.projected: torch.Tensor | None = None  # stands in for the projected text while a forward runs
+        self.kv: list[list[tuple[torch.Tensor, torch.Tensor]]] | None = None  # per row, per block (key, value)
+        # Per block: the rows last stacked and their stacked key and value. A batch keeps its members for many
+        # steps, so the stack is reused instead of copied again at every forward.
+        self._stacked: dict[int, tuple[tuple[int, ...], torch.Tensor, torch.Tensor, list]] = {}
         original = projection.forward
 
         def project(x: torch.Tensor) -> torch.Tensor:
@@ -45,33 +48,39 @@ class TextKV:
         return existing
 
     @torch.no_grad()
-    def of(self, embeds: torch.Tensor) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """One prompt's projected text (1, L, D) and each block's cross-attention (key, value)."""
+    def of(self, embeds: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """One prompt's cross-attention (key, value) in each block, each (1, L, heads, head_dim)."""
         projected = self._project_text(embeds)
         kv = []
         for attn in self.attentions:
             key = attn.norm_k(attn.to_k(projected)).unflatten(2, (attn.heads, -1))
             value = attn.to_v(projected).unflatten(2, (attn.heads, -1))
             kv.append((key, value))
-        return projected, kv
+        return kv
 
-    def activate(self, rows: list[tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]]) -> None:
-        """Stack the forward's rows (in row order) for the projection and the processors to hand out."""
-        self.projected = torch.cat([r[0] for r in rows])
-        self.kv = [
-            (torch.cat([r[1][i][0] for r in rows]), torch.cat([r[1][i][1] for r in rows]))
-            for i in range(len(self.attentions))
-        ]
+    def activate(self, rows: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> None:
+        """The forward's rows (in row order) for the processors to hand out."""
+        self.kv = rows
+        key = rows[0][0][0]
+        # The projected text only feeds the cross-attention's key and value, which come from the cache now: a
+        # zero-stride stand-in of the right shape costs nothing and cannot be mistaken for real states.
+        length, width = key.shape[1], self.attentions[0].to_k.in_features
+        self.projected = key.new_zeros(1, length, width).expand(len(rows), length, width)
 
     def deactivate(self) -> None:
         self.projected = self.kv = None
 
     def block_kv(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        key, value = self.kv[index]
-        rows = None if self.hooks is None else self.hooks.rows
-        if rows is not None:  # the block runs on a subset of the rows (first-block caching)
-            key, value = key.index_select(0, rows), value.index_select(0, rows)
-        return key, value
+        rows = None if self.hooks is None else self.hooks.rows  # a subset under first-block caching
+        chosen = self.kv if rows is None else [self.kv[r] for r in rows.tolist()]
+        ids = tuple(id(row) for row in chosen)
+        stacked = self._stacked.get(index)
+        if stacked is None or stacked[0] != ids:
+            keys = torch.cat([row[index][0] for row in chosen])
+            values = torch.cat([row[index][1] for row in chosen])
+            # The ids stay valid while the stack holds: each row's list is alive as long as its request runs.
+            stacked = self._stacked[index] = (ids, keys, values, chosen)
+        return stacked[1], stacked[2]
 
 
 class _CachedCrossAttention:

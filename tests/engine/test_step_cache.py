@@ -116,6 +116,19 @@ def test_a_cached_request_in_a_mixed_batch_leaves_the_uncached_ones_unchanged(en
     assert ts.steps_reused == 4 and len(ts.batch_sizes) == 4
 
 
+def test_a_first_block_request_beside_others_in_a_joint_attention_family_leaves_them_unchanged(engines, make_request):
+    # Mochi's blocks return (video, text) pairs: the rows that go on must get both back in place.
+    engine = engines["mochi"]
+    other = make_request("mochi", "other", prompt="a horse", num_inference_steps=8, seed=3)
+    alone = engine.generate([other])[0].frames
+    cached = make_request(
+        "mochi", "fb", num_inference_steps=8, seed=5, cache={"policy": "first_block", "threshold": 0.5}
+    )
+    mixed, approx = engine.generate([other, cached])
+    assert np.abs(mixed.frames - alone).max() <= ALONE
+    assert approx.stats.steps_reused > 0 and max(approx.stats.batch_sizes) == 2
+
+
 @pytest.mark.parametrize(
     ("cache", "field"),
     [
