@@ -36,7 +36,7 @@ METRICS: list[tuple[str, str, str, str]] = [
     ("vidserve_job_duration_seconds", "histogram", "model, state", "end to end, created to finished, of finished jobs"),
     ("vidserve_job_queue_seconds", "histogram", "model", "created to started (last attempt) of started jobs"),
     ("vidserve_job_run_seconds", "histogram", "model, state", "started to finished (last attempt) of finished jobs"),
-    ("vidserve_batch_size", "histogram", "model", "rows in each transformer forward a succeeded job took part in"),
+    ("vidserve_batch_size", "histogram", "model", "requests per transformer forward that a succeeded job ran in"),
     ("vidserve_steps_computed_total", "counter", "model", "denoising steps computed for succeeded jobs"),
     ("vidserve_steps_reused_total", "counter", "model", "denoising steps served from the step cache"),
     ("vidserve_webhook_deliveries", "gauge", "status", "webhook deliveries by status (pending, delivered, failed)"),
