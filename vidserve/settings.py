@@ -35,6 +35,8 @@ ENV_VARS: list[tuple[str, str, Any, str]] = [
     ("VIDSERVE_LEASE_SECONDS", "lease_seconds", 60, "a running job's lease; renewed while it runs"),
     ("VIDSERVE_MAX_ATTEMPTS", "max_attempts", 3, "attempts before a job whose worker died fails"),
     ("VIDSERVE_SWEEP_SECONDS", "sweep_seconds", 15, "how often the sweeper re-publishes lost jobs"),
+    ("VIDSERVE_SHUTDOWN_GRACE_SECONDS", "shutdown_grace_seconds", 10.0,
+     "on SIGTERM, how long running jobs may go on to finish before they are stopped and handed back to the queue"),
     ("VIDSERVE_MAX_BODY_BYTES", "max_body_bytes", 65536, "largest request body the API accepts"),
     ("VIDSERVE_WEBHOOK_SECRET", "webhook_secret", "",
      "Standard Webhooks signing secret (whsec_<base64>); `make run` generates one in var/ when unset"),
@@ -72,6 +74,7 @@ class Settings:
     lease_seconds: int = 60
     max_attempts: int = 3
     sweep_seconds: int = 15
+    shutdown_grace_seconds: float = 10.0
     max_body_bytes: int = 65536
     webhook_secret: str = ""
     webhook_max_attempts: int = 8

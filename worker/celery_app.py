@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from typing import Any
 
 from celery import Celery, Task, signals
@@ -89,9 +90,19 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
 
 @signals.worker_shutting_down.connect
 def _on_shutting_down(**_: Any) -> None:
-    # Running jobs stop at their next step and go back to the queue for another worker.
-    if context._current is not None:
-        context._current.shutting_down.set()
+    # Celery stops taking messages and waits for the running jobs. They may finish within the grace period;
+    # after it they stop at their next step and go back to the queue for another worker.
+    ctx = context._current
+    if ctx is None:
+        return
+    grace = ctx.settings.shutdown_grace_seconds
+    if grace <= 0:
+        ctx.shutting_down.set()
+        return
+    log.info("shutting down: running jobs have %.0fs to finish before they are handed back", grace)
+    timer = threading.Timer(grace, ctx.shutting_down.set)
+    timer.daemon = True
+    timer.start()
 
 
 @signals.worker_shutdown.connect

@@ -32,6 +32,8 @@ def restart_settings(settings: Settings, model_dir: Path) -> Settings:
         models_file=write_test_registry(model_dir),
         worker_models=SERVED_MODEL,
         lease_seconds=4,
+        # No grace period: the stopped worker must hand its running job back rather than finish it.
+        shutdown_grace_seconds=0,
     )
 
 
