@@ -132,10 +132,12 @@ def generate(ctx: WorkerContext, job_id: str) -> str:
         log.warning("job %s: engine error %s: %s", job_id, exc.code, exc)
         ctx.store.fail(job_id, exc.code, str(exc), owner=owner)
         return "failed"
-    except Exception as exc:  # an engine bug or an out-of-memory fails this job, not the slot
+    except Exception as exc:  # an engine bug or an out-of-memory: this job's problem, not the slot's
         log.exception("job %s: engine crashed", job_id)
-        ctx.store.fail(job_id, "engine_error", f"{type(exc).__name__}: {exc}", owner=owner)
-        return "failed"
+        if ctx.shutting_down.is_set():
+            return _stopped(attempt, job.model)
+        # Maybe transient (memory, a batch mate's fault): queue it again; a poison job fails after max_attempts.
+        return _hand_back(attempt, job.model, job.attempts, "engine_error", f"{type(exc).__name__}: {exc}")
     if attempt.cancel_requested or attempt.lease_lost:
         # The cancel (or the takeover) raced the last step: honour it rather than publish a result.
         return _stopped(attempt, job.model)
