@@ -392,6 +392,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--train-shift", type=float, default=TrainConfig.train_shift)
     p.add_argument("--sampler-shift", type=float, default=TrainConfig.sampler_shift)
     p.add_argument("--vae-steps", type=int, default=TrainConfig.vae_steps)
+    p.add_argument("--vae-full-steps", type=int, default=TrainConfig.vae_tune_steps, help="9-frame VAE steps")
     p.add_argument("--steps", type=int, default=TrainConfig.dit_steps, help="transformer steps")
     p.add_argument("--vae-frames", type=int, default=TrainConfig.vae_frames, help="frames per VAE training clip")
     p.add_argument("--latent-clips", type=int, default=TrainConfig.latent_clips)
@@ -430,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         sampler_shift=args.sampler_shift,
         vae_steps=args.vae_steps,
         vae_frames=args.vae_frames,
+        vae_tune_steps=args.vae_full_steps,
         latent_clips=args.latent_clips,
         dit_steps=args.steps,
         eval_seeds=args.eval_seeds,
