@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from concurrent.futures import Future
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,10 @@ CANCEL_POLL_SECONDS = 2.0
 # first wait between them (doubling).
 STORE_RETRIES = 4
 RETRY_FIRST_SECONDS = 1.0
+
+
+# Runs uploads while the slot's own thread renews the lease (see `_maintaining`).
+_io_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="vidserve-upload")
 
 
 class TransientError(Exception):
@@ -237,7 +242,7 @@ def _store_video(attempt: Attempt, result: GenerationResult) -> tuple[dict[str, 
     last_error: Exception | None = None
     for delay in _backoff(STORE_RETRIES):
         try:
-            attempt.ctx.videos.put(key, video.data, video.content_type)
+            _maintaining(attempt, lambda: attempt.ctx.videos.put(key, video.data, video.content_type))
             last_error = None
             break
         except Exception as exc:  # minio raises S3Error, urllib3 errors, OSError: all worth a retry
@@ -259,6 +264,17 @@ def _store_video(attempt: Attempt, result: GenerationResult) -> tuple[dict[str, 
         "fps": video.fps,
     }
     return output, {"seconds_encoding": round(encoded - started, 4), "seconds_uploading": round(uploaded - encoded, 4)}
+
+
+def _maintaining(attempt: Attempt, call: Callable[[], None]) -> None:
+    """Run a blocking call (an upload: minio retries inside it, a big video takes long) while this thread keeps
+    the lease alive; an upload longer than the lease must not let the sweeper hand the job to another worker."""
+    future = _io_pool.submit(call)
+    while True:
+        try:
+            return future.result(timeout=TICK_SECONDS)
+        except FutureTimeout:
+            attempt.maintain()
 
 
 def _sleep_maintaining(attempt: Attempt, seconds: float) -> None:
