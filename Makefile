@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: run test bench bench-quick lint venv models migrate clean
+.PHONY: run test bench bench-quick bench-load lint venv models migrate clean
 
 venv: .venv/.installed
 
@@ -33,6 +33,11 @@ bench: venv
 
 bench-quick: venv
 	@$(PY) -m engine.bench --quick
+
+# The load fault test at full size (CI runs it with 40 jobs from 8 clients): 200 jobs, 20 clients, 2 workers.
+bench-load: venv
+	@VIDSERVE_LOAD_JOBS=$${VIDSERVE_LOAD_JOBS:-200} VIDSERVE_LOAD_CLIENTS=$${VIDSERVE_LOAD_CLIENTS:-20} \
+	 $(PY) -m pytest -q -s -p no:cacheprovider tests/faults/test_load.py | grep -E '^load:|passed|failed'
 
 lint: venv
 	@.venv/bin/ruff check .
