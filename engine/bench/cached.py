@@ -170,3 +170,61 @@ def ratio_line(rows: list[CachedRow]) -> str:
         quality = float(np.mean([r.psnr[0] for r in default]))
         out.append(f"throughput_vs_diffusers[{size},cached]: {diffusers / seconds:.2f}x at {quality:.1f} dB")
     return "\n".join(out)
+
+
+DEMO_SETTINGS: list[tuple[str, dict[str, Any] | None]] = [
+    ("none", None),
+    ("first_block 0.1", {"policy": FIRST_BLOCK, "threshold": 0.1}),
+    ("first_block 0.2 (default)", DEFAULT_APPROXIMATE),
+    ("taylorseer interval 2 (default)", {"policy": TAYLORSEER}),
+    ("taylorseer interval 3", {"policy": TAYLORSEER, "interval": 3}),
+]
+
+
+def compare_demo(spec: ModelSpec, seeds: int = 2, steps: int = 20, log=print) -> str:
+    """The trained demo model: checker adherence and PSNR/SSIM of each setting against uncached, as a table."""
+    from engine.demo.checker import score
+    from engine.demo.evaluate import grid_prompts
+
+    combos = grid_prompts()
+    labels = [combo for combo in combos for _ in range(seeds)]
+    mix = [
+        GenerationRequest(
+            id=f"demo-{i}",
+            prompt=f"a {colour} {shape} moving {direction}",
+            num_frames=9,
+            height=32,
+            width=32,
+            num_inference_steps=steps,
+            guidance_scale=5.0,
+            seed=i % seeds,
+        )
+        for i, (colour, shape, direction) in enumerate(labels)
+    ]
+    lines = [
+        "| cache | steps from cache | seconds | vs uncached | colour | shape | direction | all three | "
+        "PSNR dB (mean / min) | SSIM (mean) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    engine = Engine(spec, output="float32")
+    try:
+        engine.generate(mix[:2])  # warm up
+        reference, base = None, None
+        for label, cache in DEMO_SETTINGS:
+            seconds, results = _serve(engine, [replace(r, cache=cache) for r in mix])
+            frames = [r.frames for r in results]
+            reference, base = reference or frames, base or seconds
+            adherence = score(frames, labels)
+            scores = [psnr(a, b) for a, b in zip(frames, reference, strict=True)]
+            similarity = np.mean([ssim(a, b) for a, b in zip(frames, reference, strict=True)])
+            reused = sum(r.stats.steps_reused for r in results)
+            total = reused + sum(r.stats.steps_computed for r in results)
+            lines.append(
+                f"| {label} | {reused}/{total} | {seconds:.1f} | {base / seconds:.2f}x | {adherence['colour']:.0%} | "
+                f"{adherence['shape']:.0%} | {adherence['direction']:.0%} | {adherence['all']:.0%} | "
+                f"{np.mean(scores):.1f} / {np.min(scores):.1f} | {similarity:.4f} |"
+            )
+            log(f"  demo {lines[-1]}")
+    finally:
+        engine.close()
+    return "\n".join(lines)

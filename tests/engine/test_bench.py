@@ -10,7 +10,7 @@ from engine.bench.report import write_section
 
 def test_the_benchmark_prints_a_ratio_line_per_size_and_writes_its_section_and_chart(model_dir, tmp_path, capsys):
     out = tmp_path / "BENCHMARKS.md"
-    args = ["--sizes", "tiny", "--families", "wan", "--requests", "4", "--repeats", "1"]
+    args = ["--sizes", "tiny", "--families", "wan", "--requests", "4", "--repeats", "1", "--demo", "off"]
     assert main([*args, "--model-dir", str(model_dir), "--output", str(out)]) == 0
     printed = capsys.readouterr().out
     assert re.search(r"^throughput_vs_diffusers\[tiny\]: \d+\.\d+x$", printed, re.M)
