@@ -44,9 +44,11 @@ class CachePolicy:
         return {"policy": self.policy, **{name: getattr(self, name) for name in SETTINGS[self.policy]}}
 
 
-def parse_cache(value: Any) -> CachePolicy:
+def parse_cache(value: Any, model_defaults: dict[str, dict[str, Any]] | None = None) -> CachePolicy:
     """Validate a request's `cache` value (None, or an object with `policy` and its settings).
 
+    Settings left out take the model's own defaults (`model_defaults`, policy -> settings: a registry entry's
+    `options.cache_defaults`, since good thresholds are model-specific), then the documented ones.
     Raises `InvalidRequest("cache", ...)` for the shape or policy and `InvalidRequest("cache.<setting>", ...)`
     for a setting out of its range, of the wrong type, or unknown to the policy.
     """
@@ -63,8 +65,11 @@ def parse_cache(value: Any) -> CachePolicy:
         if name != "policy" and name not in allowed:
             known = ", ".join(allowed) or "no settings"
             raise InvalidRequest(f"cache.{name}", f"unknown setting for policy {policy!r} (it takes {known})")
+    own = (model_defaults or {}).get(policy, {})
     for name, (kind, low, high, default) in allowed.items():
         setting = value.get(name)
+        if setting is None:
+            setting = own.get(name)
         if setting is None:
             resolved[name] = kind(default)
             continue
@@ -78,3 +83,14 @@ def parse_cache(value: Any) -> CachePolicy:
             raise InvalidRequest(f"cache.{name}", f"must be between {kind(low)} and {kind(high)}")
         resolved[name] = kind(setting)
     return CachePolicy(**resolved)
+
+
+def check_model_defaults(model_defaults: Any) -> None:
+    """A registry entry's `options.cache_defaults` must itself be valid; raises ValueError naming the setting."""
+    if not isinstance(model_defaults, dict):
+        raise ValueError("options.cache_defaults must be a table of policy -> settings")
+    for policy, settings in model_defaults.items():
+        try:
+            parse_cache({"policy": policy, **settings})
+        except (InvalidRequest, TypeError) as exc:
+            raise ValueError(f"options.cache_defaults.{policy}: {exc}") from None

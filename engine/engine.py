@@ -252,7 +252,7 @@ class Engine:
         seq.generator = torch.Generator("cpu").manual_seed(seq.request.seed)
         seq.latents = self.adapter.prepare_latents(seq.request, seq.generator)
         self.adapter.set_timesteps(seq)
-        policy = parse_cache(seq.request.cache)
+        policy = parse_cache(seq.request.cache, self.spec.options.get("cache_defaults"))
         seq.cache = RequestCache(policy) if policy.approximate else None
         seq.stats.cache_policy = policy.policy
         seq.status = Status.RUNNING

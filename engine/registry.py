@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from engine.cache_policy import parse_cache
+from engine.cache_policy import check_model_defaults, parse_cache
 from engine.family_rules import FamilyRules, rules_for
 from engine.request import GenerationRequest, InvalidRequest, ModelUnavailable
 
@@ -107,7 +107,9 @@ class ModelSpec:
         seed = _int(params, "seed", 0, 0, 2**63 - 1)
         fps = _int(params, "fps", d.fps, 1, 60)
         # Recorded resolved (defaults applied), so a job's params say exactly which policy and strength ran.
-        cache = None if params.get("cache") is None else parse_cache(params["cache"]).as_dict()
+        cache = None
+        if params.get("cache") is not None:
+            cache = parse_cache(params["cache"], self.options.get("cache_defaults")).as_dict()
         return GenerationRequest(
             id=request_id,
             prompt=prompt,
@@ -217,6 +219,8 @@ class ModelRegistry:
                 options=entry.pop("options", {}),
             )
             rules_for(specs[name].family)
+            if "cache_defaults" in specs[name].options:
+                check_model_defaults(specs[name].options["cache_defaults"])
             if entry:
                 raise ValueError(f"model {name!r}: unknown registry keys {sorted(entry)}")
         return cls(specs)

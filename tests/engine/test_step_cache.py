@@ -4,11 +4,14 @@ a quality bound; bad cache settings are refused naming the field.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from engine.cache_policy import parse_cache
 from engine.family_rules import FAMILIES
+from engine.registry import ModelRegistry
 from engine.request import InvalidRequest
 
 EXACT = 1e-6  # exact reuse on vs off, max abs difference on frames in [0, 1]
@@ -160,3 +163,18 @@ def test_the_policy_defaults_are_applied_and_recorded(registry):
     assert request.cache == {"policy": "taylorseer", "interval": 2, "warmup": 2, "order": 1}
     assert registry.get("tiny-wan").resolve("r", {"prompt": "a cat"}).cache is None
     assert parse_cache({"policy": "first_block"}).threshold == 0.2
+
+
+def test_a_model_may_set_its_own_defaults_because_good_thresholds_are_model_specific(registry, tmp_path):
+    spec = registry.get("tiny-wan")
+    own = replace(spec, options={**spec.options, "cache_defaults": {"first_block": {"threshold": 0.1}}})
+    assert own.resolve("r", {"prompt": "a cat", "cache": {"policy": "first_block"}}).cache["threshold"] == 0.1
+    given = {"policy": "first_block", "threshold": 0.3}
+    assert own.resolve("r", {"prompt": "a cat", "cache": given}).cache["threshold"] == 0.3
+    models = tmp_path / "models.toml"
+    models.write_text(
+        '[models.m]\nfamily = "wan"\npath = "tiny/wan"\n'
+        "options = { cache_defaults = { first_block = { threshold = 5 } } }\n"
+    )
+    with pytest.raises(ValueError, match="cache_defaults.first_block"):
+        ModelRegistry.from_file(models)
