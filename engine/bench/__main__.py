@@ -172,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                 "\nThe same policies on the trained demo model `vidserve-shapes` (a 6-block Wan trained on coloured "
                 "shapes), 12 colour-shape-direction prompts x 2 seeds, 20 steps, all arriving together, one run "
                 "each: `engine/demo/checker.py` adherence (fraction of videos read as their prompt says) and "
-                "PSNR/SSIM against the uncached frames. Trained weights make these figures the meaningful ones "
-                "for quality; 24 videos make a 4-point adherence change one video.\n\n"
+                "PSNR/SSIM against the frames with `none` (exact reuse only). Trained weights make these figures "
+                "the meaningful ones for quality; 24 videos make a 4-point adherence change one video.\n\n"
                 f"{demo_table}\n"
             )
         report.write_section(Path(args.output), f"{kind}-cached", f"Step caching ({kind})", body)

@@ -202,7 +202,7 @@ def compare_demo(spec: ModelSpec, seeds: int = 2, steps: int = 20, log=print) ->
         for i, (colour, shape, direction) in enumerate(labels)
     ]
     lines = [
-        "| cache | steps from cache | seconds | vs uncached | colour | shape | direction | all three | "
+        "| cache | steps from cache | seconds | vs none | colour | shape | direction | all three | "
         "PSNR dB (mean / min) | SSIM (mean) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
