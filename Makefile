@@ -36,7 +36,7 @@ bench-quick: venv
 
 # The load fault test at full size (CI runs it with 40 jobs from 8 clients): 200 jobs, 20 clients, 2 workers.
 bench-load: venv
-	@VIDSERVE_LOAD_JOBS=$${VIDSERVE_LOAD_JOBS:-200} VIDSERVE_LOAD_CLIENTS=$${VIDSERVE_LOAD_CLIENTS:-20} \
+	@set -o pipefail; VIDSERVE_LOAD_JOBS=$${VIDSERVE_LOAD_JOBS:-200} VIDSERVE_LOAD_CLIENTS=$${VIDSERVE_LOAD_CLIENTS:-20} \
 	 $(PY) -m pytest -q -s -p no:cacheprovider tests/faults/test_load.py | grep -E '^load:|passed|failed'
 
 lint: venv
