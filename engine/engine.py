@@ -223,10 +223,19 @@ class Engine:
             return
         try:
             self._encode_text(admitted)
+        except Exception:
+            # One bad prompt must fail only its own request: encode the admitted ones one by one.
+            log.exception("batched text encoding of %d requests failed; encoding them one by one", len(admitted))
             for seq in admitted:
+                try:
+                    self._encode_text([seq])
+                except Exception as exc:
+                    self._finish(seq, exc)
+            admitted = [seq for seq in admitted if not seq.future.done()]
+        for seq in admitted:
+            try:
                 self._start(seq)
-        except Exception as exc:  # a bad request must not take the loop down with it
-            for seq in admitted:
+            except Exception as exc:  # a bad request must not take the loop down with it
                 self._finish(seq, exc)
 
     def _encode_text(self, seqs: list[Sequence]) -> None:

@@ -151,3 +151,22 @@ def test_a_forward_that_fails_fails_only_the_requests_it_held(specs, make_reques
     with pytest.raises(RuntimeError, match="out of memory"):
         wide.result()
     assert narrow.result().stats.steps_computed == 4
+
+
+def test_a_prompt_that_breaks_text_encoding_fails_only_its_own_request(specs, make_request):
+    with Engine(specs["wan"], background=False) as fresh:
+        original = fresh.adapter.encode_prompts
+
+        def refuse_poison(prompts):
+            if any("poison" in p for p in prompts):
+                raise IndexError("index out of range in self")
+            return original(prompts)
+
+        fresh.adapter.encode_prompts = refuse_poison
+        mates = [fresh.submit(make_request("wan", p, prompt=f"a {p} in the rain")) for p in ("cat", "dog")]
+        poison = fresh.submit(make_request("wan", "poison", prompt="a poison apple"))
+        while not all(f.done() for f in [*mates, poison]):
+            fresh.step()
+    with pytest.raises(IndexError):
+        poison.result()
+    assert [m.result().stats.steps_computed for m in mates] == [4, 4]

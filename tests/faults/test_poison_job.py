@@ -39,11 +39,6 @@ def test_a_poison_job_fails_after_the_configured_attempts_and_the_worker_keeps_s
     assert event_types(faults, after) == ["job.queued", "job.running", "job.succeeded"]
 
 
-@pytest.mark.xfail(
-    reason="engine/engine.py Engine._admit encodes every admitted prompt in one call and fails them all when one "
-    "prompt raises; fix (engine owner): on failure, encode the admitted requests one by one",
-    strict=False,
-)
 def test_the_batch_mates_of_a_poison_job_succeed(faults: Services, worker: ManagedProcess) -> None:
     # Submitted together, so the engine admits them together: the poison shares their batch.
     mates = [submit(faults, model=POISON_MODEL, prompt=p, num_inference_steps=8) for p in GOOD_PROMPTS[:2]]
