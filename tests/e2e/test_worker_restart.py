@@ -20,8 +20,9 @@ from vidserve.queue import make_celery, publish_job
 from vidserve.schema import JobStatus
 from vidserve.settings import Settings
 
-# Long enough to be caught mid-way, short enough that the next worker finishes it quickly.
-RESTARTED_JOB = {**LONG_JOB, "num_inference_steps": 200}
+# Long enough to be caught mid-way even on a loaded machine (a test process starved for seconds must not
+# find it finished), short enough that the next worker finishes it in well under a minute.
+RESTARTED_JOB = {**LONG_JOB, "num_inference_steps": 600}
 
 
 @pytest.fixture
