@@ -253,7 +253,14 @@ def processes(faults: Services) -> Iterator[list[ManagedProcess]]:
 def start_worker(
     faults: Services, processes: list[ManagedProcess], settings: Settings | None = None, **env: str
 ) -> ManagedProcess:
-    proc = start_celery_service("worker", settings or faults.settings, faults.logs, **env)
+    for tries_left in (1, 0):
+        try:
+            proc = start_celery_service("worker", settings or faults.settings, faults.logs, **env)
+            break
+        except redis.ConnectionError:
+            # The test process's ping, not the worker: after a Redis restart it can read from a dead connection.
+            if not tries_left:
+                raise
     processes.append(proc)
     return proc
 
