@@ -290,13 +290,17 @@ def wait_terminal(faults: Services, job_ids: list[str], timeout: float = 120.0) 
 
 
 def wait_running(faults: Services, job_ids: list[str], timeout: float = 120.0) -> None:
-    store = faults.store
-    wait_until(
-        lambda: all(store.get(j).status.value == "running" and store.get(j).progress > 0 for j in job_ids),
-        timeout,
-        interval=0.05,
-        what=f"{len(job_ids)} jobs to run",
-    )
+    """Until each job has been seen running with some progress (not necessarily all at the same instant)."""
+    store, seen = faults.store, set()
+
+    def all_seen() -> bool:
+        for job_id in set(job_ids) - seen:
+            row = store.get(job_id)
+            if row.status.value == "running" and row.progress > 0:
+                seen.add(job_id)
+        return seen == set(job_ids)
+
+    wait_until(all_seen, timeout, interval=0.05, what=f"{len(job_ids)} jobs to run")
 
 
 def event_types(faults: Services, job_id: str) -> list[str]:

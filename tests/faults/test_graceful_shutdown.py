@@ -12,7 +12,7 @@ from service_harness import wait_until
 
 from vidserve.processes import ManagedProcess
 
-GRACE_SECONDS = 6.0
+GRACE_SECONDS = 10.0
 
 
 def test_sigterm_finishes_short_jobs_and_hands_back_long_ones(
@@ -20,7 +20,7 @@ def test_sigterm_finishes_short_jobs_and_hands_back_long_ones(
 ) -> None:
     settings = dataclasses.replace(faults.settings, shutdown_grace_seconds=GRACE_SECONDS)
     first = start_worker(faults, processes, settings)
-    short = [submit(faults, prompt=f"a fish {i}", seed=i, num_inference_steps=40) for i in range(2)]
+    short = [submit(faults, prompt=f"a fish {i}", seed=i, num_inference_steps=150) for i in range(2)]
     long = submit(faults, prompt="a long walk", num_inference_steps=5000)
     wait_running(faults, [*short, long])
 

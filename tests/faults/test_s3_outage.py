@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from conftest import Services, event_types, start_worker, submit, wait_running, wait_terminal
+from conftest import Services, event_types, start_worker, submit, wait_terminal
 from service_harness import wait_until
 
 from vidserve.processes import ManagedProcess
@@ -18,10 +18,10 @@ def test_uploads_wait_out_a_short_s3_outage_and_fail_clearly_in_a_long_one(
     # One attempt, so the long outage ends in a failure after a single round of upload retries.
     worker = start_worker(faults, processes, dataclasses.replace(faults.settings, max_attempts=1))
 
-    job_id = submit(faults, prompt="red car in the city", num_inference_steps=30)
-    wait_running(faults, [job_id])
+    # S3 goes first (its shutdown takes seconds, a short job could upload meanwhile); the job runs, then uploads.
     faults.s3.stop()
     try:
+        job_id = submit(faults, prompt="red car in the city", num_inference_steps=30)
         wait_until(lambda: "upload failed" in worker.log_tail(200_000), 60, interval=0.1, what="a failed upload")
     finally:
         faults.s3.start()
