@@ -174,8 +174,9 @@ def ratio_line(rows: list[CachedRow]) -> str:
 
 DEMO_SETTINGS: list[tuple[str, dict[str, Any] | None]] = [
     ("none", None),
-    ("first_block 0.1", {"policy": FIRST_BLOCK, "threshold": 0.1}),
-    ("first_block 0.2 (default)", DEFAULT_APPROXIMATE),
+    # Explicit thresholds: a bare policy would take the registry entry's own `cache_defaults` (0.1 here).
+    ("first_block 0.1 (this model's default)", {"policy": FIRST_BLOCK, "threshold": 0.1}),
+    ("first_block 0.2", {"policy": FIRST_BLOCK, "threshold": 0.2}),
     ("taylorseer interval 2 (default)", {"policy": TAYLORSEER}),
     ("taylorseer interval 3", {"policy": TAYLORSEER, "interval": 3}),
 ]
