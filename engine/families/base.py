@@ -132,6 +132,17 @@ class FamilyAdapter:
         """Encode distinct prompts in one batched call; one TextEmbedding per prompt."""
         raise NotImplementedError
 
+    def tokenize(self, prompts: list[str]) -> Any:
+        """T5-style tokenization as the pipelines do it: padded to max_sequence_length, truncated."""
+        return self.pipe.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.max_sequence_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        )
+
     def uses_cfg(self, request: GenerationRequest) -> bool:
         """Whether this request runs an unconditional row (classifier-free guidance)."""
         return request.guidance_scale > 1.0

@@ -42,14 +42,7 @@ class CogVideoXAdapter(FamilyAdapter):
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> list[TextEmbedding]:
         pipe = self.pipe
-        ids = pipe.tokenizer(
-            prompts,
-            padding="max_length",
-            max_length=self.max_sequence_length,
-            truncation=True,
-            add_special_tokens=True,
-            return_tensors="pt",
-        ).input_ids
+        ids = self.tokenize(prompts).input_ids
         hidden = pipe.text_encoder(ids.to(pipe.text_encoder.device))[0]
         hidden = hidden.to(dtype=self.text_dtype, device=self.device)
         return [TextEmbedding(embeds=row.unsqueeze(0)) for row in hidden]

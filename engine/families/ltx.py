@@ -38,14 +38,7 @@ class LTXAdapter(FamilyAdapter):
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> list[TextEmbedding]:
         pipe = self.pipe
-        inputs = pipe.tokenizer(
-            prompts,
-            padding="max_length",
-            max_length=self.max_sequence_length,
-            truncation=True,
-            add_special_tokens=True,
-            return_tensors="pt",
-        )
+        inputs = self.tokenize(prompts)
         # LTX encodes without the mask and hands the mask to the transformer instead.
         hidden = pipe.text_encoder(inputs.input_ids.to(pipe.text_encoder.device))[0]
         hidden = hidden.to(dtype=self.text_dtype, device=self.device)

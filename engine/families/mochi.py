@@ -37,14 +37,7 @@ class MochiAdapter(FamilyAdapter):
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> list[TextEmbedding]:
         pipe = self.pipe
-        inputs = pipe.tokenizer(
-            prompts,
-            padding="max_length",
-            max_length=self.max_sequence_length,
-            truncation=True,
-            add_special_tokens=True,
-            return_tensors="pt",
-        )
+        inputs = self.tokenize(prompts)
         ids, mask = inputs.input_ids, inputs.attention_mask.bool()
         if pipe.config.force_zeros_for_empty_prompt:
             empty = torch.tensor([p == "" for p in prompts])
