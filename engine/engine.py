@@ -104,7 +104,12 @@ class Engine:
         if self.config.vae_tiling:
             self.adapter.enable_vae_tiling()
         self.planner = Planner(self.adapter, self.config.max_rows, self.config.max_tokens)
-        self.runner = ModelRunner(self.adapter, self.config.text_kv_cache)
+        if spec.stages > 1:
+            from engine.layer_split import SplitRunner  # spawns the other stages' processes
+
+            self.runner = SplitRunner(self.adapter, spec, spec.stages)
+        else:
+            self.runner = ModelRunner(self.adapter, self.config.text_kv_cache)
         self._texts = _TextCache(self.config.text_cache_size, (spec.name, spec.path, *self.adapter.text_settings()))
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []
@@ -165,6 +170,8 @@ class Engine:
             self._lock.notify_all()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
+        if hasattr(self.runner, "close"):
+            self.runner.close()  # layer split: ends every stage process
         with self._lock:
             for seq in [*self._waiting, *self._running]:
                 if not seq.future.done():
@@ -198,9 +205,14 @@ class Engine:
         forecast = [s for s in running if s.cache is not None and s.cache.forecasts(s.step_index)]
         for seq in forecast:
             self._advance_one(seq, seq.cache.forecast(seq.step_index), reused=True)
-        for batch in self.planner.plan([s for s in running if s not in forecast]):
+        batches = self.planner.plan([s for s in running if s not in forecast])
+        # A layer-split runner pipelines the iteration's groups through its stages (all in flight at once).
+        pipelined = self.runner.run_pipelined(batches) if hasattr(self.runner, "run_pipelined") else None
+        for i, batch in enumerate(batches):
             try:
-                noise_preds = self.runner.run(batch)
+                noise_preds = self.runner.run(batch) if pipelined is None else pipelined[i]
+                if isinstance(noise_preds, BaseException):
+                    raise noise_preds
             except Exception as exc:  # e.g. out of memory: fail this forward's requests, keep the others
                 log.exception("forward of %d requests failed", len(batch.seqs))
                 for seq in batch.seqs:

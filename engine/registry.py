@@ -58,12 +58,19 @@ class ModelSpec:
     path: str  # local pipeline directory or hub id
     dtype: str = "float32"
     devices: tuple[str, ...] = ("cpu",)
+    # Stages the transformer's blocks are split over (engine.layer_split); more than one device also splits.
+    layer_split: int = 1
     limits: ModelLimits = field(default_factory=ModelLimits)
     defaults: ModelDefaults = field(default_factory=ModelDefaults)
     batch: BatchLimits = field(default_factory=BatchLimits)
     size_multiple: int | None = None  # overrides the family's spatial multiple
     # Family-specific keyword arguments for the adapter (e.g. HunyuanVideo's prompt template).
     options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stages(self) -> int:
+        """Layer-split stages: `layer_split`, or one per listed device when several are listed."""
+        return max(self.layer_split, len(self.devices))
 
     @property
     def rules(self) -> FamilyRules:
@@ -212,6 +219,7 @@ class ModelRegistry:
                 path=weights,
                 dtype=entry.pop("dtype", "float32"),
                 devices=tuple(entry.pop("devices", ["cpu"])),
+                layer_split=int(entry.pop("layer_split", 1)),
                 limits=ModelLimits(**entry.pop("limits", {})),
                 defaults=ModelDefaults(**entry.pop("defaults", {})),
                 batch=BatchLimits(**entry.pop("batch", {})),
