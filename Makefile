@@ -30,6 +30,7 @@ test: venv
 
 bench: venv
 	@$(PY) -m engine.bench $(BENCH_ARGS)
+	@$(PY) -m engine.bench.layer_split
 
 bench-quick: venv
 	@$(PY) -m engine.bench --quick
