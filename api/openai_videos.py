@@ -19,7 +19,7 @@ from sqlalchemy import and_, or_, select
 
 from api.errors import ApiError
 from api.services import services
-from api.validation import RANDOM_SEED_BOUND, parse_json_object, read_body
+from api.validation import GENERATION_FIELDS, RANDOM_SEED_BOUND, parse_json_object, read_body
 from engine.registry import ModelSpec
 from engine.request import InvalidRequest
 from vidserve.db import session_factory
@@ -199,20 +199,8 @@ def _resolve_create(body: dict[str, Any]) -> tuple[uuid.UUID, str, dict[str, Any
 
     job_id = uuid.uuid4()
     resolved = spec.resolve(str(job_id), requested)  # InvalidRequest -> 400 naming seconds/size
-    params = {
-        name: getattr(resolved, name)
-        for name in (
-            "prompt",
-            "negative_prompt",
-            "num_frames",
-            "height",
-            "width",
-            "num_inference_steps",
-            "guidance_scale",
-            "seed",
-            "fps",
-        )
-    }
+    # OpenAI requests carry no step-cache policy: every other generation field, resolved.
+    params = {name: getattr(resolved, name) for name in GENERATION_FIELDS if name != "cache"}
     return job_id, model, params
 
 
