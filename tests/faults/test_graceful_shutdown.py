@@ -20,8 +20,8 @@ def test_sigterm_finishes_short_jobs_and_hands_back_long_ones(
 ) -> None:
     settings = dataclasses.replace(faults.settings, shutdown_grace_seconds=GRACE_SECONDS)
     first = start_worker(faults, processes, settings)
-    short = [submit(faults, prompt=f"a fish {i}", seed=i, num_inference_steps=150) for i in range(2)]
-    long = submit(faults, prompt="a long walk", num_inference_steps=5000)
+    short = [submit(faults, prompt=f"a fish {i}", seed=i, num_inference_steps=1000) for i in range(2)]
+    long = submit(faults, prompt="a long walk", num_inference_steps=30000)  # outlasts the grace period
     wait_running(faults, [*short, long])
 
     asked = time.monotonic()

@@ -14,7 +14,7 @@ def test_a_result_finished_while_postgres_is_down_is_recorded_when_it_returns(
     faults: Services, processes: list[ManagedProcess]
 ) -> None:
     worker = start_worker(faults, processes)
-    job_id = submit(faults, prompt="a horse in the rain", num_inference_steps=300)  # still running when Postgres goes
+    job_id = submit(faults, prompt="a horse in the rain", num_inference_steps=1000)  # still running when Postgres goes
     wait_running(faults, [job_id])
 
     faults.postgres.stop("fast")

@@ -13,7 +13,7 @@ from vidserve.processes import ManagedProcess
 def test_jobs_survive_a_redis_restart(faults: Services, processes: list[ManagedProcess]) -> None:
     start_worker(faults, processes, VIDSERVE_WORKER_SLOTS="2")
     # Two long jobs fill the window (they must still run when Redis dies); three short ones wait in the broker.
-    ids = [submit(faults, prompt=f"dog {i}", seed=i, num_inference_steps=400 if i < 2 else 20) for i in range(5)]
+    ids = [submit(faults, prompt=f"dog {i}", seed=i, num_inference_steps=1500 if i < 2 else 20) for i in range(5)]
     wait_running(faults, ids[:2])
 
     faults.redis.kill()

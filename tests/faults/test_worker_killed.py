@@ -14,8 +14,9 @@ from vidserve.db import session_factory
 from vidserve.processes import ManagedProcess
 from vidserve.schema import DeliveryStatus, WebhookDelivery
 
-# Long enough to be caught mid-way on any machine, short enough for the successor to finish quickly.
-STEPS = 150
+# Long enough to be caught mid-way on a quiet machine (a tiny step takes about 2 ms there; progress is written
+# at most twice a second), short enough for the successor to finish quickly.
+STEPS = 2000
 
 
 def test_jobs_of_a_killed_worker_finish_once_on_its_successor(
