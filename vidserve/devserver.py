@@ -12,7 +12,6 @@ import base64
 import os
 import secrets
 import signal
-import socket
 import sys
 import time
 import urllib.request
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from vidserve import db
 from vidserve.processes import ManagedProcess, vidserve_command
-from vidserve.s3server import S3Server, start_s3_server
+from vidserve.s3server import S3Server, port_block_free, port_free, start_s3_server
 from vidserve.settings import ENV_VARS, Settings
 
 VAR = Path("var")
@@ -38,16 +37,6 @@ def _say(message: str) -> None:
     print(f"[vidserve] {message}", flush=True)
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _webhook_secret() -> str:
     path = VAR / "webhook_secret"
     if path.exists():
@@ -60,7 +49,7 @@ def _webhook_secret() -> str:
 
 def _start_s3(settings: Settings) -> S3Server:
     for base in S3_BASE_PORTS:
-        if all(_port_free(base + i) for i in range(12)):
+        if port_block_free(base):
             return start_s3_server(VAR / "s3", settings.s3_access_key, settings.s3_secret_key, base_port=base)
     raise RuntimeError(f"no free port block for the local S3 server (tried {S3_BASE_PORTS})")
 
@@ -127,7 +116,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        if not _port_free(settings.port) and settings.host in ("127.0.0.1", "0.0.0.0", "localhost"):
+        if not port_free(settings.port) and settings.host in ("127.0.0.1", "0.0.0.0", "localhost"):
             raise RuntimeError(f"port {settings.port} is taken; set VIDSERVE_PORT to another port")
         _say(f"database {settings.database_url.rsplit('/', 1)[-1]}: creating if missing, migrating")
         db.create_database(settings.database_url)

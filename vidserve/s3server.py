@@ -43,7 +43,8 @@ def weed_binary() -> str:
     return found
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
+    """Whether 127.0.0.1:`port` can be bound now."""
     with socket.socket() as sock:
         # As Go's listeners do: a port held only by TIME_WAIT connections (a server stopped seconds ago) is free.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -54,11 +55,16 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def port_block_free(base: int, size: int = len(_PORT_FLAGS)) -> bool:
+    """Whether the `size` ports a server started at `base` would open are all free."""
+    return all(port_free(base + i) for i in range(size))
+
+
 def free_port_block(size: int = len(_PORT_FLAGS), low: int = 20000, high: int = 60000) -> int:
     """A base port such that `size` consecutive ports are free."""
     for _ in range(200):
         base = random.randrange(low, high - size)
-        if all(_port_free(base + i) for i in range(size)):
+        if port_block_free(base, size):
             return base
     raise RuntimeError("no free block of ports found")
 
@@ -92,7 +98,7 @@ def start_s3_server(
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     base = base_port or free_port_block()
-    taken = [base + i for i in range(len(_PORT_FLAGS)) if not _port_free(base + i)]
+    taken = [base + i for i in range(len(_PORT_FLAGS)) if not port_free(base + i)]
     if taken:
         raise RuntimeError(f"ports in use, cannot start the S3 server: {taken}")
     args = [weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
