@@ -46,18 +46,21 @@ class TrainConfig:
     # Training sigma is logit-normal, then shifted like the sampler's schedule (1: unshifted).
     train_shift: float = 1.0
     sampler_shift: float = 2.0
-    vae_steps: int = 450
+    vae_steps: int = 1000
     vae_batch: int = 8
     # Short clips first: the first 5 frames (1 + one 4-frame chunk) teach the spatial code at about half the cost.
     vae_frames: int = 5
     vae_lr: float = 2e-3
     # Then full 9-frame clips: decoding a chunk after a chunk (not after the first frame) needs its own practice;
     # without it frames 5-8 drift green and lose their outline.
-    vae_tune_steps: int = 100
+    vae_tune_steps: int = 300
     vae_tune_lr: float = 1e-3
+    # The shape covers ~15% of a frame: weigh its pixels this much more, or the black background dominates the loss
+    # and red and yellow (which differ only in green on those pixels) decode to one orange.
+    vae_foreground_weight: float = 8.0
     latent_clips: int = 3000
-    dit_steps: int = 1000
-    dit_batch: int = 32
+    dit_steps: int = 3000
+    dit_batch: int = 64
     dit_lr: float = 5e-4
     ema_decay: float = 0.999
     prompt_dropout: float = 0.1
@@ -132,14 +135,19 @@ def decode_unclamped(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
     return torch.cat(chunks, dim=2)
 
 
-def vae_loss(vae: torch.nn.Module, video: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
+def vae_loss(
+    vae: torch.nn.Module, video: torch.Tensor, gen: torch.Generator, foreground_weight: float = 0.0
+) -> tuple[torch.Tensor, dict]:
     posterior = vae.encode(video).latent_dist
     # A small fixed noise instead of the posterior's own: the learned variance starts at 1 and drowns the code for
     # hundreds of steps. Drawn on the CPU so a run sees the same numbers on any device.
     z = posterior.mean + LATENT_NOISE * torch.randn(posterior.mean.shape, generator=gen).to(video.device)
     rec = decode_unclamped(vae, z)
-    mse = F.mse_loss(rec, video)
-    l1 = F.l1_loss(rec, video)
+    weight = 1.0 + foreground_weight * (video.amax(dim=1, keepdim=True) > -0.95).float()
+    weight = weight / weight.mean()
+    err = rec - video
+    mse = (weight * err.square()).mean()
+    l1 = (weight * err.abs()).mean()
     # Edges carry the shape: penalise differences in spatial gradients so outlines stay sharp.
     edge = F.l1_loss(rec.diff(dim=-1), video.diff(dim=-1)) + F.l1_loss(rec.diff(dim=-2), video.diff(dim=-2))
     kl = posterior.kl().mean() / posterior.mean[0].numel()
@@ -185,7 +193,7 @@ def train_vae(vae: torch.nn.Module, cfg: TrainConfig, work: Path, device: torch.
         rng, gen = step_rng(cfg.seed, phase, step)
         video, _ = clips.batch(rng, cfg.vae_batch, clips.all_combos())
         video = np.ascontiguousarray(video[:, :, :frames])
-        loss, parts = vae_loss(vae, torch.from_numpy(video).to(device), gen)
+        loss, parts = vae_loss(vae, torch.from_numpy(video).to(device), gen, cfg.vae_foreground_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -394,6 +402,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--vae-steps", type=int, default=TrainConfig.vae_steps)
     p.add_argument("--vae-full-steps", type=int, default=TrainConfig.vae_tune_steps, help="9-frame VAE steps")
     p.add_argument("--steps", type=int, default=TrainConfig.dit_steps, help="transformer steps")
+    p.add_argument("--batch", type=int, default=TrainConfig.dit_batch, help="transformer batch size")
     p.add_argument("--vae-frames", type=int, default=TrainConfig.vae_frames, help="frames per VAE training clip")
     p.add_argument("--latent-clips", type=int, default=TrainConfig.latent_clips)
     p.add_argument("--eval-seeds", type=int, default=TrainConfig.eval_seeds, help="videos per prompt in evaluation")
@@ -434,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         vae_tune_steps=args.vae_full_steps,
         latent_clips=args.latent_clips,
         dit_steps=args.steps,
+        dit_batch=args.batch,
         eval_seeds=args.eval_seeds,
     )
     log.info("training demo model into %s (work %s): %s", out, work, asdict(cfg))
