@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, inspect, text
 from vidserve import db
 from vidserve.schema import Base
 
-TABLES = {"jobs", "job_events", "webhook_deliveries", "webhook_attempts"}
+TABLES = {"jobs", "job_events", "webhook_deliveries", "webhook_attempts", "api_keys", "idempotency_keys"}
 
 
 def _tables(url: str) -> set[str]:
