@@ -13,6 +13,7 @@ from flask import Flask
 from api import events, health, jobs, metrics, models, openai_videos, openapi
 from api.admin import views as admin
 from api.errors import register_error_handlers
+from api.rate_limit import init_rate_limits
 from api.services import EXTENSION, Services
 from vidserve.settings import Settings
 
@@ -28,4 +29,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     for blueprint in (jobs.bp, events.bp, models.bp, health.bp, openapi.bp, metrics.bp, openai_videos.bp, admin.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
+    init_rate_limits(app, settings)
     return app

@@ -55,6 +55,13 @@ class JobNotSucceeded(ApiError):
     code = "job_not_succeeded"
 
 
+class RateLimited(ApiError):
+    """The client sent more job submissions than its per-minute limit; `Retry-After` says when to retry."""
+
+    status = 429
+    code = "rate_limited"
+
+
 class StorageUnavailable(ApiError):
     """No object store is configured, so no video URL can be made."""
 

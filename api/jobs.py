@@ -8,6 +8,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, redirect, request, url_for
 
 from api.errors import JobNotSucceeded, StorageUnavailable
+from api.rate_limit import check_submission_rate
 from api.services import services
 from api.validation import encode_cursor, parse_job_query, parse_json_object, parse_submission, read_body
 from vidserve.schema import JobStatus
@@ -17,6 +18,7 @@ bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 @bp.post("")
 def submit_job() -> tuple[Response, int, dict[str, str]]:
+    check_submission_rate()
     svc = services()
     submission = parse_submission(parse_json_object(read_body(request)), svc.registry)
     job = svc.jobs.create(

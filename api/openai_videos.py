@@ -18,6 +18,7 @@ from flask import Blueprint, Response, jsonify, redirect, request
 from sqlalchemy import and_, or_, select
 
 from api.errors import ApiError
+from api.rate_limit import check_submission_rate
 from api.services import services
 from api.validation import GENERATION_FIELDS, RANDOM_SEED_BOUND, parse_json_object, read_body
 from engine.registry import ModelSpec
@@ -209,6 +210,7 @@ def _resolve_create(body: dict[str, Any]) -> tuple[uuid.UUID, str, dict[str, Any
 
 @bp.post("")
 def create_video() -> Response:
+    check_submission_rate()
     svc = services()
     job_id, model, params = _resolve_create(_parse_create_body())
     job = svc.jobs.create(job_id=job_id, model=model, params=params)

@@ -38,6 +38,9 @@ ENV_VARS: list[tuple[str, str, Any, str]] = [
     ("VIDSERVE_SHUTDOWN_GRACE_SECONDS", "shutdown_grace_seconds", 10.0,
      "on SIGTERM, how long running jobs may go on to finish before they are stopped and handed back to the queue"),
     ("VIDSERVE_MAX_BODY_BYTES", "max_body_bytes", 65536, "largest request body the API accepts"),
+    ("VIDSERVE_RATE_LIMIT_PER_MINUTE", "rate_limit_per_minute", 0,
+     "job submissions (POST /v1/jobs and /v1/videos together) per API key, or per client address without one, "
+     "in any 60 s; a key's own limit overrides it; 0: unlimited"),
     ("VIDSERVE_WEBHOOK_SECRET", "webhook_secret", "",
      "Standard Webhooks signing secret (whsec_<base64>); `make run` generates one in var/ when unset"),
     ("VIDSERVE_WEBHOOK_MAX_ATTEMPTS", "webhook_max_attempts", 8, "delivery attempts per webhook event"),
@@ -76,6 +79,7 @@ class Settings:
     sweep_seconds: int = 15
     shutdown_grace_seconds: float = 10.0
     max_body_bytes: int = 65536
+    rate_limit_per_minute: int = 0
     webhook_secret: str = ""
     webhook_max_attempts: int = 8
     webhook_timeout: float = 10.0

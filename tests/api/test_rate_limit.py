@@ -1,0 +1,173 @@
+"""Per-client submission rate limits, over real HTTP against Redis: 429 with Retry-After past the budget.
+
+Each test serves its own app (its own Redis key prefix, so budgets start full) on a real port; a client's
+address is chosen by binding the client socket to another loopback address (127.0.0.2, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from api import rate_limit
+from api.app import create_app
+from vidserve.settings import Settings
+
+JOB = {"model": "tiny-wan", "prompt": "a red fox running through snow"}
+Serve = Callable[..., tuple[str, int]]
+
+
+@dataclasses.dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: Any
+
+
+def request(
+    address: tuple[str, int],
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    source: str = "127.0.0.1",
+    headers: dict[str, str] | None = None,
+) -> Answer:
+    conn = http.client.HTTPConnection(*address, timeout=10, source_address=(source, 0))
+    try:
+        data = json.dumps(body).encode() if body is not None else None
+        conn.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
+        response = conn.getresponse()
+        return Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, json.loads(response.read()))
+    finally:
+        conn.close()
+
+
+def submit(address: tuple[str, int], source: str = "127.0.0.1", headers: dict[str, str] | None = None) -> Answer:
+    return request(address, "POST", "/v1/jobs", JOB, source, headers)
+
+
+@pytest.fixture
+def serve(api_settings: Settings) -> Iterator[Serve]:
+    """Start an app with `overrides` on a free port; apps started in one test share their Redis key prefix."""
+    prefix = f"{api_settings.redis_prefix}rate-{uuid.uuid4().hex[:8]}:"
+    servers: list[BaseWSGIServer] = []
+
+    def _serve(window_seconds: int = 60, **overrides: Any) -> tuple[str, int]:
+        settings = dataclasses.replace(api_settings, redis_prefix=prefix, **overrides)
+        app = create_app(settings)
+        if window_seconds != 60:  # a short window lets a test see the budget come back
+            app.extensions[rate_limit.EXTENSION] = rate_limit.SubmissionLimiter(settings, window_seconds)
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return ("127.0.0.1", server.server_port)
+
+    yield _serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_submissions_past_the_limit_are_refused_with_429_and_retry_after(serve: Serve, count_jobs) -> None:
+    address = serve(rate_limit_per_minute=3)
+
+    accepted = [submit(address) for _ in range(3)]
+    jobs_before = count_jobs()
+    refused = submit(address)
+
+    assert [a.status for a in accepted] == [202, 202, 202]
+    assert [a.headers["ratelimit-limit"] for a in accepted] == ["3", "3", "3"]
+    assert [a.headers["ratelimit-remaining"] for a in accepted] == ["2", "1", "0"]
+    assert refused.status == 429
+    assert refused.body["error"]["code"] == "rate_limited"
+    assert "3 job submissions" in refused.body["error"]["message"]
+    # The window is a minute and the first submission was just now: the budget comes back within it.
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert refused.headers["ratelimit-remaining"] == "0"
+    assert count_jobs() == jobs_before
+
+
+def test_the_budget_comes_back_after_retry_after(serve: Serve) -> None:
+    address = serve(window_seconds=2, rate_limit_per_minute=2)
+    assert [submit(address).status for _ in range(2)] == [202, 202]
+
+    refused = submit(address)
+    retry_after = int(refused.headers["retry-after"])
+
+    assert refused.status == 429
+    assert 1 <= retry_after <= 2
+    time.sleep(retry_after)
+    assert submit(address).status == 202
+
+
+def test_each_client_address_has_its_own_budget(serve: Serve) -> None:
+    address = serve(rate_limit_per_minute=2)
+    assert [submit(address).status for _ in range(3)] == [202, 202, 429]
+
+    other = submit(address, source="127.0.0.2")
+
+    assert other.status == 202
+    assert other.headers["ratelimit-remaining"] == "1"
+
+
+def test_the_openai_create_shares_the_budget_and_answers_in_openai_shape(serve: Serve) -> None:
+    address = serve(rate_limit_per_minute=2)
+    assert submit(address).status == 202
+    video = {"model": "tiny-wan", "prompt": "a red fox"}
+    assert request(address, "POST", "/v1/videos", video).status == 200
+
+    refused = request(address, "POST", "/v1/videos", video)
+
+    assert refused.status == 429
+    assert refused.body["error"]["code"] == "rate_limited"
+    assert set(refused.body["error"]) == {"message", "type", "param", "code"}
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+
+
+def test_reads_are_not_limited(serve: Serve) -> None:
+    address = serve(rate_limit_per_minute=1)
+    job = submit(address).body
+    assert submit(address).status == 429
+
+    reads = [request(address, "GET", f"/v1/jobs/{job['id']}") for _ in range(3)]
+    reads.append(request(address, "GET", "/v1/jobs?limit=1"))
+
+    assert [r.status for r in reads] == [200, 200, 200, 200]
+    assert all("ratelimit-limit" not in r.headers for r in reads)
+
+
+def test_two_api_processes_share_one_budget_in_redis(serve: Serve) -> None:
+    first, second = serve(rate_limit_per_minute=2), serve(rate_limit_per_minute=2)
+
+    statuses = [submit(first).status, submit(second).status, submit(first).status, submit(second).status]
+
+    assert statuses == [202, 202, 429, 429]
+
+
+def test_zero_means_unlimited_and_sends_no_headers(serve: Serve) -> None:
+    address = serve(rate_limit_per_minute=0)
+
+    answers = [submit(address) for _ in range(5)]
+
+    assert [a.status for a in answers] == [202] * 5
+    assert all("ratelimit-limit" not in a.headers for a in answers)
+
+
+def test_with_redis_away_submissions_go_through_unlimited(serve: Serve) -> None:
+    # Fail open: the limit protects capacity, not correctness, and a stored job is published by the sweeper later.
+    address = serve(rate_limit_per_minute=1, redis_url="redis://127.0.0.1:1/0")
+
+    answers = [submit(address) for _ in range(3)]
+
+    assert [a.status for a in answers] == [202, 202, 202]
+    assert all("ratelimit-limit" not in a.headers for a in answers)
+
