@@ -10,7 +10,7 @@ import logging
 
 from flask import Flask
 
-from api import events, health, jobs, metrics, models, openai_videos, openapi
+from api import auth, events, health, jobs, metrics, models, openai_videos, openapi
 from api.admin import views as admin
 from api.errors import register_error_handlers
 from api.rate_limit import init_rate_limits
@@ -29,5 +29,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     for blueprint in (jobs.bp, events.bp, models.bp, health.bp, openapi.bp, metrics.bp, openai_videos.bp, admin.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
+    auth.init_app(app)  # first: later hooks (rate limits) read g.principal
     init_rate_limits(app, settings)
     return app

@@ -13,7 +13,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from engine.request import InvalidRequest, ModelUnavailable
-from vidserve.jobs import JobConflict, JobNotFound
+from vidserve.jobs import JobConflict, JobNotFound, JobQuotaExceeded
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ class ApiError(Exception):
         self.message = message
         self.field = field
         self.rule = rule
+        self.headers: dict[str, str] = {}
 
 
 class MalformedBody(ApiError):
@@ -69,6 +70,62 @@ class StorageUnavailable(ApiError):
     code = "storage_unavailable"
 
 
+class Unauthorized(ApiError):
+    """No API key, or one that is unknown or revoked."""
+
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str, invalid_token: bool = False) -> None:
+        super().__init__(message)
+        # RFC 6750: a request without credentials gets the bare challenge, a bad token names the error.
+        challenge = 'Bearer realm="vidserve"' + (', error="invalid_token"' if invalid_token else "")
+        self.headers = {"WWW-Authenticate": challenge}
+
+
+class Forbidden(ApiError):
+    """The API key lacks the scope the endpoint needs."""
+
+    status = 403
+    code = "insufficient_scope"
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(f"this API key lacks the {scope} scope", rule=f"needs scope {scope}")
+        self.headers = {"WWW-Authenticate": f'Bearer realm="vidserve", error="insufficient_scope", scope="{scope}"'}
+
+
+class TooManyJobs(ApiError):
+    """The API key has as many unfinished jobs as it may have."""
+
+    status = 429
+    code = "too_many_concurrent_jobs"
+    # Jobs take seconds to minutes; a client polling this often learns soon enough that a slot is free.
+    RETRY_AFTER_SECONDS = 5
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"this API key already has {limit} queued or running jobs, its limit; retry once one ends")
+        self.headers = {"Retry-After": str(self.RETRY_AFTER_SECONDS)}
+
+
+class InvalidIdempotencyKey(ApiError):
+    status = 400
+    code = "invalid_idempotency_key"
+
+
+class IdempotencyKeyInUse(ApiError):
+    """The first request with this Idempotency-Key is still being processed."""
+
+    status = 409
+    code = "idempotency_key_in_use"
+
+
+class IdempotencyKeyReused(ApiError):
+    """The Idempotency-Key was used before with a different request."""
+
+    status = 422
+    code = "idempotency_key_reused"
+
+
 # Flask/werkzeug's own errors get stable snake_case codes instead of their reason phrases.
 _HTTP_CODES = {
     400: "bad_request",
@@ -92,8 +149,8 @@ def error_response(
 
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
-    def _api_error(e: ApiError) -> tuple[Response, int]:
-        return error_response(e.status, e.code, e.message, e.field, e.rule)
+    def _api_error(e: ApiError) -> tuple[Response, int, dict[str, str]]:
+        return (*error_response(e.status, e.code, e.message, e.field, e.rule), e.headers)
 
     @app.errorhandler(InvalidRequest)
     def _invalid_request(e: InvalidRequest) -> tuple[Response, int]:
@@ -106,6 +163,10 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(JobNotFound)
     def _job_not_found(e: JobNotFound) -> tuple[Response, int]:
         return error_response(404, "job_not_found", f"no job with id {e}")
+
+    @app.errorhandler(JobQuotaExceeded)
+    def _quota_exceeded(e: JobQuotaExceeded) -> tuple[Response, int, dict[str, str]]:
+        return _api_error(TooManyJobs(e.limit))
 
     @app.errorhandler(JobConflict)
     def _job_conflict(e: JobConflict) -> tuple[Response, int]:

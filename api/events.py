@@ -13,6 +13,7 @@ from typing import Any
 
 from flask import Blueprint, Response, stream_with_context
 
+from api.auth import principal, requires
 from api.services import Services, services
 
 bp = Blueprint("events", __name__, url_prefix="/v1/jobs")
@@ -59,8 +60,10 @@ def job_events(svc: Services, job_id: str, poll: float = POLL_SECONDS) -> Iterat
 
 
 @bp.get("/<job_id>/events")
+@requires("jobs:read")
 def stream_job_events(job_id: str) -> Response:
     svc = services()
+    svc.jobs.get(job_id, owner=principal().job_owner)  # another key's job: 404, as if it did not exist
     events = job_events(svc, job_id)
     first = next(events)  # evaluated here so an unknown job answers 404 JSON, not a broken stream
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, redirect, request, url_for
 
+from api.auth import principal, requires
 from api.errors import JobNotSucceeded, StorageUnavailable
+from api.idempotency import idempotent
 from api.rate_limit import check_submission_rate
 from api.services import services
 from api.validation import encode_cursor, parse_job_query, parse_json_object, parse_submission, read_body
@@ -17,11 +19,16 @@ bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 
 @bp.post("")
+@requires("jobs:write")
+@idempotent
 def submit_job() -> tuple[Response, int, dict[str, str]]:
     check_submission_rate()
     svc = services()
+    caller = principal()
     submission = parse_submission(parse_json_object(read_body(request)), svc.registry)
     job = svc.jobs.create(
+        api_key_id=caller.api_key_id,
+        max_active_jobs=caller.job_limit(svc.settings.max_concurrent_jobs_per_key),
         job_id=submission.job_id,
         model=submission.model,
         params=submission.params,
@@ -35,32 +42,43 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
 
 
 @bp.get("")
+@requires("jobs:read")
 def list_jobs() -> Response:
     svc = services()
     query = parse_job_query(request.args)
     # One extra row tells whether another page exists, so the last page never links to an empty one.
-    rows = svc.jobs.list(status=query.status, model=query.model, limit=query.limit + 1, before=query.before)
+    rows = svc.jobs.list(
+        status=query.status,
+        model=query.model,
+        limit=query.limit + 1,
+        before=query.before,
+        owner=principal().job_owner,
+    )
     page = rows[: query.limit]
     next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > query.limit else None
     return jsonify(data=[svc.view_job(job) for job in page], next_cursor=next_cursor)
 
 
 @bp.get("/<job_id>")
+@requires("jobs:read")
 def get_job(job_id: str) -> Response:
     svc = services()
-    return jsonify(svc.view_job(svc.jobs.get(job_id)))
+    return jsonify(svc.view_job(svc.jobs.get(job_id, owner=principal().job_owner)))
 
 
 @bp.post("/<job_id>/cancel")
+@requires("jobs:write")
 def cancel_job(job_id: str) -> tuple[Response, int]:
     svc = services()
+    svc.jobs.get(job_id, owner=principal().job_owner)  # another key's job: 404, as if it did not exist
     return jsonify(svc.view_job(svc.jobs.cancel(job_id))), 202
 
 
 @bp.get("/<job_id>/content")
+@requires("jobs:read")
 def job_content(job_id: str) -> Response:
     svc = services()
-    job = svc.jobs.get(job_id)
+    job = svc.jobs.get(job_id, owner=principal().job_owner)
     if job.status != JobStatus.SUCCEEDED or not job.output:
         raise JobNotSucceeded(f"job is {job.status.value}; its video exists once it has succeeded")
     if svc.videos is None:

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
+from api.auth import requires
 from api.services import services
 
 bp = Blueprint("models", __name__, url_prefix="/v1/models")
 
 
 @bp.get("")
+@requires("jobs:read")
 def list_models() -> Response:
     return jsonify(data=[spec.public_dict() for spec in services().registry])

@@ -17,14 +17,16 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, redirect, request
 from sqlalchemy import and_, or_, select
 
-from api.errors import ApiError
+from api.auth import principal, requires
+from api.errors import ApiError, TooManyJobs
+from api.idempotency import idempotent
 from api.rate_limit import check_submission_rate
 from api.services import services
 from api.validation import GENERATION_FIELDS, RANDOM_SEED_BOUND, parse_json_object, read_body
 from engine.registry import ModelSpec
 from engine.request import InvalidRequest
 from vidserve.db import session_factory
-from vidserve.jobs import JobConflict, JobNotFound
+from vidserve.jobs import JobConflict, JobNotFound, JobQuotaExceeded
 from vidserve.schema import Job, JobStatus
 
 bp = Blueprint("openai_videos", __name__, url_prefix="/v1/videos")
@@ -72,8 +74,13 @@ def _invalid_request(e: InvalidRequest) -> tuple[Response, int]:
 
 
 @bp.errorhandler(ApiError)
-def _api_error(e: ApiError) -> tuple[Response, int]:
-    return _error_response(OpenAIError(e.status, e.message, e.field, e.code))
+def _api_error(e: ApiError) -> tuple[Response, int, dict[str, str]]:
+    return (*_error_response(OpenAIError(e.status, e.message, e.field, e.code)), e.headers)
+
+
+@bp.errorhandler(JobQuotaExceeded)
+def _quota_exceeded(e: JobQuotaExceeded) -> tuple[Response, int, dict[str, str]]:
+    return _api_error(TooManyJobs(e.limit))
 
 
 @bp.errorhandler(JobNotFound)
@@ -209,23 +216,35 @@ def _resolve_create(body: dict[str, Any]) -> tuple[uuid.UUID, str, dict[str, Any
 
 
 @bp.post("")
+@requires("jobs:write")
+@idempotent
 def create_video() -> Response:
     check_submission_rate()
     svc = services()
+    caller = principal()
     job_id, model, params = _resolve_create(_parse_create_body())
-    job = svc.jobs.create(job_id=job_id, model=model, params=params)
+    job = svc.jobs.create(
+        job_id=job_id,
+        model=model,
+        params=params,
+        api_key_id=caller.api_key_id,
+        max_active_jobs=caller.job_limit(svc.settings.max_concurrent_jobs_per_key),
+    )
     svc.publish(job)
     return jsonify(video_object(job))
 
 
 @bp.get("/<video_id>")
+@requires("jobs:read")
 def retrieve_video(video_id: str) -> Response:
-    return jsonify(video_object(services().jobs.get(video_id)))
+    return jsonify(video_object(services().jobs.get(video_id, owner=principal().job_owner)))
 
 
 @bp.get("")
+@requires("jobs:read")
 def list_videos() -> Response:
     svc = services()
+    owner = principal().job_owner
     raw_limit = request.args.get("limit", str(DEFAULT_LIST_LIMIT))
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIST_LIMIT:
         raise OpenAIError(400, f"limit must be an integer between 1 and {MAX_LIST_LIMIT}.", "limit", "invalid_value")
@@ -234,6 +253,8 @@ def list_videos() -> Response:
     if order not in ("asc", "desc"):
         raise OpenAIError(400, "order must be 'asc' or 'desc'.", "order", "invalid_value")
     q = select(Job).limit(limit + 1)
+    if owner is not None:
+        q = q.where(Job.api_key_id == owner)
     if order == "desc":
         q = q.order_by(Job.created_at.desc(), Job.id.desc())
     else:
@@ -241,7 +262,7 @@ def list_videos() -> Response:
     after = request.args.get("after")
     if after:
         try:
-            anchor = svc.jobs.get(after)
+            anchor = svc.jobs.get(after, owner=owner)
         except JobNotFound:
             raise OpenAIError(400, f"after: no video with id {after!r}.", "after", "invalid_value") from None
         if order == "desc":
@@ -266,12 +287,13 @@ def list_videos() -> Response:
 
 
 @bp.get("/<video_id>/content")
+@requires("jobs:read")
 def video_content(video_id: str) -> Response:
     svc = services()
     variant = request.args.get("variant", "video")
     if variant != "video":
         raise OpenAIError(400, f"variant {variant!r} is not available; only 'video' is.", "variant", "invalid_value")
-    job = svc.jobs.get(video_id)
+    job = svc.jobs.get(video_id, owner=principal().job_owner)
     if job.status != JobStatus.SUCCEEDED or not job.output:
         raise OpenAIError(
             409, f"Video is {STATUS[job.status]}; its content exists once it is completed.", None, "video_not_ready"
@@ -284,9 +306,10 @@ def video_content(video_id: str) -> Response:
 
 
 @bp.delete("/<video_id>")
+@requires("jobs:write")
 def delete_video(video_id: str) -> Response:
     svc = services()
-    job = svc.jobs.get(video_id)
+    job = svc.jobs.get(video_id, owner=principal().job_owner)
     if not job.status.terminal:
         try:
             svc.jobs.cancel(video_id)  # a running worker stops at its next step (its lease is gone after delete)

@@ -1,4 +1,4 @@
-"""What the API's views talk to: settings, model registry, job store, video store and the Celery app.
+"""What the API's views talk to: settings, model registry, job, video and API key stores and the Celery app.
 
 Built once per app by `create_app` and kept in `app.extensions`; views reach it through `services()`.
 """
@@ -17,6 +17,7 @@ from flask import current_app
 from engine.registry import ModelRegistry
 from vidserve.job_view import job_to_dict
 from vidserve.jobs import JobStore
+from vidserve.keys import KeyStore
 from vidserve.queue import make_celery, publish_delivery, publish_job
 from vidserve.schema import Job
 from vidserve.settings import Settings
@@ -33,6 +34,7 @@ class Services:
     jobs: JobStore
     videos: VideoStore | None  # None when no S3 endpoint is configured
     celery: Celery
+    keys: KeyStore
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
@@ -45,7 +47,7 @@ class Services:
             view=lambda job: job_to_dict(job, presign),
             publish_delivery=functools.partial(_publish_delivery, celery),
         )
-        return cls(settings, registry, jobs, videos, celery)
+        return cls(settings, registry, jobs, videos, celery, KeyStore(settings.database_url))
 
     def view_job(self, job: Job) -> dict[str, Any]:
         """The public JSON of a job, with a fresh presigned URL when its video exists."""

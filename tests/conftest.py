@@ -79,6 +79,8 @@ def settings(database_url: str, redis_url: str, s3_server: S3Server, webhook_sec
         s3_bucket=f"vidserve-test-{RUN_ID}",
         webhook_secret=webhook_secret,
         webhook_backoff=0.5,
+        # The suite's API calls carry no key; tests of authentication turn it on.
+        auth="off",
         lease_seconds=10,
         sweep_seconds=1,
     )

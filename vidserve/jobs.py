@@ -12,11 +12,11 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from vidserve.db import session_factory
-from vidserve.schema import DeliveryStatus, Job, JobEvent, JobStatus, WebhookDelivery
+from vidserve.schema import TERMINAL, ApiKey, DeliveryStatus, Job, JobEvent, JobStatus, WebhookDelivery
 
 WEBHOOK_EVENTS = frozenset({"job.running", "job.succeeded", "job.failed", "job.canceled"})
 # Sent only to jobs that list it in `webhook_events`: one event each time progress crosses a tenth.
@@ -31,6 +31,14 @@ class JobNotFound(LookupError):
 
 class JobConflict(Exception):
     """The job is not in a state that allows the change (e.g. canceling a finished job)."""
+
+
+class JobQuotaExceeded(Exception):
+    """The API key already has `limit` unfinished jobs."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"{limit} unfinished jobs")
+        self.limit = limit
 
 
 JobView = Callable[[Job], dict[str, Any]]
@@ -52,10 +60,11 @@ class JobStore:
         self._publish_delivery = publish_delivery
 
     # ---- reading -------------------------------------------------------------------------------
-    def get(self, job_id: uuid.UUID | str) -> Job:
+    def get(self, job_id: uuid.UUID | str, owner: uuid.UUID | None = None) -> Job:
+        """The job; JobNotFound also when `owner` (an API key id) is given and the job is another key's."""
         with self._sessions() as s:
             job = s.get(Job, _uuid(job_id))
-            if job is None:
+            if job is None or (owner is not None and job.api_key_id != owner):
                 raise JobNotFound(str(job_id))
             return job
 
@@ -66,9 +75,15 @@ class JobStore:
         model: str | None = None,
         limit: int = 20,
         before: tuple[dt.datetime, uuid.UUID] | None = None,
+        owner: uuid.UUID | None = None,
     ) -> list[Job]:
-        """Newest first; `before` is the (created_at, id) of the last job of the previous page."""
+        """Newest first; `before` is the (created_at, id) of the last job of the previous page.
+
+        `owner` (an API key id) limits the list to that key's jobs; None lists every job.
+        """
         q = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+        if owner is not None:
+            q = q.where(Job.api_key_id == owner)
         if status:
             q = q.where(Job.status == JobStatus(status))
         if model:
@@ -93,7 +108,14 @@ class JobStore:
         metadata: dict[str, Any] | None = None,
         job_id: uuid.UUID | None = None,
         webhook_events: list[str] | None = None,
+        api_key_id: uuid.UUID | None = None,
+        max_active_jobs: int = 0,
     ) -> Job:
+        """Store a queued job; with `max_active_jobs` > 0, JobQuotaExceeded when the key has that many unfinished.
+
+        The key's row is locked for the count and the insert, so concurrent submits of one key queue behind
+        each other and cannot both take the last slot; counting rows (not a counter) survives any crash.
+        """
         job = Job(
             id=job_id or uuid.uuid4(),
             status=JobStatus.QUEUED,
@@ -105,8 +127,14 @@ class JobStore:
             webhook_events=webhook_events,
             client_metadata=metadata,
             cancel_requested=False,
+            api_key_id=api_key_id,
         )
         with self._sessions() as s, s.begin():
+            if api_key_id is not None and max_active_jobs > 0:
+                s.execute(select(ApiKey.id).where(ApiKey.id == api_key_id).with_for_update())
+                active = s.scalar(select(func.count()).where(Job.api_key_id == api_key_id, Job.status.not_in(TERMINAL)))
+                if (active or 0) >= max_active_jobs:
+                    raise JobQuotaExceeded(max_active_jobs)
             s.add(job)
             s.flush()
             s.add(JobEvent(job_id=job.id, type="job.queued", attempt=0))
@@ -268,9 +296,7 @@ class JobStore:
         """
         now = _now()
         with self._sessions() as s:
-            expired = list(
-                s.scalars(select(Job.id).where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now))
-            )
+            expired = list(s.scalars(select(Job.id).where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)))
         for job_id in expired:
             job = self.get(job_id)
             if job.attempts >= max_attempts:

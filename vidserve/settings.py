@@ -52,6 +52,13 @@ ENV_VARS: list[tuple[str, str, Any, str]] = [
      "password of the admin dashboard (/admin) and its API; empty: the dashboard is locked"),
     ("VIDSERVE_HEARTBEAT_SECONDS", "heartbeat_seconds", 5.0,
      "how often a worker writes its heartbeat to Redis; it expires after three periods"),
+    ("VIDSERVE_AUTH", "auth", "on",
+     "`on`: every job endpoint needs an API key (`vidserve keys create`); `off`: anyone may call it and sees "
+     "every job (local use; `make run` turns it off unless set)"),
+    ("VIDSERVE_MAX_CONCURRENT_JOBS_PER_KEY", "max_concurrent_jobs_per_key", 10,
+     "queued plus running jobs one API key may have at once, unless the key sets its own; 0: unlimited"),
+    ("VIDSERVE_IDEMPOTENCY_TTL_SECONDS", "idempotency_ttl_seconds", 86400,
+     "how long a submit's Idempotency-Key and its stored response are kept"),
 ]
 
 
@@ -88,6 +95,15 @@ class Settings:
     log_level: str = "INFO"
     admin_token: str = ""
     heartbeat_seconds: float = 5.0
+    auth: str = "on"
+    max_concurrent_jobs_per_key: int = 10
+    idempotency_ttl_seconds: int = 86400
+
+    def __post_init__(self) -> None:
+        if self.auth not in ("on", "off"):
+            raise ValueError(f"VIDSERVE_AUTH must be on or off, got {self.auth!r}")
+        if self.max_concurrent_jobs_per_key < 0:
+            raise ValueError("VIDSERVE_MAX_CONCURRENT_JOBS_PER_KEY must be 0 (unlimited) or more")
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -105,6 +121,10 @@ class Settings:
                 raise ValueError(f"{var} must be a {kind}, got {raw!r}") from None
         values.update(overrides)
         return cls(**values)
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.auth == "on"
 
     @property
     def api_url(self) -> str:

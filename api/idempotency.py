@@ -1,0 +1,158 @@
+"""The `Idempotency-Key` header on job submits (IETF draft "The Idempotency-Key HTTP Header Field").
+
+The first request with a key inserts an in-flight row (the unique (owner, key) makes that a lock), runs, and
+stores its response; a repeat with the same request replays it, one with a different request is refused (422),
+one while the first still runs is told to retry (409). Keys are per API key and expire after
+VIDSERVE_IDEMPOTENCY_TTL_SECONDS. A request that fails stores nothing, so it can be retried with its key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from flask import Response, make_response, request
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects.postgresql import insert
+
+from api.auth import principal
+from api.errors import IdempotencyKeyInUse, IdempotencyKeyReused, InvalidIdempotencyKey
+from api.services import services
+from vidserve.db import session_factory
+from vidserve.schema import IdempotencyRecord
+
+HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+MAX_KEY_CHARS = 255
+# The response headers a replay repeats (the body and status are always repeated).
+KEPT_HEADERS = ("Location",)
+ANONYMOUS_OWNER = "anonymous"
+
+
+def fingerprint() -> str:
+    """SHA-256 of method, path and the body as canonical JSON (form fields for a form, raw bytes otherwise)."""
+    body: Any = request.get_json(silent=True) if request.is_json else None
+    if body is None and request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        body = {name: request.form.getlist(name) for name in request.form} | {
+            f"file:{name}": [f.filename for f in request.files.getlist(name)] for name in request.files
+        }
+    if body is None:
+        canonical = request.get_data()
+    else:
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    digest = hashlib.sha256(f"{request.method} {request.path}\n".encode())
+    digest.update(canonical)
+    return digest.hexdigest()
+
+
+def idempotent(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a submit view the Idempotency-Key semantics (without the header it runs as usual)."""
+
+    @wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        key = request.headers.get(HEADER)
+        if key is None:
+            return view(*args, **kwargs)
+        key = _parse_key(key)
+        store = IdempotencyStore(services().settings.database_url)
+        owner = principal().key_id or ANONYMOUS_OWNER
+        record = store.begin(owner, key, fingerprint(), services().settings.idempotency_ttl_seconds)
+        if record is not None:
+            return _replay(record)
+        try:
+            response = make_response(view(*args, **kwargs))
+        except BaseException:
+            store.abandon(owner, key)
+            raise
+        if response.status_code < 300 and response.is_json:
+            headers = {name: response.headers[name] for name in KEPT_HEADERS if name in response.headers}
+            store.finish(owner, key, response.status_code, response.get_json(), headers)
+        else:
+            store.abandon(owner, key)
+        return response
+
+    return wrapped
+
+
+def _parse_key(raw: str) -> str:
+    # The draft makes the key an sf-string ("..."); a bare token is accepted too, as most clients send that.
+    key = raw.strip()
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        key = key[1:-1]
+    if not key or len(key) > MAX_KEY_CHARS or not key.isprintable():
+        raise InvalidIdempotencyKey(
+            f"{HEADER} must be 1 to {MAX_KEY_CHARS} printable characters", field=HEADER, rule="1-255 printable chars"
+        )
+    return key
+
+
+def _replay(record: IdempotencyRecord) -> Response:
+    response = make_response(json.dumps(record.response_body), record.status_code)
+    response.content_type = "application/json"
+    response.headers.update(record.response_headers or {})
+    response.headers[REPLAYED_HEADER] = "true"
+    return response
+
+
+class IdempotencyStore:
+    """The idempotency_keys table: one row per (owner, key), in flight until its response is stored."""
+
+    def __init__(self, database_url: str) -> None:
+        self._sessions = session_factory(database_url)
+
+    def begin(self, owner: str, key: str, fingerprint: str, ttl_seconds: int) -> IdempotencyRecord | None:
+        """Claim the key for a new request (None), or the finished record to replay.
+
+        Raises IdempotencyKeyReused for another request's key and IdempotencyKeyInUse while it is in flight.
+        """
+        now = dt.datetime.now(dt.UTC)
+        with self._sessions() as s, s.begin():
+            # Expired records of every owner go first, so an expired key starts afresh and the table stays small.
+            s.execute(delete(IdempotencyRecord).where(IdempotencyRecord.expires_at < now))
+            claimed = s.execute(
+                insert(IdempotencyRecord)
+                .values(
+                    owner=owner, key=key, fingerprint=fingerprint, expires_at=now + dt.timedelta(seconds=ttl_seconds)
+                )
+                .on_conflict_do_nothing(constraint="uq_idempotency_keys_owner_key")
+                .returning(IdempotencyRecord.id)
+            ).first()
+            if claimed is not None:
+                return None
+            record = s.scalars(
+                select(IdempotencyRecord).where(IdempotencyRecord.owner == owner, IdempotencyRecord.key == key)
+            ).first()
+        if record is None:  # abandoned by its failed request between our insert and this read
+            raise IdempotencyKeyInUse(f"a request with this {HEADER} has just failed; retry", field=HEADER)
+        if record.fingerprint != fingerprint:
+            raise IdempotencyKeyReused(
+                f"this {HEADER} was used with a different request; use a new key for a new request", field=HEADER
+            )
+        if record.status_code is None:
+            raise IdempotencyKeyInUse(
+                f"a request with this {HEADER} is still being processed; retry shortly", field=HEADER
+            )
+        return record
+
+    def finish(self, owner: str, key: str, status_code: int, body: Any, headers: dict[str, str]) -> None:
+        with self._sessions() as s, s.begin():
+            s.execute(
+                update(IdempotencyRecord)
+                .where(IdempotencyRecord.owner == owner, IdempotencyRecord.key == key)
+                .values(status_code=status_code, response_body=body, response_headers=headers)
+            )
+
+    def abandon(self, owner: str, key: str) -> None:
+        """Forget an in-flight key whose request failed, so the client may retry with the same key."""
+        with self._sessions() as s, s.begin():
+            s.execute(
+                delete(IdempotencyRecord).where(
+                    IdempotencyRecord.owner == owner,
+                    IdempotencyRecord.key == key,
+                    IdempotencyRecord.status_code.is_(None),
+                )
+            )
