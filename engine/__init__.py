@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.registry import ModelRegistry, ModelSpec
 from engine.request import (
+    CheckpointMismatch,
     EngineError,
     GenerationRequest,
     GenerationResult,
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from engine.engine import Engine
 
 __all__ = [
+    "CheckpointMismatch",
     "Engine",
     "EngineError",
     "GenerationRequest",

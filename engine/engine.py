@@ -18,14 +18,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine import checkpoint
 from engine.cache_policy import parse_cache
+from engine.checkpoint import Checkpoint
 from engine.families import adapter_class
 from engine.families.base import FamilyAdapter, TextEmbedding
 from engine.planner import Batch, Planner
 from engine.registry import ModelSpec
-from engine.request import EngineError, GenerationRequest, GenerationResult, RequestCanceled
+from engine.request import CheckpointMismatch, EngineError, GenerationRequest, GenerationResult, RequestCanceled
 from engine.runner import ModelRunner
-from engine.sequence import ProgressCallback, Sequence, Status
+from engine.sequence import CheckpointCallback, ProgressCallback, Sequence, Status
 from engine.step_cache import RequestCache
 
 log = logging.getLogger(__name__)
@@ -126,10 +128,35 @@ class Engine:
 
     # --- the seam ------------------------------------------------------------------------------------
 
-    def submit(self, request: GenerationRequest, on_progress: ProgressCallback | None = None) -> Future:
-        """Queue a request; returns a Future of its GenerationResult. Raises InvalidRequest at once."""
+    def submit(
+        self,
+        request: GenerationRequest,
+        on_progress: ProgressCallback | None = None,
+        *,
+        checkpoint_every: int = 0,
+        on_checkpoint: CheckpointCallback | None = None,
+        resume_from: Checkpoint | None = None,
+    ) -> Future:
+        """Queue a request; returns a Future of its GenerationResult. Raises InvalidRequest at once.
+
+        `on_checkpoint` receives the request's state (an engine.checkpoint.Checkpoint, on CPU) after every
+        `checkpoint_every` steps, on the loop thread: it must return quickly. `resume_from` continues the request
+        from such a state; one taken for another request or model raises CheckpointMismatch at once.
+        """
         self.check(request)
-        seq = Sequence(request=request, future=Future(), on_progress=on_progress)
+        if resume_from is not None:
+            if resume_from.fingerprint != self.fingerprint(request):
+                raise CheckpointMismatch(f"checkpoint is not of request {request.id} on model {self.spec.name}")
+            if not 0 < resume_from.step < resume_from.num_steps:
+                raise CheckpointMismatch(f"checkpoint at step {resume_from.step} of {resume_from.num_steps}")
+        seq = Sequence(
+            request=request,
+            future=Future(),
+            on_progress=on_progress,
+            checkpoint_every=checkpoint_every if on_checkpoint is not None else 0,
+            on_checkpoint=on_checkpoint,
+            resume_from=resume_from,
+        )
         seq.future.set_running_or_notify_cancel()
         with self._lock:
             if self._closed:
@@ -189,6 +216,10 @@ class Engine:
         """Registry limits and family rules, then the adapter's own checks; raises InvalidRequest."""
         self.spec.check_request(request)
         self.adapter.check_request(request)
+
+    def fingerprint(self, request: GenerationRequest) -> str:
+        """What a checkpoint of this request on this model carries, so it is never used for another."""
+        return checkpoint.fingerprint(self.spec, request)
 
     @property
     def num_unfinished(self) -> int:
@@ -279,6 +310,25 @@ class Engine:
         seq.status = Status.RUNNING
         seq.started_at = time.perf_counter()
         seq.stats.seconds_queued = seq.started_at - seq.submitted_at
+        if seq.resume_from is not None:
+            state, seq.resume_from = seq.resume_from, None
+            checkpoint.restore(seq, self.adapter, state)
+            self._report_progress(seq)  # progress goes on from the checkpoint's step
+
+    def _checkpoint(self, seq: Sequence) -> None:
+        """Hand the caller a copy of the request's state; a failure only logs (the request goes on)."""
+        try:
+            seq.on_checkpoint(checkpoint.snapshot(seq, self.adapter, self.fingerprint(seq.request)))
+        except Exception:
+            log.exception("checkpoint of request %s at step %d failed", seq.id, seq.step_index)
+
+    def _report_progress(self, seq: Sequence) -> None:
+        if seq.on_progress is None:
+            return
+        try:
+            seq.on_progress(seq.step_index, seq.num_steps)
+        except Exception:  # a caller's callback must not break other requests
+            log.exception("progress callback of request %s failed", seq.id)
 
     def _advance(self, batch: Batch, noise_preds: list[torch.Tensor]) -> None:
         for i, (seq, noise_pred) in enumerate(zip(batch.seqs, noise_preds, strict=True)):
@@ -296,11 +346,9 @@ class Engine:
             seq.stats.steps_reused += 1
         else:
             seq.stats.steps_computed += 1
-        if seq.on_progress is not None:
-            try:
-                seq.on_progress(seq.step_index, seq.num_steps)
-            except Exception:  # a caller's callback must not break other requests
-                log.exception("progress callback of request %s failed", seq.id)
+        self._report_progress(seq)
+        if seq.checkpoint_every and seq.step_index % seq.checkpoint_every == 0 and not seq.done:
+            self._checkpoint(seq)
 
     def _retire(self) -> None:
         """Decode finished requests, batched by shape, and resolve their futures."""
@@ -344,7 +392,7 @@ class Engine:
         if seq.started_at:
             seq.stats.seconds_running = time.perf_counter() - seq.started_at
         # Drop tensors now: a finished request must not pin memory while its caller reads the result.
-        seq.latents = seq.scheduler = seq.cond = seq.uncond = seq.generator = seq.cache = None
+        seq.latents = seq.scheduler = seq.cond = seq.uncond = seq.generator = seq.cache = seq.resume_from = None
         seq.extra.pop("text_kv", None)
         if isinstance(outcome, BaseException):
             seq.future.set_exception(outcome)

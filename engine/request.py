@@ -41,6 +41,12 @@ class RequestCanceled(EngineError):
     code = "canceled"
 
 
+class CheckpointMismatch(EngineError):
+    """A checkpoint taken for another request, model or format than the one it was offered to."""
+
+    code = "checkpoint_mismatch"
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """One video to make. Every field is resolved (defaults applied) and validated."""
@@ -75,6 +81,7 @@ class RequestStats:
     batch_sizes: list[int] = field(default_factory=list)
     seconds_queued: float = 0.0
     seconds_running: float = 0.0
+    resumed_from_step: int = 0  # the checkpoint's step when the request continued from one, else 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -89,6 +96,7 @@ class RequestStats:
             "batch_sizes": list(self.batch_sizes),
             "seconds_queued": round(self.seconds_queued, 4),
             "seconds_running": round(self.seconds_running, 4),
+            "resumed_from_step": self.resumed_from_step,
         }
 
 

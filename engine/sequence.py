@@ -18,6 +18,7 @@ import torch
 from engine.request import GenerationRequest, GenerationResult, RequestStats
 
 ProgressCallback = Callable[[int, int], None]
+CheckpointCallback = Callable[[Any], None]  # receives an engine.checkpoint.Checkpoint
 
 
 class Status(enum.Enum):
@@ -31,6 +32,11 @@ class Sequence:
     request: GenerationRequest
     future: Future[GenerationResult]
     on_progress: ProgressCallback | None = None
+    # Every `checkpoint_every` steps the loop hands `on_checkpoint` a copy of the state; `resume_from` is the
+    # engine.checkpoint.Checkpoint the request continues from (dropped once restored).
+    checkpoint_every: int = 0
+    on_checkpoint: CheckpointCallback | None = None
+    resume_from: Any = None
     status: Status = Status.WAITING
     canceled: bool = False
     generator: torch.Generator | None = None

@@ -40,6 +40,24 @@ class RequestCache:
     derivatives: list[torch.Tensor] = field(default_factory=list)
     last_computed: int | None = None
 
+    # --- resume ----------------------------------------------------------------------------------------
+
+    def state(self, models: list[torch.nn.Module]) -> dict[str, Any]:
+        """What a resumed request needs to make the same cache decisions (the model as its index in `models`)."""
+        model = next((i for i, m in enumerate(models) if id(m) == self.model_id), None)
+        return {
+            "head_residual": self.head_residual,
+            "tail_residual": self.tail_residual,
+            "model": model,
+            "derivatives": list(self.derivatives),
+            "last_computed": self.last_computed,
+        }
+
+    def restore(self, state: dict[str, Any], models: list[torch.nn.Module]) -> None:
+        self.head_residual, self.tail_residual = state["head_residual"], state["tail_residual"]
+        self.model_id = None if state["model"] is None else id(models[state["model"]])
+        self.derivatives, self.last_computed = list(state["derivatives"]), state["last_computed"]
+
     # --- taylorseer ------------------------------------------------------------------------------------
 
     def forecasts(self, step: int) -> bool:

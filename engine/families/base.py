@@ -59,6 +59,8 @@ class FamilyAdapter:
     # Transformer-block arguments with one entry per row, sliced when only some rows run a block (first-block
     # caching); the others (rotary tables shared by all rows) pass as they are.
     block_row_args: ClassVar[tuple[str, ...]] = DEFAULT_ROW_ARGS
+    # Entries of `Sequence.extra` that a scheduler step changes: a checkpoint saves them (engine.checkpoint).
+    state_extra: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, pipe: Any, options: dict[str, Any] | None = None) -> None:
         self.pipe = pipe

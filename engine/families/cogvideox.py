@@ -21,6 +21,7 @@ class CogVideoXAdapter(FamilyAdapter):
     family = "cogvideox"
     pipeline_class = "CogVideoXPipeline"
     default_max_sequence_length = 226
+    state_extra = ("old_pred_original_sample",)  # the DPM scheduler's previous x0 estimate
 
     def __init__(self, pipe, options=None) -> None:
         super().__init__(pipe, options)
