@@ -1,4 +1,4 @@
-"""The `vidserve` command: database migrations, tiny models, the worker, the webhook sender and the API.
+"""The `vidserve` command: database migrations, tiny models, API keys, the worker, the webhook sender and the API.
 
 Imports are lazy on purpose: `vidserve db upgrade` must not pay for torch, and the API never loads it.
 """
@@ -10,6 +10,12 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import datetime as dt
+
+    from vidserve.schema import ApiKey
 
 
 def _settings():
@@ -96,6 +102,78 @@ def _cmd_webhooks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _key_store():
+    from vidserve.keys import KeyStore
+
+    return KeyStore(_settings().database_url)
+
+
+def _key_line(key: ApiKey) -> str:
+    def when(value: dt.datetime | None) -> str:
+        return value.strftime("%Y-%m-%d %H:%M") if value else "-"
+
+    state = f"revoked {when(key.revoked_at)}" if key.revoked_at else "active"
+    limits = [
+        f"max {key.max_concurrent_jobs} jobs" if key.max_concurrent_jobs is not None else "",
+        f"{key.rate_limit_per_minute}/min" if key.rate_limit_per_minute is not None else "",
+    ]
+    return (
+        f"{key.id}  {key.prefix}…  {key.name:20s}  {','.join(key.scopes):28s}  created {when(key.created_at)}  "
+        f"used {when(key.last_used_at)}  {state}  {' '.join(x for x in limits if x)}"
+    ).rstrip()
+
+
+def _cmd_keys_create(args: argparse.Namespace) -> int:
+    try:
+        key, token = _key_store().create(args.name, args.scope, args.max_concurrent_jobs, args.rate_limit_per_minute)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(_key_line(key), file=sys.stderr)
+    print("the key (shown only now; keep it secret):", file=sys.stderr)
+    print(token)
+    return 0
+
+
+def _cmd_keys_list(args: argparse.Namespace) -> int:
+    keys = _key_store().list()
+    for key in keys:
+        if args.json:
+            print(json.dumps(_key_dict(key)))
+        else:
+            print(_key_line(key))
+    return 0
+
+
+def _key_dict(key: ApiKey) -> dict[str, Any]:
+    return {
+        "id": str(key.id),
+        "prefix": key.prefix,
+        "name": key.name,
+        "scopes": key.scopes,
+        "max_concurrent_jobs": key.max_concurrent_jobs,
+        "rate_limit_per_minute": key.rate_limit_per_minute,
+        "created_at": key.created_at.isoformat(),
+        "last_used_at": key.last_used_at.isoformat() if key.last_used_at else None,
+        "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+    }
+
+
+def _cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from vidserve.keys import AmbiguousKey, KeyNotFound
+
+    try:
+        key = _key_store().revoke(args.key)
+    except KeyNotFound as e:
+        print(f"error: no key matches {e}", file=sys.stderr)
+        return 1
+    except AmbiguousKey as e:
+        print(f"error: more than one key starts with {e}; give its id", file=sys.stderr)
+        return 1
+    print(_key_line(key))
+    return 0
+
+
 def _cmd_api(args: argparse.Namespace) -> int:
     settings = _settings()
     bind = f"{args.host or settings.host}:{args.port or settings.port}"
@@ -152,6 +230,23 @@ def build_parser() -> argparse.ArgumentParser:
     hooks = sub.add_parser("webhooks", help="the webhook sender: signs, delivers and retries webhook events")
     hooks.add_argument("--concurrency", type=int, help="deliveries at once (default: VIDSERVE_WEBHOOK_CONCURRENCY)")
     hooks.set_defaults(func=_cmd_webhooks)
+
+    keys = sub.add_parser("keys", help="API keys of the REST API: create, list, revoke")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key and print its token (shown only once)")
+    create.add_argument("--name", required=True, help="who or what uses the key")
+    create.add_argument(
+        "--scope", action="append", required=True, choices=["jobs:read", "jobs:write", "admin"], help="repeatable"
+    )
+    create.add_argument("--max-concurrent-jobs", type=int, help="0: unlimited (default: the deployment's setting)")
+    create.add_argument("--rate-limit-per-minute", type=int, help="job submissions per minute (default: setting)")
+    create.set_defaults(func=_cmd_keys_create)
+    keys_list = keys_sub.add_parser("list", help="every key, without secrets")
+    keys_list.add_argument("--json", action="store_true")
+    keys_list.set_defaults(func=_cmd_keys_list)
+    revoke = keys_sub.add_parser("revoke", help="revoke a key at once")
+    revoke.add_argument("key", help="the key's id, or its prefix as `keys list` shows it")
+    revoke.set_defaults(func=_cmd_keys_revoke)
 
     api = sub.add_parser("api", help="the REST API under gunicorn")
     api.add_argument("--host")

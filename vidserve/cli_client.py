@@ -1,6 +1,7 @@
 """The client half of the `vidserve` command: `submit`, `status`, `cancel` and `list` over the public API.
 
-The API's base URL comes from `--api` or `VIDSERVE_API_URL` (default http://127.0.0.1:8000); nothing here
+The API's base URL comes from `--api` or `VIDSERVE_API_URL` (default http://127.0.0.1:8000), the API key from
+`--api-key` or `VIDSERVE_API_KEY`; nothing here
 touches the database or the queue, so these commands work from any machine that can reach the API.
 """
 
@@ -15,7 +16,7 @@ from vidserve.client import ApiError, VidserveClient
 
 
 def _client(args: argparse.Namespace) -> VidserveClient:
-    return VidserveClient(args.api)
+    return VidserveClient(args.api, api_key=args.api_key)
 
 
 def _print_job(job: dict[str, Any], as_json: bool) -> None:
@@ -49,6 +50,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         num_inference_steps=args.steps,
         seed=args.seed,
         webhook_url=args.webhook_url,
+        idempotency_key=args.idempotency_key,
     )
     if not args.wait and not args.out:
         _print_job(job, args.json) if args.json else print(job["id"])
@@ -120,6 +122,7 @@ def register(sub: Any) -> None:
     """Add the client subcommands to the `vidserve` parser's subparsers."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--api", help="API base URL (default: $VIDSERVE_API_URL or http://127.0.0.1:8000)")
+    common.add_argument("--api-key", help="API key sent as a bearer token (default: $VIDSERVE_API_KEY)")
     common.add_argument("--json", action="store_true", help="print the job(s) as JSON")
 
     submit = sub.add_parser("submit", parents=[common], help="submit a job (optionally wait and download it)")
@@ -131,6 +134,7 @@ def register(sub: Any) -> None:
     submit.add_argument("--steps", type=int, help="num_inference_steps")
     submit.add_argument("--seed", type=int)
     submit.add_argument("--webhook-url")
+    submit.add_argument("--idempotency-key", help="retrying with the same key returns the first job, not a new one")
     submit.add_argument("--wait", action="store_true", help="wait with a progress bar until the job finishes")
     submit.add_argument("--out", help="write the video here once it succeeds (implies --wait)")
     submit.set_defaults(func=_guarded(_cmd_submit))

@@ -31,16 +31,24 @@ def api_url_from_env(explicit: str | None = None) -> str:
 
 
 class VidserveClient:
-    def __init__(self, base_url: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str | None = None, timeout: float = 30.0, api_key: str | None = None) -> None:
+        """`api_key` (default: $VIDSERVE_API_KEY) is sent as a bearer token; none is needed with auth off."""
         self.base_url = api_url_from_env(base_url)
         self.timeout = timeout
         self.http = requests.Session()
+        api_key = api_key or os.environ.get("VIDSERVE_API_KEY")
+        if api_key:
+            self.http.headers["Authorization"] = f"Bearer {api_key}"
 
     # ---- jobs ----------------------------------------------------------------------------------
-    def submit(self, model: str, prompt: str, **fields: Any) -> dict[str, Any]:
-        """POST /v1/jobs; `fields` are the optional job fields (num_frames, height, width, seed, ...)."""
+    def submit(self, model: str, prompt: str, idempotency_key: str | None = None, **fields: Any) -> dict[str, Any]:
+        """POST /v1/jobs; `fields` are the optional job fields (num_frames, height, width, seed, ...).
+
+        With `idempotency_key`, a retry of the same submit returns the first job instead of making another.
+        """
         body = {"model": model, "prompt": prompt, **{k: v for k, v in fields.items() if v is not None}}
-        return self._json("POST", "/v1/jobs", json=body)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._json("POST", "/v1/jobs", json=body, headers=headers)
 
     def get(self, job_id: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/jobs/{job_id}")

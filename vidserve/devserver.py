@@ -2,8 +2,8 @@
 
 Creates and migrates the database, builds the tiny models when missing, starts a local S3 server unless
 VIDSERVE_S3_ENDPOINT names one, keeps a webhook secret in var/, then runs the API (gunicorn), one
-generation worker serving every registered model and the webhook sender. Ctrl-C or SIGTERM stops exactly
-what it started.
+generation worker serving every registered model and the webhook sender, with authentication off unless
+VIDSERVE_AUTH is set (and a banner saying so). Ctrl-C or SIGTERM stops exactly what it started.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 from vidserve import db
@@ -63,6 +64,28 @@ def _missing_models(settings: Settings) -> list[str]:
         spec.name
         for spec in registry
         if Path(spec.path).resolve().is_relative_to(tiny_root) and not (Path(spec.path) / "model_index.json").exists()
+    ]
+
+
+def local_auth(env: Mapping[str, str]) -> str:
+    """`make run` is for one machine: authentication is off unless VIDSERVE_AUTH says otherwise."""
+    return env.get("VIDSERVE_AUTH") or "off"
+
+
+def auth_banner(settings: Settings) -> list[str]:
+    """The lines `make run` prints about authentication; with it off, loud enough not to be missed."""
+    if settings.auth_enabled:
+        return [
+            "auth     on: every /v1 call needs Authorization: Bearer <key>; make one with",
+            "         .venv/bin/vidserve keys create --name me --scope jobs:read --scope jobs:write",
+        ]
+    rule = "!" * 78
+    return [
+        rule,
+        "AUTHENTICATION IS OFF (local use): anyone who reaches the API sees, submits and cancels every job.",
+        "Turn it on with VIDSERVE_AUTH=on make run, then: .venv/bin/vidserve keys create --name me "
+        "--scope jobs:read --scope jobs:write",
+        rule,
     ]
 
 
@@ -122,6 +145,7 @@ def main() -> int:
         db.create_database(settings.database_url)
         db.upgrade(settings.database_url)
 
+        overrides["auth"] = local_auth(os.environ)
         if not settings.webhook_secret:
             overrides["webhook_secret"] = _webhook_secret()
         if not settings.s3_endpoint:
@@ -169,8 +193,11 @@ def main() -> int:
         names = [s.name if Path(s.path).exists() else f"{s.name} (no weights at {s.path})" for s in registry]
         _say(f"models   {', '.join(names)}")
         _say(f"logs     {logs}/  (api.log, worker.log, webhooks.log)")
+        for line in auth_banner(settings):
+            _say(line)
+        bearer = "" if not settings.auth_enabled else '-H "Authorization: Bearer $VIDSERVE_API_KEY" '
         _say(
-            f"try      curl -s -X POST {settings.api_url}/v1/jobs -H 'content-type: application/json' "
+            f"try      curl -s -X POST {settings.api_url}/v1/jobs -H 'content-type: application/json' {bearer}"
             """-d '{"model": "tiny-wan", "prompt": "a red car on a street"}'"""
         )
         _say("Ctrl-C stops everything")

@@ -11,7 +11,7 @@ import hashlib
 import secrets
 import uuid
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, select
 
 from vidserve.db import session_factory
 from vidserve.schema import ApiKey
@@ -105,14 +105,10 @@ class KeyStore:
                 raise KeyNotFound(id_or_prefix)
             if len(matches) > 1:
                 raise AmbiguousKey(id_or_prefix)
-            revoked = s.scalars(
-                update(ApiKey)
-                .where(ApiKey.id == matches[0].id)
-                .values(revoked_at=matches[0].revoked_at or _now())
-                .returning(ApiKey),
-                execution_options={"synchronize_session": False},
-            ).one()
-        return revoked
+            key = matches[0]
+            if key.revoked_at is None:
+                key.revoked_at = _now()
+        return key
 
     @staticmethod
     def _matching(id_or_prefix: str) -> ColumnElement[bool]:

@@ -9,6 +9,7 @@ import base64
 import dataclasses
 import json
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from sqlalchemy import text
 
 from api.app import create_app
 from vidserve import db
+from vidserve.keys import KeyStore
 from vidserve.settings import ENV_VARS, Settings
 from vidserve.storage import VideoStore
 
@@ -79,6 +81,54 @@ def app(api_settings: Settings) -> Flask:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def auth_settings(api_settings: Settings) -> Settings:
+    """`api_settings` with authentication on (the suite's own default is off)."""
+    return dataclasses.replace(api_settings, auth="on")
+
+
+@pytest.fixture(scope="session")
+def auth_app(auth_settings: Settings) -> Flask:
+    return create_app(auth_settings)
+
+
+@pytest.fixture
+def auth_client(auth_app: Flask) -> FlaskClient:
+    return auth_app.test_client()
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    """An API key made for a test: its token, its row's id and the header that sends it."""
+
+    token: str
+    id: uuid.UUID
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+MakeKey = Callable[..., Key]
+
+
+@pytest.fixture
+def make_key(api_settings: Settings) -> MakeKey:
+    """Create an API key (`jobs:read` and `jobs:write` unless scopes are given) through the key store."""
+    store = KeyStore(api_settings.database_url)
+
+    def _make(*scopes: str, max_concurrent_jobs: int | None = None, rate_limit_per_minute: int | None = None) -> Key:
+        key, token = store.create(
+            f"test-{uuid.uuid4().hex[:6]}",
+            list(scopes or ("jobs:read", "jobs:write")),
+            max_concurrent_jobs=max_concurrent_jobs,
+            rate_limit_per_minute=rate_limit_per_minute,
+        )
+        return Key(token, key.id)
+
+    return _make
 
 
 @pytest.fixture
