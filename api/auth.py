@@ -1,8 +1,9 @@
 """Who is calling: the bearer API key of a request, checked before every job endpoint, as `flask.g.principal`.
 
 A view declares the scope it needs with `@requires(scope)`; a hook run before every request authenticates the
-requests to such views (401 without a live key, 403 without the scope) and sets `g.principal`. Views without
-it (health, metrics, OpenAPI, the admin dashboard with its own token) stay open and get no principal. With
+requests to such views (401 without a live key, 403 without the scope) and sets `g.principal`. An unmarked view
+under `/v1/` needs `admin`; the others (health, metrics, OpenAPI, the admin dashboard with its own token) stay
+open and get no principal. With
 authentication off (VIDSERVE_AUTH=off) every request acts as the anonymous principal, which sees every job.
 """
 
@@ -80,9 +81,18 @@ def init_app(app: Flask) -> None:
     app.before_request(_authenticate)
 
 
-def _authenticate() -> None:
-    view = current_app.view_functions.get(request.endpoint or "")
+def required_scope(view: Callable[..., Any] | None, rule: str) -> str | None:
+    """The scope a view needs: its `requires` mark; an unmarked `/v1/` view needs `admin` (fails closed)."""
     scope = getattr(view, "required_scope", None)
+    if scope is None and rule.startswith("/v1/"):
+        return ADMIN
+    return scope
+
+
+def _authenticate() -> None:
+    if request.url_rule is None:
+        return  # no route: a 404/405 follows
+    scope = required_scope(current_app.view_functions.get(request.endpoint or ""), request.url_rule.rule)
     if scope is None:
         return
     svc = services()

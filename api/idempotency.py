@@ -75,6 +75,7 @@ def idempotent(view: Callable[..., Any]) -> Callable[..., Any]:
             store.abandon(owner, key)
         return response
 
+    wrapped.idempotent = True  # type: ignore[attr-defined]  # read by api.openapi
     return wrapped
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Flask, Response, current_app, jsonify
 
-from api import events, metrics, openai_videos
+from api import auth, events, metrics, openai_videos
 from api.admin import views as admin_views
 from api.services import services
 from api.validation import CURSOR_PATTERN, MAX_METADATA_BYTES, MAX_PAGE, MAX_WEBHOOK_URL_CHARS, WEBHOOK_URL_PATTERN
@@ -30,7 +30,9 @@ def openapi_json() -> Response:
     # The document depends only on the registry, which is fixed for the life of the app.
     doc = current_app.extensions.get(OPENAPI_CACHE_KEY)
     if doc is None:
-        doc = current_app.extensions[OPENAPI_CACHE_KEY] = build_openapi(services().registry)
+        doc = build_openapi(services().registry)
+        document_access(doc, current_app)
+        current_app.extensions[OPENAPI_CACHE_KEY] = doc
     return jsonify(doc)
 
 
@@ -497,3 +499,86 @@ def build_openapi(registry: ModelRegistry) -> dict[str, Any]:
         },
         "components": {"schemas": {**_schemas(registry), **openai_videos.OPENAPI_SCHEMAS}},
     }
+
+
+# ---- who may call what: API keys, scopes, quotas and Idempotency-Key, read from the views' own marks ----
+
+SECURITY_SCHEMES = {
+    "apiKey": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "an API key (`vs_...`) from `vidserve keys create`; its scopes are listed per operation "
+        "(an `admin` key has them all). Not needed when the server runs with VIDSERVE_AUTH=off.",
+    }
+}
+IDEMPOTENCY_KEY_PARAMETER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    "description": "makes a retried submit safe: the same key with the same body answers the first response "
+    "again (with `Idempotent-Replayed: true`) instead of making another job; kept per API key for "
+    "VIDSERVE_IDEMPOTENCY_TTL_SECONDS",
+}
+REPLAYED_HEADER = {
+    "Idempotent-Replayed": {
+        "description": "`true` when this is the stored response of an earlier request with the same Idempotency-Key",
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+}
+
+
+def document_access(doc: dict[str, Any], app: Flask) -> None:
+    """Add each keyed operation's security (bearer key and scope) and answers (401, 403; for submits the
+    Idempotency-Key header with 400/409/422 and the concurrent-job quota's 429) to `doc`, from the views' marks."""
+    doc["components"]["securitySchemes"] = SECURITY_SCHEMES
+    for rule in app.url_map.iter_rules():
+        view = app.view_functions[rule.endpoint]
+        scope = auth.required_scope(view, rule.rule)
+        if scope is None:
+            continue
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
+        # The OpenAI-compatible surface answers errors in OpenAI's shape.
+        error = "OpenAIError" if path.startswith("/v1/videos") else "Error"
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            operation = doc["paths"][path][method.lower()]
+            operation["security"] = [{"apiKey": [scope]}]
+            responses = operation["responses"]
+            responses["401"] = {
+                **_error_of(error, "no API key, or an unknown or revoked one (`unauthorized`)"),
+                "headers": {"WWW-Authenticate": {"description": "the Bearer challenge", "schema": {"type": "string"}}},
+            }
+            responses["403"] = _error_of(error, f"the API key lacks the {scope} scope (`insufficient_scope`)")
+            if getattr(view, "idempotent", False):
+                _document_submit(operation, error)
+
+
+def _error_of(schema: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+def _also(responses: dict[str, Any], status: str, schema: str, description: str) -> None:
+    # Another cause of an answer some other part already documents joins its description.
+    if status in responses:
+        responses[status]["description"] += f"; or {description}"
+    else:
+        responses[status] = _error_of(schema, description)
+
+
+def _document_submit(operation: dict[str, Any], error: str) -> None:
+    operation.setdefault("parameters", []).append(IDEMPOTENCY_KEY_PARAMETER)
+    responses = operation["responses"]
+    for status, response in responses.items():
+        if status.startswith("2"):
+            response["headers"] = {**response.get("headers", {}), **REPLAYED_HEADER}
+    _also(responses, "400", error, "the Idempotency-Key is empty or longer than 255 characters")
+    _also(responses, "409", error, "a request with this Idempotency-Key is still being processed (retry)")
+    _also(responses, "422", error, "the Idempotency-Key was used with a different request")
+    _also(
+        responses,
+        "429",
+        error,
+        "the API key has as many queued and running jobs as its quota allows (`too_many_concurrent_jobs`)",
+    )
+    retry_after = {"description": "seconds until a retry may succeed", "schema": {"type": "integer", "minimum": 1}}
+    responses["429"]["headers"] = {"Retry-After": retry_after, **responses["429"].get("headers", {})}

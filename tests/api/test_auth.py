@@ -7,6 +7,7 @@ with the key store, as `vidserve keys create` makes them.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -60,6 +61,20 @@ def test_every_job_endpoint_without_a_key_is_401_with_a_bearer_challenge(
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"] == 'Bearer realm="vidserve"'
     assert _error_code(response) == "unauthorized"
+
+
+def test_no_v1_route_of_the_app_answers_without_a_key(auth_app: Flask, auth_client: FlaskClient) -> None:
+    routes = [
+        (rule.rule, method)
+        for rule in auth_app.url_map.iter_rules()
+        if rule.rule.startswith("/v1/")
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    ]
+    assert len(routes) >= len(JOB_ENDPOINTS)
+
+    for path, method in routes:
+        url = re.sub(r"<(?:\w+:)?\w+>", SOME_ID, path)
+        assert auth_client.open(url, method=method, json={}).status_code == 401, (method, path)
 
 
 @pytest.mark.parametrize(
@@ -242,3 +257,27 @@ def test_make_run_turns_auth_off_with_a_banner_unless_told_otherwise() -> None:
     on = "\n".join(auth_banner(Settings(auth="on")))
     assert "AUTHENTICATION IS OFF" in off and "VIDSERVE_AUTH=on" in off and "vidserve keys create" in off
     assert "AUTHENTICATION IS OFF" not in on and "vidserve keys create" in on
+
+
+def test_the_openapi_document_names_the_key_and_scope_of_every_keyed_operation(auth_client: FlaskClient) -> None:
+    doc = auth_client.get("/openapi.json").get_json()
+
+    assert doc["components"]["securitySchemes"]["apiKey"] == {
+        **doc["components"]["securitySchemes"]["apiKey"],
+        "type": "http",
+        "scheme": "bearer",
+    }
+    for path, item in doc["paths"].items():
+        for method, operation in item.items():
+            if path.startswith("/v1/"):
+                [requirement] = operation["security"]
+                assert requirement["apiKey"][0] in ("jobs:read", "jobs:write", "admin"), (method, path)
+                assert {"401", "403"} <= set(operation["responses"]), (method, path)
+            else:
+                assert "security" not in operation, (method, path)
+    assert doc["paths"]["/v1/jobs"]["post"]["security"] == [{"apiKey": ["jobs:write"]}]
+    assert doc["paths"]["/v1/jobs"]["get"]["security"] == [{"apiKey": ["jobs:read"]}]
+    for submit in (doc["paths"]["/v1/jobs"]["post"], doc["paths"]["/v1/videos"]["post"]):
+        assert "Idempotency-Key" in {p["name"] for p in submit["parameters"]}
+        assert {"400", "409", "422", "429"} <= set(submit["responses"])
+        assert "Retry-After" in submit["responses"]["429"]["headers"]
