@@ -10,7 +10,7 @@ import logging
 
 from flask import Flask
 
-from api import auth, events, health, jobs, metrics, models, openai_videos, openapi
+from api import auth, events, health, jobs, metrics, models, openai_videos, openapi, webhooks
 from api.admin import views as admin
 from api.errors import register_error_handlers
 from api.rate_limit import init_rate_limits
@@ -26,7 +26,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
     app.extensions[EXTENSION] = Services.from_settings(settings)
-    for blueprint in (jobs.bp, events.bp, models.bp, health.bp, openapi.bp, metrics.bp, openai_videos.bp, admin.bp):
+    blueprints = (jobs.bp, webhooks.bp, events.bp, models.bp, health.bp, openapi.bp, metrics.bp, openai_videos.bp)
+    for blueprint in (*blueprints, admin.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
     auth.init_app(app)  # first: later hooks (rate limits) read g.principal

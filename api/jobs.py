@@ -13,6 +13,7 @@ from api.idempotency import idempotent
 from api.rate_limit import check_submission_rate
 from api.services import services
 from api.validation import encode_cursor, parse_job_query, parse_json_object, parse_submission, read_body
+from api.webhooks import check_webhook_target
 from vidserve.schema import JobStatus
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
@@ -26,6 +27,8 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     svc = services()
     caller = principal()
     submission = parse_submission(parse_json_object(read_body(request)), svc.registry)
+    if submission.webhook_url is not None:
+        check_webhook_target(submission.webhook_url)
     job = svc.jobs.create(
         api_key_id=caller.api_key_id,
         max_active_jobs=caller.job_limit(svc.settings.max_concurrent_jobs_per_key),

@@ -17,7 +17,7 @@ from api.validation import CURSOR_PATTERN, MAX_METADATA_BYTES, MAX_PAGE, MAX_WEB
 from engine.cache_policy import SETTINGS
 from engine.registry import ModelRegistry, ModelSpec
 from vidserve.jobs import ALL_WEBHOOK_EVENTS
-from vidserve.schema import JobStatus
+from vidserve.schema import DeliveryStatus, JobStatus
 
 bp = Blueprint("openapi", __name__)
 
@@ -106,7 +106,8 @@ def _job_request_schema(spec: ModelSpec) -> dict[str, Any]:
                     "type": "string",
                     "maxLength": MAX_WEBHOOK_URL_CHARS,
                     "pattern": WEBHOOK_URL_PATTERN,
-                    "description": "receives a signed event (Standard Webhooks) at every status change",
+                    "description": "receives a signed event (Standard Webhooks) at every status change; its host "
+                    "must resolve to public addresses only, and the URL carries no credentials",
                 }
             ),
             "metadata": _nullable(
@@ -286,6 +287,55 @@ def _schemas(registry: ModelRegistry) -> dict[str, Any]:
                 "next_cursor": {"type": ["string", "null"], "description": "pass as `cursor` for the next page"},
             },
         },
+        "WebhookDelivery": {
+            "type": "object",
+            "description": "one webhook event for the job's webhook_url, with every attempt to deliver it",
+            "required": [
+                "id",
+                "event_type",
+                "url",
+                "status",
+                "created_at",
+                "delivered_at",
+                "next_attempt_at",
+                "last_status_code",
+                "last_error",
+                "attempts",
+            ],
+            "properties": {
+                "id": {"type": "string", "description": "also the `webhook-id` header of every attempt"},
+                "event_type": {"type": "string"},
+                "url": {"type": "string"},
+                "status": {"type": "string", "enum": [s.value for s in DeliveryStatus]},
+                "created_at": {"type": "string", "format": "date-time"},
+                "delivered_at": {"type": ["string", "null"], "format": "date-time"},
+                "next_attempt_at": {
+                    "type": ["string", "null"],
+                    "format": "date-time",
+                    "description": "when the next attempt is due (pending deliveries only)",
+                },
+                "last_status_code": {"type": ["integer", "null"]},
+                "last_error": {"type": ["string", "null"]},
+                "attempts": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["attempt", "at", "status_code", "error"],
+                        "properties": {
+                            "attempt": {"type": "integer"},
+                            "at": {"type": "string", "format": "date-time"},
+                            "status_code": {"type": ["integer", "null"], "description": "null: no HTTP answer"},
+                            "error": {"type": ["string", "null"], "description": "null: delivered (2xx)"},
+                        },
+                    },
+                },
+            },
+        },
+        "WebhookDeliveryList": {
+            "type": "object",
+            "required": ["data"],
+            "properties": {"data": {"type": "array", "items": _ref("WebhookDelivery")}},
+        },
         "Model": {
             "type": "object",
             "required": ["name", "family", "limits", "defaults"],
@@ -357,7 +407,12 @@ def build_openapi(registry: ModelRegistry) -> dict[str, Any]:
     # Links let clients (and stateful fuzzers) follow a submitted job's id to the operations that take it.
     job_links = {
         name: {"operationId": operation, "parameters": {"job_id": "$response.body#/id"}}
-        for name, operation in (("GetJob", "getJob"), ("CancelJob", "cancelJob"), ("GetJobContent", "getJobContent"))
+        for name, operation in (
+            ("GetJob", "getJob"),
+            ("CancelJob", "cancelJob"),
+            ("GetJobContent", "getJobContent"),
+            ("ListJobWebhooks", "listJobWebhooks"),
+        )
     }
     location = {"Location": {"description": "where to find it", "schema": {"type": "string"}}}
     return {
@@ -452,6 +507,35 @@ def build_openapi(registry: ModelRegistry) -> dict[str, Any]:
                         "404": not_found,
                         "409": _error("the job has not succeeded"),
                         "503": _error("the job database or the object store is not reachable"),
+                    },
+                }
+            },
+            "/v1/jobs/{job_id}/webhooks": {
+                "get": {
+                    "operationId": "listJobWebhooks",
+                    "summary": "The job's webhook deliveries with every attempt",
+                    "parameters": [job_id],
+                    "responses": {
+                        "200": _json("every delivery, oldest first", "WebhookDeliveryList"),
+                        "404": not_found,
+                        "503": db_down,
+                    },
+                }
+            },
+            "/v1/jobs/{job_id}/webhooks/{delivery_id}/redeliver": {
+                "post": {
+                    "operationId": "redeliverJobWebhook",
+                    "summary": "Send a delivered or failed webhook again",
+                    "description": "The same body under the same `webhook-id`, with a fresh attempt budget, now.",
+                    "parameters": [
+                        job_id,
+                        {"name": "delivery_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "202": _json("the delivery, pending again", "WebhookDelivery"),
+                        "404": _error("no such job, or the job has no such delivery"),
+                        "409": _error("the delivery is still pending, or its webhook URL is disabled (410 Gone)"),
+                        "503": db_down,
                     },
                 }
             },

@@ -21,6 +21,7 @@ from api.errors import InvalidField, MalformedBody
 from engine.registry import ModelRegistry
 from vidserve.jobs import ALL_WEBHOOK_EVENTS
 from vidserve.schema import JobStatus
+from vidserve.webhook_urls import UnsafeWebhookURL, check_shape
 
 # field -> JSON type it must have; `None` is accepted for every optional field and means "not given".
 JOB_FIELDS: dict[str, str] = {
@@ -53,10 +54,11 @@ GENERATION_FIELDS = (
     "cache",
 )
 MAX_WEBHOOK_URL_CHARS = 2048
-# http(s), a host name or IPv4 address, an optional port up to 65535, then printable ASCII: one regex that both
-# the validator and the OpenAPI document use, so they cannot disagree.
+# http(s), a host name, IPv4 address or bracketed IPv6 address, an optional port up to 65535, then printable
+# ASCII: one regex that both the validator and the OpenAPI document use, so they cannot disagree. Where the
+# host resolves to is checked at submit too (api/webhooks.py), and again before every delivery.
 WEBHOOK_URL_PATTERN = (
-    r"^https?://[A-Za-z0-9.-]+"
+    r"^https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])"
     r"(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}))?"
     r"([/?#][\x21-\x7e]*)?$"
 )
@@ -230,6 +232,10 @@ def _check_text(name: str, value: str) -> None:
 def _check_webhook_url(url: str) -> None:
     if len(url) > MAX_WEBHOOK_URL_CHARS:
         raise InvalidField("webhook_url", f"must be at most {MAX_WEBHOOK_URL_CHARS} characters")
+    try:
+        check_shape(url)
+    except UnsafeWebhookURL as exc:
+        raise InvalidField("webhook_url", str(exc)) from None
     if not re.fullmatch(WEBHOOK_URL_PATTERN, url):
         raise InvalidField("webhook_url", "must be an absolute http(s) URL with a host name")
 

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -57,45 +58,58 @@ class Received:
 
 @dataclass
 class WebhookReceiver:
-    """An HTTP server on 127.0.0.1 that records every POST; `fail_first[path]` answers 500 that many times."""
+    """An HTTP server on 127.0.0.1 that records every POST; `fail_first[path]` answers 500 that many times,
+    `answers[path]` is a list of (status, headers) answered first, one per request."""
 
     server: ThreadingHTTPServer
     received: list[Received] = field(default_factory=list)
     fail_first: dict[str, int] = field(default_factory=dict)
+    answers: dict[str, list[tuple[int, dict[str, str]]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def start(cls) -> WebhookReceiver:
+    def start(cls, host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None) -> WebhookReceiver:
+        """Listen on `host`:`port` (0: a free port), speaking HTTPS with `tls` when given."""
         holder: dict[str, WebhookReceiver] = {}
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
-                status = holder["r"]._answer(self.path, dict(self.headers.items()), body)
+                status, headers = holder["r"]._answer(self.path, dict(self.headers.items()), body)
                 self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.send_header("content-length", "0")
                 self.end_headers()
 
             def log_message(self, *args: Any) -> None:
                 pass
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server = ThreadingHTTPServer((host, port), Handler)
+        if tls is not None:
+            server.socket = tls.wrap_socket(server.socket, server_side=True)
         receiver = cls(server)
         holder["r"] = receiver
         threading.Thread(target=server.serve_forever, daemon=True).start()
         return receiver
 
-    def _answer(self, path: str, headers: dict[str, str], body: bytes) -> int:
+    def _answer(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str]]:
         with self._lock:
-            status = 200
-            if self.fail_first.get(path, 0) > 0:
+            status, answer_headers = 200, {}
+            if self.answers.get(path):
+                status, answer_headers = self.answers[path].pop(0)
+            elif self.fail_first.get(path, 0) > 0:
                 self.fail_first[path] -= 1
                 status = 500
             self.received.append(Received(path, {k.lower(): v for k, v in headers.items()}, body, time.time(), status))
-            return status
+            return status, answer_headers
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+        return f"http://127.0.0.1:{self.port}{path}"
 
     def at(self, path: str) -> list[Received]:
         with self._lock:
@@ -113,6 +127,29 @@ class WebhookReceiver:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class StubDNS:
+    """Answers for chosen host names in place of DNS, for the webhook URL checks (vidserve.webhook_urls.resolve);
+    every other name goes to the real resolver. `names[host]` is a list of addresses and may be changed later
+    (what a DNS rebinding does)."""
+
+    def __init__(self, monkeypatch: Any, names: dict[str, list[str]] | None = None) -> None:
+        import ipaddress
+
+        from vidserve import webhook_urls
+
+        self.names = dict(names or {})
+        self.asked: list[str] = []
+        real = webhook_urls.resolve
+
+        def resolve(hostname: str, port: int) -> list[Any]:
+            self.asked.append(hostname)
+            if hostname in self.names:
+                return [ipaddress.ip_address(a) for a in self.names[hostname]]
+            return real(hostname, port)
+
+        monkeypatch.setattr(webhook_urls, "resolve", resolve)
 
 
 # A registry for the tests: the two tiny models they use, Wan with a step limit high enough that a job can be

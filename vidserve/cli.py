@@ -102,6 +102,24 @@ def _cmd_webhooks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_webhooks_enable(args: argparse.Namespace) -> int:
+    from vidserve.webhook_store import WebhookStore
+
+    if not WebhookStore(_settings().database_url).enable(args.url):
+        print(f"{args.url} is not disabled", file=sys.stderr)
+        return 1
+    print(f"enabled {args.url}: new events are sent to it; failed deliveries can be redelivered")
+    return 0
+
+
+def _cmd_webhooks_disabled(args: argparse.Namespace) -> int:
+    from vidserve.webhook_store import WebhookStore
+
+    for endpoint in WebhookStore(_settings().database_url).disabled_endpoints():
+        print(f"{endpoint.url}\t{endpoint.disabled_at.isoformat(timespec='seconds')}\t{endpoint.reason}")
+    return 0
+
+
 def _key_store():
     from vidserve.keys import KeyStore
 
@@ -230,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     hooks = sub.add_parser("webhooks", help="the webhook sender: signs, delivers and retries webhook events")
     hooks.add_argument("--concurrency", type=int, help="deliveries at once (default: VIDSERVE_WEBHOOK_CONCURRENCY)")
     hooks.set_defaults(func=_cmd_webhooks)
+    hooks_sub = hooks.add_subparsers(dest="webhooks_command", metavar="{enable,disabled}")
+    enable = hooks_sub.add_parser("enable", help="send to a webhook URL again after it answered 410 Gone")
+    enable.add_argument("url")
+    enable.set_defaults(func=_cmd_webhooks_enable)
+    hooks_sub.add_parser("disabled", help="the disabled webhook URLs").set_defaults(func=_cmd_webhooks_disabled)
 
     keys = sub.add_parser("keys", help="API keys of the REST API: create, list, revoke")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)

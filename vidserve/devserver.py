@@ -28,6 +28,8 @@ VAR = Path("var")
 # suite's random 20000-60000 and from weed's own defaults (8080, 8888, 9333).
 S3_BASE_PORTS = (8333, 18333, 28333)
 READY_TIMEOUT = 180.0
+# `make run` is local: webhooks to a receiver on this machine are allowed (unless the variable is set).
+LOCAL_WEBHOOK_NETWORKS = "127.0.0.0/8,::1/128"
 
 
 class Stop(Exception):
@@ -148,6 +150,9 @@ def main() -> int:
         overrides["auth"] = local_auth(os.environ)
         if not settings.webhook_secret:
             overrides["webhook_secret"] = _webhook_secret()
+        if not settings.webhook_allowed_networks:
+            overrides["webhook_allowed_networks"] = LOCAL_WEBHOOK_NETWORKS
+            _say(f"webhooks may go to loopback ({LOCAL_WEBHOOK_NETWORKS}) for local receivers, unlike in production")
         if not settings.s3_endpoint:
             s3 = _start_s3(settings)
             overrides["s3_endpoint"] = s3.endpoint

@@ -198,3 +198,13 @@ class IdempotencyRecord(Base):
     expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False, index=True)
 
     __table_args__ = (UniqueConstraint("owner", "key", name="uq_idempotency_keys_owner_key"),)
+
+
+class WebhookEndpoint(Base):
+    """A webhook URL that answered 410 Gone: nothing more is sent to it until an operator enables it again."""
+
+    __tablename__ = "webhook_endpoints"
+
+    url: Mapped[str] = mapped_column(Text, primary_key=True)
+    disabled_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    reason: Mapped[str] = mapped_column(Text, nullable=False)

@@ -45,7 +45,11 @@ ENV_VARS: list[tuple[str, str, Any, str]] = [
      "Standard Webhooks signing secret (whsec_<base64>); `make run` generates one in var/ when unset"),
     ("VIDSERVE_WEBHOOK_MAX_ATTEMPTS", "webhook_max_attempts", 8, "delivery attempts per webhook event"),
     ("VIDSERVE_WEBHOOK_TIMEOUT", "webhook_timeout", 10.0, "seconds to wait for a webhook receiver"),
-    ("VIDSERVE_WEBHOOK_BACKOFF", "webhook_backoff", 5.0, "first retry delay in seconds; doubles per attempt"),
+    ("VIDSERVE_WEBHOOK_RETRY_SCALE", "webhook_retry_scale", 1.0,
+     "multiplies the retry schedule (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, each ±20%); tests use 0.01"),
+    ("VIDSERVE_WEBHOOK_ALLOWED_NETWORKS", "webhook_allowed_networks", "",
+     "comma-separated CIDRs webhooks may be sent to although not public (e.g. 127.0.0.0/8,::1/128); "
+     "empty: public addresses only (`make run` allows loopback unless set)"),
     ("VIDSERVE_WEBHOOK_CONCURRENCY", "webhook_concurrency", 8, "deliveries one webhook sender process makes at once"),
     ("VIDSERVE_LOG_LEVEL", "log_level", "INFO", "log level of API and worker"),
     ("VIDSERVE_ADMIN_TOKEN", "admin_token", "",
@@ -90,7 +94,8 @@ class Settings:
     webhook_secret: str = ""
     webhook_max_attempts: int = 8
     webhook_timeout: float = 10.0
-    webhook_backoff: float = 5.0
+    webhook_retry_scale: float = 1.0
+    webhook_allowed_networks: str = ""
     webhook_concurrency: int = 8
     log_level: str = "INFO"
     admin_token: str = ""

@@ -1,8 +1,14 @@
-"""Webhook delivery: Standard Webhooks signatures, retried with exponential backoff, every attempt recorded.
+"""Webhook delivery: Standard Webhooks signatures and retry schedule, checked destinations, every attempt recorded.
 
 The body (`{type, timestamp, data}`) was fixed when the event happened, so every retry sends the same bytes
 under the same `webhook-id` (the delivery id) and receivers can deduplicate. Each attempt is claimed with a
 conditional UPDATE first, so a duplicate message (the sweeper's re-publish) never sends twice.
+
+Before every attempt the URL's host is resolved once and every address checked (vidserve.webhook_urls); the
+request then goes to exactly the checked address, and redirects are never followed. Failed attempts are
+retried on the Standard Webhooks schedule (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h after the first, each
+±20% so that many failed deliveries do not retry in step), times `VIDSERVE_WEBHOOK_RETRY_SCALE`; a 429 or 503
+with `Retry-After` waits what the receiver asked (at most 10 h) instead. A 410 Gone disables the URL.
 """
 
 from __future__ import annotations
@@ -10,20 +16,25 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import threading
+import random
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import requests
-from sqlalchemy import or_, select, update
+from sqlalchemy import exists, func, or_, select, update
 from standardwebhooks import Webhook
+from urllib3.exceptions import InvalidHeader
+from urllib3.util.retry import Retry
 
 from vidserve.db import session_factory
 from vidserve.queue import publish_delivery
-from vidserve.schema import DeliveryStatus, WebhookAttempt, WebhookDelivery
+from vidserve.schema import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from vidserve.settings import Settings
+from vidserve.webhook_store import disable_endpoint
+from vidserve.webhook_urls import UnsafeWebhookURL, check_url, parse_networks
+from worker.pinned_http import pinned_session
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +44,13 @@ IN_FLIGHT_SLACK = dt.timedelta(seconds=30)
 # A retry message may arrive a hair before its scheduled time (clocks of two hosts); one that comes earlier
 # is a duplicate and sends nothing; a lost one is re-published by the sweeper.
 EARLY_TOLERANCE = dt.timedelta(milliseconds=100)
+# Seconds before each attempt (Standard Webhooks): the first at once, then 5 s, 5 min, 30 min, 2 h, 5 h, 10 h,
+# 10 h; attempts beyond the schedule wait its last step.
+SCHEDULE = (0, 5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600, 10 * 3600)
+JITTER = 0.2
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+RETRY_AFTER_MAX = 10 * 3600
+GONE = 410
 
 
 def _now() -> dt.datetime:
@@ -54,14 +72,26 @@ def sign(secret: str, msg_id: str, body: str, at: dt.datetime | None = None) -> 
     }
 
 
-def backoff_seconds(settings: Settings, attempts: int) -> float:
-    """Wait before the attempt after the `attempts`-th failure: backoff, 2x backoff, 4x backoff ..."""
-    return settings.webhook_backoff * 2 ** (attempts - 1)
+def retry_delay(settings: Settings, attempts: int, rng: random.Random | None = None) -> float:
+    """Seconds to wait after the `attempts`-th failed attempt: the schedule's next step, scaled, ±JITTER."""
+    step = SCHEDULE[min(attempts, len(SCHEDULE) - 1)] * settings.webhook_retry_scale
+    return step * (rng or random).uniform(1 - JITTER, 1 + JITTER)
+
+
+def retry_after(response: requests.Response) -> float | None:
+    """The receiver's `Retry-After` (seconds or an HTTP date) on a 429 or 503, capped at RETRY_AFTER_MAX."""
+    value = response.headers.get("retry-after")
+    if response.status_code not in RETRY_AFTER_STATUSES or value is None:
+        return None
+    try:
+        return Retry(retry_after_max=RETRY_AFTER_MAX).parse_retry_after(value)
+    except InvalidHeader:
+        return None
 
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # delivered | retrying | failed | skipped
+    status: str  # delivered | retrying | failed | disabled (410 Gone) | skipped
     attempt: int = 0
     status_code: int | None = None
     retry_in: float | None = None
@@ -74,10 +104,9 @@ class WebhookSender:
             raise ValueError("VIDSERVE_WEBHOOK_SECRET is not set; webhooks cannot be signed")
         Webhook(settings.webhook_secret)  # fail at start on a malformed secret, not on the first event
         self.settings = settings
+        self._allowed = parse_networks(settings.webhook_allowed_networks)
         self._sessions = session_factory(settings.database_url)
         self._schedule = schedule
-        # One HTTP session (connection pool) per delivery thread: requests.Session is not thread-safe.
-        self._local = threading.local()
 
     def deliver(self, delivery_id: str | uuid.UUID) -> Outcome:
         """Make one attempt if the delivery is pending and due; record it; schedule the next on failure."""
@@ -91,35 +120,41 @@ class WebhookSender:
 
         status_code: int | None = None
         error: str | None = None
+        wait: float | None = None
         started = time.perf_counter()
         try:
-            response = self._session().post(
-                url, data=body.encode(), headers=headers, timeout=self.settings.webhook_timeout, allow_redirects=False
-            )
+            target = check_url(url, self._allowed)
+            with pinned_session(target) as session:
+                response = session.post(
+                    url,
+                    data=body.encode(),
+                    headers=headers,
+                    timeout=self.settings.webhook_timeout,
+                    allow_redirects=False,
+                )
             status_code = response.status_code
+            wait = retry_after(response)
             response.close()
             if not 200 <= status_code < 300:
                 error = f"HTTP {status_code}"
+        except UnsafeWebhookURL as exc:
+            error = f"refused: webhook_url {exc}"
         except requests.RequestException as exc:
             error = f"{type(exc).__name__}: {exc}"[:2000]
         duration_ms = (time.perf_counter() - started) * 1000
-        return self._record(delivery_id, attempt, status_code, error, duration_ms)
-
-    def _session(self) -> requests.Session:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = requests.Session()
-        return session
+        return self._record(delivery_id, url, attempt, status_code, error, duration_ms, wait)
 
     def _claim(self, delivery_id: uuid.UUID) -> tuple[uuid.UUID, str, dict[str, Any], int] | None:
         now = _now()
         in_flight_until = now + dt.timedelta(seconds=self.settings.webhook_timeout) + IN_FLIGHT_SLACK
+        pending = [WebhookDelivery.id == delivery_id, WebhookDelivery.status == DeliveryStatus.PENDING]
+        disabled = exists().where(WebhookEndpoint.url == WebhookDelivery.url)
         with self._sessions() as s, s.begin():
             row = s.execute(
                 update(WebhookDelivery)
                 .where(
-                    WebhookDelivery.id == delivery_id,
-                    WebhookDelivery.status == DeliveryStatus.PENDING,
+                    *pending,
+                    ~disabled,
                     WebhookDelivery.attempts < self.settings.webhook_max_attempts,
                     or_(
                         WebhookDelivery.next_attempt_at.is_(None),
@@ -130,21 +165,34 @@ class WebhookSender:
                 .returning(WebhookDelivery.id, WebhookDelivery.url, WebhookDelivery.payload, WebhookDelivery.attempts)
             ).first()
             if row is None:
+                # A delivery to a disabled URL (an event after its 410, or a redelivery) ends here unsent.
+                s.execute(
+                    update(WebhookDelivery)
+                    .where(*pending, WebhookEndpoint.url == WebhookDelivery.url)
+                    .values(
+                        status=DeliveryStatus.FAILED,
+                        next_attempt_at=None,
+                        last_error=func.concat("webhook URL disabled: ", WebhookEndpoint.reason),
+                    )
+                )
                 # A delivery whose attempts ran out while pending (a crash between send and record) ends here.
                 s.execute(
                     update(WebhookDelivery)
-                    .where(
-                        WebhookDelivery.id == delivery_id,
-                        WebhookDelivery.status == DeliveryStatus.PENDING,
-                        WebhookDelivery.attempts >= self.settings.webhook_max_attempts,
-                    )
+                    .where(*pending, WebhookDelivery.attempts >= self.settings.webhook_max_attempts)
                     .values(status=DeliveryStatus.FAILED, next_attempt_at=None)
                 )
                 return None
         return row[0], row[1], row[2], row[3]
 
     def _record(
-        self, delivery_id: uuid.UUID, attempt: int, status_code: int | None, error: str | None, duration_ms: float
+        self,
+        delivery_id: uuid.UUID,
+        url: str,
+        attempt: int,
+        status_code: int | None,
+        error: str | None,
+        duration_ms: float,
+        wait: float | None,
     ) -> Outcome:
         now = _now()
         values: dict[str, Any] = {"last_status_code": status_code, "last_error": error}
@@ -152,11 +200,14 @@ class WebhookSender:
         if error is None:
             values |= {"status": DeliveryStatus.DELIVERED, "delivered_at": now, "next_attempt_at": None}
             status = "delivered"
+        elif status_code == GONE:
+            values |= {"status": DeliveryStatus.FAILED, "next_attempt_at": None}
+            status = "disabled"
         elif attempt >= self.settings.webhook_max_attempts:
             values |= {"status": DeliveryStatus.FAILED, "next_attempt_at": None}
             status = "failed"
         else:
-            retry_in = backoff_seconds(self.settings, attempt)
+            retry_in = wait if wait is not None else retry_delay(self.settings, attempt)
             values["next_attempt_at"] = now + dt.timedelta(seconds=retry_in)
             status = "retrying"
         with self._sessions() as s, s.begin():
@@ -170,6 +221,9 @@ class WebhookSender:
                 )
             )
             s.execute(update(WebhookDelivery).where(WebhookDelivery.id == delivery_id).values(**values))
+            if status == "disabled":
+                ended = disable_endpoint(s, url, f"HTTP 410 Gone at {now.isoformat(timespec='seconds')}")
+                log.warning("webhook URL %s answered 410 Gone: disabled, %d pending deliveries failed", url, len(ended))
         log.info("webhook %s attempt %d: %s (%s)", delivery_id, attempt, status, error or status_code)
         if retry_in is not None and self._schedule is not None:
             try:

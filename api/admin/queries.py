@@ -11,14 +11,15 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Text, and_, cast, func, or_, select, text, update
+from sqlalchemy import Text, and_, cast, func, or_, select, text
 
 from api.metrics import queue_depths, redis_client
 from api.services import Services
 from vidserve.db import get_engine, session_factory
 from vidserve.jobs import JobConflict, JobNotFound
 from vidserve.queue import publish_delivery
-from vidserve.schema import DeliveryStatus, Job, JobStatus, WebhookAttempt, WebhookDelivery
+from vidserve.schema import Job, JobStatus, WebhookAttempt, WebhookDelivery
+from vidserve.webhook_store import WebhookStore
 
 PAGE_SIZE = 25
 RETRYABLE = frozenset({JobStatus.FAILED, JobStatus.CANCELED})
@@ -141,14 +142,7 @@ def redeliver(svc: Services, delivery_id: str) -> bool:
         key = uuid.UUID(delivery_id)
     except ValueError:
         return False
-    with session_factory(svc.settings.database_url)() as s, s.begin():
-        row = s.execute(
-            update(WebhookDelivery)
-            .where(WebhookDelivery.id == key)
-            .values(status=DeliveryStatus.PENDING, attempts=0, next_attempt_at=None, delivered_at=None)
-            .returning(WebhookDelivery.id)
-        ).first()
-    if row is None:
+    if not WebhookStore(svc.settings.database_url).redeliver(key, force=True):
         return False
     try:
         publish_delivery(svc.celery, key)

@@ -18,6 +18,7 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
+from service_harness import StubDNS
 from sqlalchemy import text
 
 from api.app import create_app
@@ -71,6 +72,16 @@ def api_env(api_settings: Settings) -> dict[str, str]:
     for var, attr, _default, _ in ENV_VARS:
         env[var] = str(getattr(api_settings, attr))
     return env
+
+
+# Public addresses for the example host names the tests' webhook URLs use (no test needs DNS or a network).
+EXAMPLE_HOSTS = {"example.com": ["93.184.215.14"], "hooks.example.com": ["93.184.215.14", "2606:2800:21f:cb07::1"]}
+
+
+@pytest.fixture(autouse=True)
+def dns(monkeypatch: pytest.MonkeyPatch) -> StubDNS:
+    """The submit check resolves a webhook URL's host: the example names resolve to public addresses."""
+    return StubDNS(monkeypatch, EXAMPLE_HOSTS)
 
 
 @pytest.fixture(scope="session")

@@ -78,7 +78,12 @@ def test_the_links_of_a_submitted_job_name_existing_operations(document: dict[st
     operation_ids = {op["operationId"] for item in document["paths"].values() for op in item.values()}
     links = document["paths"]["/v1/jobs"]["post"]["responses"]["202"]["links"]
 
-    assert {link["operationId"] for link in links.values()} == {"getJob", "cancelJob", "getJobContent"}
+    assert {link["operationId"] for link in links.values()} == {
+        "getJob",
+        "cancelJob",
+        "getJobContent",
+        "listJobWebhooks",
+    }
     assert {link["operationId"] for link in links.values()} <= operation_ids
 
 

@@ -137,7 +137,7 @@ def test_duplicate_generate_messages_run_the_job_once(stack: Stack) -> None:
     assert event_types(stack, job["id"]) == ["job.queued", "job.running", "job.succeeded"]
 
 
-def test_webhook_is_retried_with_backoff_until_the_receiver_accepts(stack: Stack, receiver: WebhookReceiver) -> None:
+def test_webhook_is_retried_on_the_schedule_until_the_receiver_accepts(stack: Stack, receiver: WebhookReceiver) -> None:
     receiver.fail_first["/hooks/flaky"] = 4  # job.running fails 2x, job.succeeded 2x, in some order
     job = submit(stack, prompt="a slow river", webhook_url=receiver.url("/hooks/flaky"))
     wait_status(stack, job["id"], TERMINAL)
@@ -152,7 +152,9 @@ def test_webhook_is_retried_with_backoff_until_the_receiver_accepts(stack: Stack
         assert len({s.body for s in sends}) == 1  # every retry sends the same signed body
         assert sends[-1].status == 200
         gaps = [b.at - a.at for a, b in zip(sends, sends[1:], strict=False)]
-        # Backoff 0.5 s doubling: each wait at least the configured one (minus clock slack).
-        assert all(gap >= stack.settings.webhook_backoff * 2**i - 0.2 for i, gap in enumerate(gaps)), gaps
+        # The Standard Webhooks schedule (5 s, 5 min, ...) times the suite's scale, less 20% jitter: each wait at
+        # least that (minus clock slack).
+        least = [step * stack.settings.webhook_retry_scale * 0.8 - 0.05 for step in (5, 300)]
+        assert all(gap >= least[i] for i, gap in enumerate(gaps)), gaps
     total_attempts = sum(len(s) for s in by_id.values())
     assert total_attempts == 6

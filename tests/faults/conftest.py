@@ -216,7 +216,9 @@ def faults(model_dir: Path, webhook_secret: str, tmp_path_factory: pytest.TempPa
             s3_secret_key="faults-secret",
             s3_bucket="vidserve-faults",
             webhook_secret=webhook_secret,
-            webhook_backoff=0.5,
+            webhook_retry_scale=0.01,
+            # The suite's webhook receivers listen on loopback, which production settings refuse.
+            webhook_allowed_networks="127.0.0.0/8,::1/128",
             auth="off",  # the fault tests' clients carry no API key
             model_dir=str(model_dir),
             models_file=str(registry),

@@ -13,7 +13,15 @@ from sqlalchemy import create_engine, inspect, text
 from vidserve import db
 from vidserve.schema import Base
 
-TABLES = {"jobs", "job_events", "webhook_deliveries", "webhook_attempts", "api_keys", "idempotency_keys"}
+TABLES = {
+    "jobs",
+    "job_events",
+    "webhook_deliveries",
+    "webhook_attempts",
+    "api_keys",
+    "idempotency_keys",
+    "webhook_endpoints",
+}
 
 
 def _tables(url: str) -> set[str]:

@@ -1,4 +1,4 @@
-"""Webhook delivery: Standard Webhooks signatures, exponential backoff, every attempt recorded, no double send.
+"""Webhook delivery: Standard Webhooks signatures and retry schedule, every attempt recorded, no double send.
 
 The sender runs in the test process against real Postgres and a real HTTP receiver; the retry that Celery
 would carry as a delayed message is captured and replayed when it falls due.
@@ -70,21 +70,21 @@ def test_delivery_is_signed_per_standard_webhooks(settings: Settings, receiver: 
         Webhook(other_secret).verify(hook.body, hook.headers)
 
 
-def test_failed_delivery_is_retried_with_exponential_backoff_until_accepted(
+def test_failed_delivery_is_retried_on_the_schedule_until_accepted(
     settings: Settings, receiver: WebhookReceiver
 ) -> None:
+    fast = dataclasses.replace(settings, webhook_retry_scale=0.001)  # 5 s -> 5 ms, 5 min -> 0.3 s
     receiver.fail_first["/flaky"] = 2
-    delivery_id = make_delivery(settings, receiver.url("/flaky"))
+    delivery_id = make_delivery(fast, receiver.url("/flaky"))
     scheduled = Scheduled()
-    sender = WebhookSender(settings, scheduled)
+    sender = WebhookSender(fast, scheduled)
 
     first = sender.deliver(delivery_id)
-    assert (first.status, first.status_code, first.retry_in) == ("retrying", 500, settings.webhook_backoff)
-    # The retry is not due yet: an early or duplicate message sends nothing.
-    assert sender.deliver(delivery_id).status == "skipped"
+    assert (first.status, first.status_code) == ("retrying", 500)
+    assert 5 * 0.001 * 0.8 <= first.retry_in <= 5 * 0.001 * 1.2
     time.sleep(first.retry_in)
     second = sender.deliver(delivery_id)
-    assert (second.status, second.retry_in) == ("retrying", settings.webhook_backoff * 2)
+    assert second.status == "retrying" and 300 * 0.001 * 0.8 <= second.retry_in <= 300 * 0.001 * 1.2
     time.sleep(second.retry_in)
     third = sender.deliver(delivery_id)
     assert third.status == "delivered"
@@ -106,14 +106,16 @@ def test_failed_delivery_is_retried_with_exponential_backoff_until_accepted(
 
 
 def test_delivery_gives_up_after_the_last_attempt(settings: Settings, receiver: WebhookReceiver) -> None:
-    limited = dataclasses.replace(settings, webhook_max_attempts=2, webhook_backoff=0.1)
+    limited = dataclasses.replace(settings, webhook_max_attempts=2, webhook_retry_scale=0.05)
     receiver.fail_first["/down"] = 100
     delivery_id = make_delivery(limited, receiver.url("/down"))
     scheduled = Scheduled()
     sender = WebhookSender(limited, scheduled)
 
-    assert sender.deliver(delivery_id).status == "retrying"
-    time.sleep(0.15)
+    assert sender.deliver(delivery_id).status == "retrying"  # the retry waits 5 s x 0.05, ±20%
+    # The retry is not due yet: an early or duplicate message sends nothing.
+    assert sender.deliver(delivery_id).status == "skipped"
+    time.sleep(5 * 0.05 * 1.2)
     last = sender.deliver(delivery_id)
     assert last.status == "failed" and last.retry_in is None
     assert len(scheduled.calls) == 1
