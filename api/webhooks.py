@@ -14,7 +14,7 @@ from api.auth import principal, requires
 from api.errors import ApiError, InvalidField
 from api.services import services
 from vidserve.queue import publish_delivery
-from vidserve.schema import Job
+from vidserve.schema import DeliveryStatus, Job
 from vidserve.webhook_store import DeliveryPending, DeliveryRecord, WebhookStore
 from vidserve.webhook_urls import UnsafeWebhookURL, check_url, parse_networks
 
@@ -84,7 +84,7 @@ def delivery_to_dict(record: DeliveryRecord) -> dict[str, Any]:
         "status": d.status.value,
         "created_at": _iso(d.created_at),
         "delivered_at": _iso(d.delivered_at),
-        "next_attempt_at": _iso(d.next_attempt_at) if d.status.value == "pending" else None,
+        "next_attempt_at": _iso(d.next_attempt_at) if d.status == DeliveryStatus.PENDING else None,
         "last_status_code": d.last_status_code,
         "last_error": d.last_error,
         "attempts": [

@@ -63,21 +63,17 @@ class WebhookStore:
     def redeliver(self, delivery_id: uuid.UUID, job_id: uuid.UUID | None = None, force: bool = False) -> bool:
         """Make a delivered or failed delivery pending with a fresh attempt budget; False when there is none
         (of `job_id`, when given). A pending one raises DeliveryPending unless `force` (the operator's reset)."""
-        where = [WebhookDelivery.id == delivery_id]
+        query = select(WebhookDelivery).where(WebhookDelivery.id == delivery_id).with_for_update()
         if job_id is not None:
-            where.append(WebhookDelivery.job_id == job_id)
-        if not force:
-            where.append(WebhookDelivery.status != DeliveryStatus.PENDING)
+            query = query.where(WebhookDelivery.job_id == job_id)
         with self._sessions() as s, s.begin():
-            row = s.execute(
-                update(WebhookDelivery)
-                .where(*where)
-                .values(status=DeliveryStatus.PENDING, attempts=0, next_attempt_at=None, delivered_at=None)
-                .returning(WebhookDelivery.id)
-            ).first()
-            if row is None and not force and s.scalar(select(WebhookDelivery.id).where(*where[:-1])) is not None:
+            row = s.scalars(query).first()
+            if row is None:
+                return False
+            if row.status == DeliveryStatus.PENDING and not force:
                 raise DeliveryPending(str(delivery_id))
-        return row is not None
+            row.status, row.attempts, row.next_attempt_at, row.delivered_at = DeliveryStatus.PENDING, 0, None, None
+        return True
 
     def disabled(self, url: str) -> WebhookEndpoint | None:
         with self._sessions() as s:
