@@ -1,7 +1,8 @@
 """The admin dashboard (`/admin`): jobs, job detail, queues, workers and charts, rendered server-side.
 
 Locked unless `VIDSERVE_ADMIN_TOKEN` is set. A browser signs in with the token and gets a signed cookie;
-scripts send `Authorization: Bearer <token>`. Every form POST carries a CSRF token bound to the cookie.
+scripts send `Authorization: Bearer <token>`, or an API key with the `admin` scope (which works even while
+the dashboard is locked). Every form POST carries a CSRF token bound to the cookie.
 """
 
 from __future__ import annotations
@@ -43,13 +44,18 @@ def _csrf_for(cookie: str) -> str:
 
 
 def _authenticated() -> str | None:
-    """'bearer' or 'cookie' when the request carries the admin credential, else None."""
+    """'bearer' or 'cookie' when the request carries the admin credential (or an `admin` API key), else None."""
     token = _token()
     header = request.headers.get("Authorization", "")
-    if header.startswith("Bearer ") and hmac.compare_digest(header[7:].encode(), token.encode()):
-        return "bearer"
+    if header.startswith("Bearer "):
+        bearer = header[7:].strip()
+        if token and hmac.compare_digest(bearer.encode(), token.encode()):
+            return "bearer"
+        key = services().keys.verify(bearer)
+        if key is not None and "admin" in key.scopes:
+            return "bearer"
     cookie = request.cookies.get(COOKIE)
-    if cookie:
+    if cookie and token:
         try:
             _serializer().loads(cookie, max_age=SESSION_SECONDS)
             return "cookie"
@@ -61,9 +67,9 @@ def _authenticated() -> str | None:
 def admin_required(view: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
-        if not _token():
-            return render_template("admin/locked.html"), 403
         how = _authenticated()
+        if how is None and not _token():
+            return render_template("admin/locked.html"), 403
         if how is None:
             if request.method == "GET" and "text/html" in request.headers.get("Accept", ""):
                 return redirect(url_for("admin.login", next=request.full_path))

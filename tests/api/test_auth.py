@@ -281,3 +281,12 @@ def test_the_openapi_document_names_the_key_and_scope_of_every_keyed_operation(a
         assert "Idempotency-Key" in {p["name"] for p in submit["parameters"]}
         assert {"400", "409", "422", "429"} <= set(submit["responses"])
         assert "Retry-After" in submit["responses"]["429"]["headers"]
+
+
+def test_the_admin_dashboard_also_takes_an_admin_key(auth_client: FlaskClient, make_key: MakeKey) -> None:
+    job = auth_client.post("/v1/jobs", json=job_body(), headers=make_key().headers).get_json()
+    path = f"/admin/jobs/{job['id']}.json"  # this app has no VIDSERVE_ADMIN_TOKEN: the dashboard is locked
+
+    assert auth_client.get(path, headers=make_key("admin").headers).get_json()["id"] == job["id"]
+    assert auth_client.get(path, headers=make_key("jobs:read", "jobs:write").headers).status_code == 403
+    assert auth_client.get(path).status_code == 403
