@@ -17,10 +17,10 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, redirect, request
 from sqlalchemy import and_, or_, select
 
+from api import rate_limit
 from api.auth import principal, requires
 from api.errors import ApiError, TooManyJobs
 from api.idempotency import idempotent
-from api.rate_limit import check_submission_rate
 from api.services import services
 from api.validation import GENERATION_FIELDS, RANDOM_SEED_BOUND, parse_json_object, read_body
 from engine.registry import ModelSpec
@@ -219,7 +219,7 @@ def _resolve_create(body: dict[str, Any]) -> tuple[uuid.UUID, str, dict[str, Any
 @requires("jobs:write")
 @idempotent
 def create_video() -> Response:
-    check_submission_rate()
+    rate_limit.check_submission_rate()
     svc = services()
     caller = principal()
     job_id, model, params = _resolve_create(_parse_create_body())
@@ -418,8 +418,9 @@ OPENAPI_PATHS: dict[str, Any] = {
                 "content": {"multipart/form-data": _CREATE_BODY, "application/json": _CREATE_BODY},
             },
             "responses": {
-                "200": _oai_json("the video, queued", "OpenAIVideo"),
+                "200": {**_oai_json("the video, queued", "OpenAIVideo"), "headers": rate_limit.OPENAPI_HEADERS},
                 "400": _oai_error("a parameter is invalid; `param` names it"),
+                "429": {**_oai_error(rate_limit.RATE_LIMITED_DESCRIPTION), "headers": rate_limit.OPENAPI_429_HEADERS},
             },
         },
         "get": {

@@ -10,7 +10,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify
 
-from api import auth, events, metrics, openai_videos
+from api import auth, events, metrics, openai_videos, rate_limit
 from api.admin import views as admin_views
 from api.services import services
 from api.validation import CURSOR_PATTERN, MAX_METADATA_BYTES, MAX_PAGE, MAX_WEBHOOK_URL_CHARS, WEBHOOK_URL_PATTERN
@@ -432,10 +432,17 @@ def build_openapi(registry: ModelRegistry) -> dict[str, Any]:
                         "content": {"application/json": {"schema": _ref("JobRequest")}},
                     },
                     "responses": {
-                        "202": {**_json("the job, queued", "Job", location), "links": job_links},
+                        "202": {
+                            **_json("the job, queued", "Job", {**location, **rate_limit.OPENAPI_HEADERS}),
+                            "links": job_links,
+                        },
                         "400": _error("the body is not a JSON object"),
                         "413": _error("the body is larger than VIDSERVE_MAX_BODY_BYTES"),
                         "422": _error("a field breaks a rule; `field` and `rule` say which and what"),
+                        "429": {
+                            **_error(rate_limit.RATE_LIMITED_DESCRIPTION),
+                            "headers": rate_limit.OPENAPI_429_HEADERS,
+                        },
                         "503": db_down,
                     },
                 },

@@ -10,6 +10,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 from limits import RateLimitItemPerSecond
@@ -35,6 +36,7 @@ class RateState:
     limit: int
     remaining: int
     reset_seconds: int  # until the oldest counted request leaves the window
+    exceeded: bool = False  # this request was refused for it
 
     @property
     def retry_after(self) -> int:
@@ -66,7 +68,7 @@ class SubmissionLimiter:
         except StorageError as e:
             log.warning("rate limit storage unreachable, request not limited: %s", e)
             return None
-        state = RateState(per_minute, stats.remaining, max(0, math.ceil(stats.reset_time - time.time())))
+        state = RateState(per_minute, stats.remaining, max(0, math.ceil(stats.reset_time - time.time())), not allowed)
         if not allowed:
             g.rate_state = state
             raise RateLimited(
@@ -105,6 +107,27 @@ def _add_headers(response: Response) -> Response:
         response.headers["RateLimit-Limit"] = str(state.limit)
         response.headers["RateLimit-Remaining"] = str(state.remaining)
         response.headers["RateLimit-Reset"] = str(state.reset_seconds)
-        if response.status_code == 429:
+        if state.exceeded:  # (another 429, the concurrent-job quota's, sets its own Retry-After)
             response.headers["Retry-After"] = str(state.retry_after)
     return response
+
+
+# ---- OpenAPI fragments (used by api.openapi and api.openai_videos) --------------------------------------
+
+_INTEGER = {"type": "integer", "minimum": 0}
+OPENAPI_HEADERS: dict[str, Any] = {
+    "RateLimit-Limit": {"description": "submissions the client may make in any 60 s", "schema": _INTEGER},
+    "RateLimit-Remaining": {"description": "submissions left in the current window", "schema": _INTEGER},
+    "RateLimit-Reset": {"description": "seconds until the oldest counted submission leaves it", "schema": _INTEGER},
+}
+OPENAPI_429_HEADERS: dict[str, Any] = {
+    **OPENAPI_HEADERS,
+    "Retry-After": {
+        "description": "seconds until a submission is accepted again",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 1},
+    },
+}
+RATE_LIMITED_DESCRIPTION = (
+    "more submissions than the client's rate limit (`rate_limited`; per API key, or per address without one)"
+)

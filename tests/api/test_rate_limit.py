@@ -20,6 +20,8 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from api import rate_limit
 from api.app import create_app
+from api.errors import TooManyJobs
+from vidserve.keys import KeyStore
 from vidserve.settings import Settings
 
 JOB = {"model": "tiny-wan", "prompt": "a red fox running through snow"}
@@ -171,3 +173,59 @@ def test_with_redis_away_submissions_go_through_unlimited(serve: Serve) -> None:
     assert [a.status for a in answers] == [202, 202, 202]
     assert all("ratelimit-limit" not in a.headers for a in answers)
 
+
+def _key(api_settings: Settings, rate_limit_per_minute: int | None = None) -> dict[str, str]:
+    _key_row, token = KeyStore(api_settings.database_url).create(
+        "rate-test", ["jobs:read", "jobs:write"], rate_limit_per_minute=rate_limit_per_minute
+    )
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_each_api_key_has_its_own_budget_whatever_its_address(serve: Serve, api_settings: Settings) -> None:
+    address = serve(auth="on", rate_limit_per_minute=2)
+    first, second = _key(api_settings), _key(api_settings)
+
+    # One key from two addresses draws on one budget; another key from the same address has its own.
+    statuses = [
+        submit(address, "127.0.0.1", first).status,
+        submit(address, "127.0.0.2", first).status,
+        submit(address, "127.0.0.3", first).status,
+        submit(address, "127.0.0.1", second).status,
+    ]
+
+    assert statuses == [202, 202, 429, 202]
+
+
+def test_a_keys_own_limit_overrides_the_default(serve: Serve, api_settings: Settings) -> None:
+    address = serve(auth="on", rate_limit_per_minute=1)
+    generous, unlimited = _key(api_settings, rate_limit_per_minute=3), _key(api_settings, rate_limit_per_minute=0)
+
+    generous_answers = [submit(address, headers=generous) for _ in range(4)]
+    unlimited_statuses = [submit(address, headers=unlimited).status for _ in range(3)]
+
+    assert [a.status for a in generous_answers] == [202, 202, 202, 429]
+    assert generous_answers[0].headers["ratelimit-limit"] == "3"
+    assert unlimited_statuses == [202, 202, 202]
+
+
+def test_a_request_without_a_valid_key_is_refused_before_it_counts(serve: Serve, api_settings: Settings) -> None:
+    address = serve(auth="on", rate_limit_per_minute=1)
+
+    unauthenticated = [submit(address, headers={"Authorization": "Bearer nope"}).status for _ in range(2)]
+
+    assert unauthenticated == [401, 401]
+    assert submit(address, headers=_key(api_settings)).status == 202
+
+
+def test_the_job_quotas_429_keeps_its_own_retry_after(serve: Serve, api_settings: Settings) -> None:
+    address = serve(auth="on", rate_limit_per_minute=5)
+    _key_row, token = KeyStore(api_settings.database_url).create("quota-test", ["jobs:write"], max_concurrent_jobs=1)
+    headers = {"Authorization": f"Bearer {token}"}
+    assert submit(address, headers=headers).status == 202
+
+    quota = submit(address, headers=headers)
+
+    assert quota.status == 429
+    assert quota.body["error"]["code"] == "too_many_concurrent_jobs"
+    assert quota.headers["retry-after"] == str(TooManyJobs.RETRY_AFTER_SECONDS)
+    assert quota.headers["ratelimit-remaining"] == "3"
