@@ -58,7 +58,7 @@ class Received:
 
 @dataclass
 class WebhookReceiver:
-    """An HTTP server on 127.0.0.1 that records every POST; `fail_first[path]` answers 500 that many times,
+    """An HTTP(S) server on loopback that records every POST; `fail_first[path]` answers 500 that many times,
     `answers[path]` is a list of (status, headers) answered first, one per request."""
 
     server: ThreadingHTTPServer
