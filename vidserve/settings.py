@@ -34,6 +34,9 @@ ENV_VARS: list[tuple[str, str, Any, str]] = [
     ("VIDSERVE_WORKER_SLOTS", "worker_slots", 4, "jobs a worker holds at once (its window), batched together"),
     ("VIDSERVE_LEASE_SECONDS", "lease_seconds", 60, "a running job's lease; renewed while it runs"),
     ("VIDSERVE_MAX_ATTEMPTS", "max_attempts", 3, "attempts before a job whose worker died fails"),
+    ("VIDSERVE_CHECKPOINT_EVERY_STEPS", "checkpoint_every_steps", 10,
+     "a running job saves its denoising state to the bucket every N steps, so a re-delivered job resumes "
+     "instead of restarting (0: off; cost in BENCHMARKS.md)"),
     ("VIDSERVE_SWEEP_SECONDS", "sweep_seconds", 15, "how often the sweeper re-publishes lost jobs"),
     ("VIDSERVE_SHUTDOWN_GRACE_SECONDS", "shutdown_grace_seconds", 10.0,
      "on SIGTERM, how long running jobs may go on to finish before they are stopped and handed back to the queue"),
@@ -87,6 +90,7 @@ class Settings:
     worker_slots: int = 4
     lease_seconds: int = 60
     max_attempts: int = 3
+    checkpoint_every_steps: int = 10
     sweep_seconds: int = 15
     shutdown_grace_seconds: float = 10.0
     max_body_bytes: int = 65536

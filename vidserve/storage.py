@@ -1,4 +1,4 @@
-"""The object store holding finished videos (MinIO/S3 through the `minio` client).
+"""The object store holding finished videos and running jobs' checkpoints (MinIO/S3 through the `minio` client).
 
 Uploads use the internal endpoint; presigned GET URLs are signed for the public endpoint clients reach.
 """
@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 
 import urllib3
 from minio import Minio
+from minio.error import S3Error
 
 from vidserve.settings import Settings
 
@@ -46,6 +47,11 @@ class VideoStore:
         # Deterministic per job: a retried upload overwrites instead of leaving a second copy.
         return f"videos/{job_id}.mp4"
 
+    @staticmethod
+    def checkpoint_key(job_id: str) -> str:
+        # One object per job, overwritten by each newer checkpoint; deleted when the job ends.
+        return f"checkpoints/{job_id}/state.pt"
+
     def ensure_bucket(self) -> None:
         if not self._internal.bucket_exists(self.bucket):
             self._internal.make_bucket(self.bucket)
@@ -60,6 +66,15 @@ class VideoStore:
         finally:
             response.close()
             response.release_conn()
+
+    def get_if_exists(self, key: str) -> bytes | None:
+        """The object's bytes, or None when there is no such key (other errors raise)."""
+        try:
+            return self.get(key)
+        except S3Error as exc:
+            if exc.code == "NoSuchKey":
+                return None
+            raise
 
     def delete(self, key: str) -> None:
         """Remove a video (deleting a missing key is not an error in S3)."""

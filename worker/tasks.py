@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy.exc import OperationalError
 
 from engine.request import (
+    CheckpointMismatch,
     EngineError,
     GenerationRequest,
     GenerationResult,
@@ -29,6 +30,7 @@ from engine.request import (
 from vidserve.jobs import JobNotFound
 from vidserve.queue import publish_job
 from vidserve.storage import VideoStore
+from worker.checkpoints import JobCheckpoints
 from worker.context import WorkerContext
 from worker.video import encode_mp4
 
@@ -43,6 +45,9 @@ CANCEL_POLL_SECONDS = 2.0
 STORE_RETRIES = 4
 RETRY_FIRST_SECONDS = 1.0
 
+
+# Outcomes after which the job never runs again: its checkpoint is deleted.
+TERMINAL_OUTCOMES = frozenset({"succeeded", "failed", "canceled"})
 
 # Runs uploads while the slot's own thread renews the lease (see `_maintaining`).
 _io_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="vidserve-upload")
@@ -118,6 +123,21 @@ def generate(ctx: WorkerContext, job_id: str) -> str:
         return "skipped"
     attempt = Attempt(ctx, str(job.id), owner)
     log.info("job %s: claimed by %s (attempt %d, model %s)", job_id, owner, job.attempts, job.model)
+    checkpoints = JobCheckpoints(ctx.videos, attempt.job_id)
+    outcome = "lost"
+    try:
+        outcome = _attempt(attempt, job, checkpoints)
+        return outcome
+    finally:
+        if outcome in TERMINAL_OUTCOMES:
+            checkpoints.discard()
+        else:  # handed back or taken over: the next attempt resumes from the checkpoint
+            checkpoints.close()
+
+
+def _attempt(attempt: Attempt, job: Any, checkpoints: JobCheckpoints) -> str:
+    """The claimed job: resolve, run (resuming from its checkpoint), store, record; returns the outcome."""
+    ctx, job_id, owner = attempt.ctx, attempt.job_id, attempt.owner
     try:
         spec = ctx.registry.get(job.model)
         request = spec.resolve(str(job.id), job.params)
@@ -127,8 +147,10 @@ def generate(ctx: WorkerContext, job_id: str) -> str:
         return "failed"
 
     attempt.request_id = request.id
+    # Only a job delivered before can have a checkpoint: a first attempt spares the store a lookup.
+    resume = checkpoints.load() if job.attempts > 1 else None
     try:
-        result = _run_engine(attempt, engine, request)
+        result = _run_engine(attempt, engine, request, checkpoints, resume)
     except RequestCanceled:
         return _stopped(attempt, job.model)
     except EngineError as exc:
@@ -155,7 +177,7 @@ def generate(ctx: WorkerContext, job_id: str) -> str:
         ctx.store.fail(job_id, "encode_error", str(exc), owner=owner)
         return "failed"
 
-    stats = {**result.stats.as_dict(), **timings}
+    stats = {**result.stats.as_dict(), **timings, **checkpoints.stats()}
     for delay in _backoff(STORE_RETRIES):
         try:
             done = ctx.store.succeed(job_id, owner, output, stats)
@@ -176,8 +198,18 @@ def generate(ctx: WorkerContext, job_id: str) -> str:
     return "lost"
 
 
-def _run_engine(attempt: Attempt, engine: Any, request: GenerationRequest) -> GenerationResult:
-    future: Future[GenerationResult] = engine.submit(request, on_progress=attempt.on_progress)
+def _run_engine(
+    attempt: Attempt, engine: Any, request: GenerationRequest, checkpoints: JobCheckpoints, resume: Any
+) -> GenerationResult:
+    every = attempt.ctx.settings.checkpoint_every_steps
+    options = dict(on_progress=attempt.on_progress, checkpoint_every=every, on_checkpoint=checkpoints.offer)
+    try:
+        future: Future[GenerationResult] = engine.submit(request, resume_from=resume, **options)
+    except CheckpointMismatch as exc:  # the job's parameters or the model changed since: start over
+        log.warning("job %s: checkpoint not used (%s); starting from step 0", attempt.job_id, exc)
+        future = engine.submit(request, **options)
+    if resume is not None:
+        log.info("job %s: resuming from step %d of %d", attempt.job_id, resume.step, resume.num_steps)
     stopping = False
     while True:
         try:
