@@ -31,6 +31,7 @@ test: venv
 bench: venv
 	@$(PY) -m engine.bench $(BENCH_ARGS)
 	@$(PY) -m engine.bench.layer_split
+	@$(PY) -m engine.bench.checkpoint
 
 bench-quick: venv
 	@$(PY) -m engine.bench --quick
