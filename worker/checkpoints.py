@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 # Serialises and uploads checkpoints, so the engine's loop only copies the state and goes on.
 _uploads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vidserve-checkpoint")
 # How long the end of a job waits for its checkpoint upload in flight before deleting the object.
-UPLOAD_WAIT_SECONDS = 30.0
+UPLOAD_WAIT_SECONDS = 10.0
 
 
 class JobCheckpoints:
