@@ -3,7 +3,9 @@
 The first request with a key inserts an in-flight row (the unique (owner, key) makes that a lock), runs, and
 stores its response; a repeat with the same request replays it, one with a different request is refused (422),
 one while the first still runs is told to retry (409). Keys are per API key and expire after
-VIDSERVE_IDEMPOTENCY_TTL_SECONDS. A request that fails stores nothing, so it can be retried with its key.
+VIDSERVE_IDEMPOTENCY_TTL_SECONDS. A request that fails stores nothing, so it can be retried with its key. A row
+left in flight longer than IN_FLIGHT_TIMEOUT (its API process died mid-request) is taken over by the next request
+with that key, instead of answering 409 until it expires.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from functools import wraps
 from typing import Any
 
 from flask import Response, make_response, request
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from api.auth import principal
@@ -31,6 +33,8 @@ MAX_KEY_CHARS = 255
 # The response headers a replay repeats (the body and status are always repeated).
 KEPT_HEADERS = ("Location",)
 ANONYMOUS_OWNER = "anonymous"
+# A submit takes milliseconds; a claim this old belongs to a request whose process died before it could finish.
+IN_FLIGHT_TIMEOUT = dt.timedelta(seconds=60)
 
 
 def fingerprint() -> str:
@@ -112,8 +116,17 @@ class IdempotencyStore:
         """
         now = dt.datetime.now(dt.UTC)
         with self._sessions() as s, s.begin():
-            # Expired records of every owner go first, so an expired key starts afresh and the table stays small.
-            s.execute(delete(IdempotencyRecord).where(IdempotencyRecord.expires_at < now))
+            # Expired records of every owner go first, so an expired key starts afresh and the table stays small;
+            # so do claims abandoned by a dead request (timed by the database's clock, which stamped them).
+            s.execute(
+                delete(IdempotencyRecord).where(
+                    or_(
+                        IdempotencyRecord.expires_at < now,
+                        IdempotencyRecord.status_code.is_(None)
+                        & (IdempotencyRecord.created_at < func.now() - IN_FLIGHT_TIMEOUT),
+                    )
+                )
+            )
             claimed = s.execute(
                 insert(IdempotencyRecord)
                 .values(

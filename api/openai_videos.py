@@ -22,7 +22,13 @@ from api.auth import principal, requires
 from api.errors import ApiError, TooManyJobs
 from api.idempotency import idempotent
 from api.services import services
-from api.validation import GENERATION_FIELDS, RANDOM_SEED_BOUND, parse_json_object, read_body
+from api.validation import (
+    GENERATION_FIELDS,
+    PROMPT_CONTROL_CHARACTERS,
+    RANDOM_SEED_BOUND,
+    parse_json_object,
+    read_body,
+)
 from engine.registry import ModelSpec
 from engine.request import InvalidRequest
 from vidserve.db import session_factory
@@ -163,6 +169,8 @@ def _resolve_create(body: dict[str, Any]) -> tuple[uuid.UUID, str, dict[str, Any
         raise OpenAIError(400, "Missing required parameter: 'prompt'.", "prompt", "missing_required_parameter")
     if "\x00" in prompt:
         raise OpenAIError(400, "prompt must not contain NUL characters.", "prompt", "invalid_value")
+    if re.search(f"[{PROMPT_CONTROL_CHARACTERS}]", prompt):
+        raise OpenAIError(400, "prompt must not contain control characters.", "prompt", "invalid_value")
     names = svc.registry.names()
     model = body.get("model") or names[0]
     if not isinstance(model, str) or model not in svc.registry:
@@ -358,7 +366,7 @@ OPENAPI_SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "required": ["prompt"],
         "properties": {
-            "prompt": {"type": "string", "minLength": 1},
+            "prompt": {"type": "string", "minLength": 1, "pattern": f"^[^{PROMPT_CONTROL_CHARACTERS}]*$"},
             "model": {"type": "string", "description": "a registered model (default: the first in /v1/models)"},
             "seconds": {
                 "type": "string",

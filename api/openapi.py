@@ -13,7 +13,14 @@ from flask import Blueprint, Flask, Response, current_app, jsonify
 from api import auth, events, metrics, openai_videos, rate_limit
 from api.admin import views as admin_views
 from api.services import services
-from api.validation import CURSOR_PATTERN, MAX_METADATA_BYTES, MAX_PAGE, MAX_WEBHOOK_URL_CHARS, WEBHOOK_URL_PATTERN
+from api.validation import (
+    CURSOR_PATTERN,
+    MAX_METADATA_BYTES,
+    MAX_PAGE,
+    MAX_WEBHOOK_URL_CHARS,
+    PROMPT_CONTROL_CHARACTERS,
+    WEBHOOK_URL_PATTERN,
+)
 from engine.cache_policy import SETTINGS
 from engine.registry import ModelRegistry, ModelSpec
 from vidserve.jobs import ALL_WEBHOOK_EVENTS
@@ -22,6 +29,8 @@ from vidserve.schema import DeliveryStatus, JobStatus
 bp = Blueprint("openapi", __name__)
 
 API_VERSION = "0.1.0"
+# Not blank, and no control characters but tab and line breaks (what validation.check_prompt_characters checks).
+PROMPT_PATTERN = f"^[^{PROMPT_CONTROL_CHARACTERS}]*[^\\s{PROMPT_CONTROL_CHARACTERS}][^{PROMPT_CONTROL_CHARACTERS}]*$"
 OPENAPI_CACHE_KEY = "vidserve.openapi"
 
 
@@ -74,11 +83,16 @@ def _job_request_schema(spec: ModelSpec) -> dict[str, Any]:
                 "type": "string",
                 "minLength": 1,
                 "maxLength": lim.max_prompt_chars,
-                "pattern": "^[^\\u0000]*\\S[^\\u0000]*$",
-                "description": "what the video shows; not blank, no NUL characters",
+                "pattern": PROMPT_PATTERN,
+                "description": "what the video shows; not blank, no control characters but tab and line breaks",
             },
             "negative_prompt": _nullable(
-                {"type": "string", "maxLength": lim.max_prompt_chars, "pattern": no_nul, "description": "what to avoid"}
+                {
+                    "type": "string",
+                    "maxLength": lim.max_prompt_chars,
+                    "pattern": f"^[^{PROMPT_CONTROL_CHARACTERS}]*$",
+                    "description": "what to avoid",
+                }
             ),
             "num_frames": _nullable(
                 {"type": "integer", "enum": frames, "description": f"{rules.frame_multiple}k+1 frames"}
@@ -141,7 +155,7 @@ def _cache_policy_schema() -> dict[str, Any]:
         properties: dict[str, Any] = {"policy": {"const": policy}}
         for name, (kind, low, high, default) in settings.items():
             properties[name] = {
-                "type": "integer" if kind is int else "number",
+                "type": ["integer" if kind is int else "number", "null"],  # null: the default
                 "minimum": kind(low),
                 "maximum": kind(high),
                 "default": kind(default),

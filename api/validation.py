@@ -62,6 +62,9 @@ WEBHOOK_URL_PATTERN = (
     r"(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}))?"
     r"([/?#][\x21-\x7e]*)?$"
 )
+# Control characters a prompt may not hold (C0 but tab and line breaks, DEL, C1): invisible, and some confuse
+# tokenizers and logs. One character class that both the validator and the OpenAPI document use.
+PROMPT_CONTROL_CHARACTERS = "\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f"
 # µs since the epoch (16 digits reach the year 2286) and the job id's hex.
 CURSOR_PATTERN = r"^[0-9]{1,16}\.[0-9a-f]{32}$"
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -134,6 +137,9 @@ def parse_submission(body: dict[str, Any], registry: ModelRegistry) -> JobSubmis
     for name in ("model", "prompt", "negative_prompt"):
         if name in values:
             _check_text(name, values[name])
+    for name in ("prompt", "negative_prompt"):
+        if name in values:
+            check_prompt_characters(name, values[name])
     if not values["prompt"].strip():
         raise InvalidField("prompt", "must not be blank")
     if values["model"] not in registry:
@@ -227,6 +233,11 @@ def _check_text(name: str, value: str) -> None:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidField(name, "must be valid Unicode (no lone surrogates)") from None
+
+
+def check_prompt_characters(name: str, value: str) -> None:
+    if re.search(f"[{PROMPT_CONTROL_CHARACTERS}]", value):
+        raise InvalidField(name, "must not contain control characters (tab and line breaks are fine)")
 
 
 def _check_webhook_url(url: str) -> None:

@@ -57,7 +57,7 @@ def parse_cache(value: Any, model_defaults: dict[str, dict[str, Any]] | None = N
     if not isinstance(value, dict):
         raise InvalidRequest("cache", 'must be an object such as {"policy": "first_block"}')
     policy = value.get("policy")
-    if policy not in SETTINGS:
+    if not isinstance(policy, str) or policy not in SETTINGS:  # an object or array is unhashable
         raise InvalidRequest("cache.policy", f"must be one of: {', '.join(POLICIES)}")
     allowed = SETTINGS[policy]
     resolved: dict[str, Any] = {"policy": policy}

@@ -117,6 +117,30 @@ def test_keys_belong_to_one_api_key(auth_client: FlaskClient, make_key: MakeKey,
     assert a.get_json()["id"] != b.get_json()["id"] and "Idempotent-Replayed" not in b.headers
 
 
+def test_a_claim_left_in_flight_by_a_dead_request_is_taken_over(
+    auth_client: FlaskClient, make_key: MakeKey, api_settings: Settings
+) -> None:
+    key = make_key()
+    store = IdempotencyStore(api_settings.database_url)
+    with auth_client.application.test_request_context("/v1/jobs", method="POST", json=BODY):
+        from api.idempotency import IN_FLIGHT_TIMEOUT, fingerprint
+
+        store.begin(str(key.id), "order-4", fingerprint(), 3600)
+    # The API process that claimed it died: nothing will ever finish or abandon the claim.
+    with db.get_engine(api_settings.database_url).begin() as conn:
+        conn.execute(
+            text("UPDATE idempotency_keys SET created_at = now() - :age WHERE owner = :o AND key = 'order-4'"),
+            {"age": IN_FLIGHT_TIMEOUT + dt.timedelta(seconds=1), "o": str(key.id)},
+        )
+
+    response = auth_client.post("/v1/jobs", json=BODY, headers={**key.headers, "Idempotency-Key": "order-4"})
+
+    assert response.status_code == 202, response.get_json()
+    assert _jobs_of(api_settings, key.id) == 1
+    replay = auth_client.post("/v1/jobs", json=BODY, headers={**key.headers, "Idempotency-Key": "order-4"})
+    assert replay.headers["Idempotent-Replayed"] == "true" and replay.get_json()["id"] == response.get_json()["id"]
+
+
 def test_an_expired_key_starts_afresh(auth_client: FlaskClient, make_key: MakeKey, api_settings: Settings) -> None:
     key = make_key()
     headers = {**key.headers, "Idempotency-Key": "order-5"}
