@@ -16,4 +16,5 @@ bp = Blueprint("models", __name__, url_prefix="/v1/models")
 @bp.get("")
 @requires("jobs:read")
 def list_models() -> Response:
-    return jsonify(data=[spec.public_dict() for spec in services().registry])
+    registry = services().registry
+    return jsonify(data=[spec.public_dict() | {"default": spec.name == registry.default} for spec in registry])

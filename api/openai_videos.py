@@ -172,7 +172,7 @@ def _resolve_create(body: dict[str, Any]) -> tuple[uuid.UUID, str, dict[str, Any
     if re.search(f"[{PROMPT_CONTROL_CHARACTERS}]", prompt):
         raise OpenAIError(400, "prompt must not contain control characters.", "prompt", "invalid_value")
     names = svc.registry.names()
-    model = body.get("model") or names[0]
+    model = body.get("model") or svc.registry.default
     if not isinstance(model, str) or model not in svc.registry:
         raise OpenAIError(400, f"Invalid model: {model!r}; available: {', '.join(names)}.", "model", "invalid_value")
     spec = svc.registry.get(model)

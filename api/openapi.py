@@ -67,7 +67,7 @@ def _json(description: str, schema: str, headers: dict[str, Any] | None = None) 
     return response
 
 
-def _job_request_schema(spec: ModelSpec) -> dict[str, Any]:
+def _job_request_schema(spec: ModelSpec, default: bool = False) -> dict[str, Any]:
     """The body `spec` accepts: its own limits, frame rule and size multiple, so every valid body is a 202."""
     lim, rules = spec.limits, spec.rules
     size = rules.size_multiple
@@ -76,9 +76,13 @@ def _job_request_schema(spec: ModelSpec) -> dict[str, Any]:
     return {
         "type": "object",
         "additionalProperties": False,
-        "required": ["model", "prompt"],
+        "required": ["prompt"] if default else ["model", "prompt"],
         "properties": {
-            "model": {"type": "string", "const": spec.name},
+            "model": {
+                "type": "string",
+                "const": spec.name,
+                **({"description": "the default model: may be left out"} if default else {}),
+            },
             "prompt": {
                 "type": "string",
                 "minLength": 1,
@@ -201,7 +205,10 @@ def _schemas(registry: ModelRegistry) -> dict[str, Any]:
             "description": "one body shape per model: each model's own limits, frame rule and size multiple",
             "oneOf": [_ref(request_schema_name(spec.name)) for spec in registry],
         },
-        **{request_schema_name(spec.name): _job_request_schema(spec) for spec in registry},
+        **{
+            request_schema_name(spec.name): _job_request_schema(spec, spec.name == registry.default)
+            for spec in registry
+        },
         "CachePolicy": _cache_policy_schema(),
         "MetadataValue": {
             "anyOf": [
@@ -352,9 +359,10 @@ def _schemas(registry: ModelRegistry) -> dict[str, Any]:
         },
         "Model": {
             "type": "object",
-            "required": ["name", "family", "limits", "defaults"],
+            "required": ["name", "family", "limits", "defaults", "default"],
             "properties": {
                 "name": {"type": "string"},
+                "default": {"type": "boolean", "description": "the model of a job that names none"},
                 "family": {"type": "string", "enum": ["wan", "cogvideox", "mochi", "hunyuanvideo", "ltx"]},
                 "limits": {
                     "type": "object",

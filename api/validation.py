@@ -40,7 +40,7 @@ JOB_FIELDS: dict[str, str] = {
     "webhook_events": "array",
     "metadata": "object",
 }
-REQUIRED_FIELDS = ("model", "prompt")
+REQUIRED_FIELDS = ("prompt",)
 GENERATION_FIELDS = (
     "prompt",
     "negative_prompt",
@@ -134,6 +134,7 @@ def parse_submission(body: dict[str, Any], registry: ModelRegistry) -> JobSubmis
         if body.get(name) is None:
             raise InvalidField(name, "is required")
     values = {name: _typed(name, value) for name, value in body.items() if value is not None}
+    values.setdefault("model", registry.default)
     for name in ("model", "prompt", "negative_prompt"):
         if name in values:
             _check_text(name, values[name])

@@ -178,8 +178,16 @@ def _float(params: dict[str, Any], name: str, default: float, lo: float, hi: flo
 class ModelRegistry:
     """All registered models, by public name."""
 
-    def __init__(self, specs: dict[str, ModelSpec]) -> None:
+    def __init__(self, specs: dict[str, ModelSpec], default: str | None = None) -> None:
+        if default is not None and default not in specs:
+            raise ValueError(f"default_model {default!r} is not a registered model")
         self._specs = specs
+        self._default = default
+
+    @property
+    def default(self) -> str | None:
+        """The model a request that names none gets: the file's `default_model`, else the first registered."""
+        return self._default or next(iter(self._specs), None)
 
     def __contains__(self, name: str) -> bool:
         return name in self._specs
@@ -231,4 +239,4 @@ class ModelRegistry:
                 check_model_defaults(specs[name].options["cache_defaults"])
             if entry:
                 raise ValueError(f"model {name!r}: unknown registry keys {sorted(entry)}")
-        return cls(specs)
+        return cls(specs, data.get("default_model"))

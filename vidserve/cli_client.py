@@ -127,7 +127,7 @@ def register(sub: Any) -> None:
 
     submit = sub.add_parser("submit", parents=[common], help="submit a job (optionally wait and download it)")
     submit.add_argument("prompt")
-    submit.add_argument("--model", required=True)
+    submit.add_argument("--model", help="a registered model (default: the server's default model)")
     submit.add_argument("--negative-prompt")
     submit.add_argument("--frames", type=int, help="num_frames (the model's frame rule applies)")
     submit.add_argument("--size", help="WIDTHxHEIGHT")

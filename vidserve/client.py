@@ -41,12 +41,17 @@ class VidserveClient:
             self.http.headers["Authorization"] = f"Bearer {api_key}"
 
     # ---- jobs ----------------------------------------------------------------------------------
-    def submit(self, model: str, prompt: str, idempotency_key: str | None = None, **fields: Any) -> dict[str, Any]:
-        """POST /v1/jobs; `fields` are the optional job fields (num_frames, height, width, seed, ...).
+    def submit(
+        self, model: str | None, prompt: str, idempotency_key: str | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        """POST /v1/jobs; `model` None: the server's default model; `fields` are the optional job fields (num_frames,
+        height, width, seed, ...).
 
         With `idempotency_key`, a retry of the same submit returns the first job instead of making another.
         """
-        body = {"model": model, "prompt": prompt, **{k: v for k, v in fields.items() if v is not None}}
+        body = {"prompt": prompt, **{k: v for k, v in fields.items() if v is not None}}
+        if model is not None:
+            body["model"] = model
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self._json("POST", "/v1/jobs", json=body, headers=headers)
 

@@ -58,6 +58,16 @@ def test_submit_applies_the_models_defaults(client: FlaskClient) -> None:
     assert (params["num_inference_steps"], params["guidance_scale"], params["fps"]) == (4, 5.0, 8)
 
 
+def test_submit_without_a_model_runs_the_registrys_default_model(client: FlaskClient) -> None:
+    # The suite's registry names no default_model: the first registered model is the default.
+    response = client.post("/v1/jobs", json={"prompt": FOX})
+
+    assert response.status_code == 202, response.get_json()
+    assert response.get_json()["model"] == "tiny-wan"
+    models = {m["name"]: m["default"] for m in client.get("/v1/models").get_json()["data"]}
+    assert models == {"tiny-wan": True, "tiny-ltx": False}
+
+
 def test_submit_records_a_random_seed_when_none_is_given(client: FlaskClient) -> None:
     seeds = {
         client.post("/v1/jobs", json={"model": "tiny-wan", "prompt": FOX}).get_json()["params"]["seed"]

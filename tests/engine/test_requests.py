@@ -67,3 +67,19 @@ def test_the_registry_resolves_defaults_and_validates_the_same_rules(specs):
     with pytest.raises(InvalidRequest) as error:
         spec.resolve("job-2", {"prompt": "a wave", "width": 48})
     assert error.value.field == "width"
+
+
+def test_the_registry_default_model_is_the_files_default_model_or_the_first(tmp_path):
+    from engine.registry import ModelRegistry
+
+    entries = '[models.a]\nfamily = "wan"\npath = "a"\n\n[models.b]\nfamily = "ltx"\npath = "b"\n'
+    (tmp_path / "first.toml").write_text(entries)
+    (tmp_path / "named.toml").write_text('default_model = "b"\n' + entries)
+    (tmp_path / "unknown.toml").write_text('default_model = "c"\n' + entries)
+
+    assert ModelRegistry.from_file(tmp_path / "first.toml").default == "a"
+    assert ModelRegistry.from_file(tmp_path / "named.toml").default == "b"
+    with pytest.raises(ValueError, match="default_model 'c'"):
+        ModelRegistry.from_file(tmp_path / "unknown.toml")
+    # `make run` serves the project's own trained model when a request names none.
+    assert ModelRegistry.from_file().default == "vidserve-shapes"
