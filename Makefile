@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: run test bench bench-quick bench-load lint venv models migrate clean
+.PHONY: run test fuzz bench bench-quick bench-load lint venv models migrate clean
 
 venv: .venv/.installed
 
@@ -27,6 +27,10 @@ run: venv
 # pytest exits 5 when it collects nothing (e.g. a filtered run): not a failure of the suite.
 test: venv
 	@$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+# Schemathesis against the API from its OpenAPI document, at ten times the suite's size.
+fuzz: venv
+	@VIDSERVE_FUZZ_EXAMPLES=$${VIDSERVE_FUZZ_EXAMPLES:-300} $(PY) -m pytest -q -p no:cacheprovider tests/fuzz
 
 bench: venv
 	@$(PY) -m engine.bench $(BENCH_ARGS)

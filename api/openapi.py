@@ -78,11 +78,12 @@ def _job_request_schema(spec: ModelSpec, default: bool = False) -> dict[str, Any
         "additionalProperties": False,
         "required": ["prompt"] if default else ["model", "prompt"],
         "properties": {
-            "model": {
-                "type": "string",
-                "const": spec.name,
-                **({"description": "the default model: may be left out"} if default else {}),
-            },
+            # The default model's body may leave `model` out or send null (as for every optional field).
+            "model": (
+                {"type": ["string", "null"], "enum": [spec.name, None], "description": "the default model"}
+                if default
+                else {"type": "string", "const": spec.name}
+            ),
             "prompt": {
                 "type": "string",
                 "minLength": 1,
