@@ -18,7 +18,10 @@ from worker.checkpoints import JobCheckpoints
 from worker.context import WorkerContext
 from worker.video import decode_mp4
 
-PARAMS = {"prompt": "a slow river", "num_frames": 9, "height": 32, "width": 32, "num_inference_steps": 400, "seed": 4}
+# Long enough that a stop (seen at the slot's next half-second tick) lands mid-run on a quiet machine, where a
+# tiny step takes about 2 ms.
+STEPS = 1000
+PARAMS = {"prompt": "a slow river", "num_frames": 9, "height": 32, "width": 32, "num_inference_steps": STEPS, "seed": 4}
 
 
 def own_context(ctx: WorkerContext, every: int) -> WorkerContext:
@@ -47,13 +50,13 @@ def test_a_job_handed_back_mid_way_resumes_from_its_checkpoint_with_the_same_vid
     runner.join(60)
     assert outcome == ["released"]
     saved = Checkpoint.from_bytes(ctx.videos.get(key))  # kept for the next attempt
-    assert 0 < saved.step < 400 and saved.step % 5 == 0
+    assert 0 < saved.step < STEPS and saved.step % 5 == 0
 
     assert tasks.generate(own_context(ctx, every=5), job_id) == "succeeded"
     job = ctx.store.get(job_id)
     assert job.status == JobStatus.SUCCEEDED and job.attempts == 2 and job.progress == 1.0
     assert job.stats["resumed_from_step"] == saved.step
-    assert job.stats["steps_computed"] == 400 and job.stats["checkpoints_written"] > 0
+    assert job.stats["steps_computed"] == STEPS and job.stats["checkpoints_written"] > 0
     assert ctx.videos.get_if_exists(key) is None  # deleted once the job ended
 
     uninterrupted = create_job(ctx)
