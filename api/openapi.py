@@ -295,7 +295,11 @@ def _schemas(registry: ModelRegistry) -> dict[str, Any]:
                     ]
                 },
                 "output": {"oneOf": [{"type": "null"}, _ref("JobOutput")]},
-                "stats": {"type": ["object", "null"], "description": "engine statistics of the successful attempt"},
+                "stats": {
+                    "type": ["object", "null"],
+                    "description": "engine statistics of the successful attempt: timings, `cache` (step caching), "
+                    "`resumed_from_step` (0: ran from the start), `checkpoints_written`, `checkpoints_failed`",
+                },
                 "webhook_url": {"type": ["string", "null"]},
                 "webhook_events": {"type": ["array", "null"], "items": {"type": "string"}},
                 "metadata": {"type": ["object", "null"]},
