@@ -2,7 +2,7 @@
 
 A batch of requests runs with checkpoints off, every 10 steps and every step; each checkpoint is serialised on a
 background thread as the worker does before its upload (the upload itself is I/O on that thread). Writes its own
-`<!-- checkpoint -->` section of BENCHMARKS.md.
+`<!-- engine-bench:checkpoint -->` section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -10,14 +10,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-MARK = "<!-- checkpoint -->"
 INTERVALS = (0, 10, 1)
 
 
@@ -126,10 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
             print("\n".join(rows[-2:]), flush=True)
 
-    section = "\n".join(
+    body = "\n".join(
         [
-            MARK,
-            "## Checkpoint overhead (cpu, Wan)",
             "",
             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
             f"{torch.get_num_threads()} intra-op thread(s); {args.requests} requests x {args.steps} steps batched "
@@ -150,16 +146,13 @@ def main(argv: list[str] | None = None) -> int:
             "  the serialisation (the GIL is shared, so on a CPU-bound machine it shows as loop time too).",
             "- On a GPU the copy is a device-to-host transfer of the latents (Wan 14B at 81 frames 720p: about",
             "  20 MB, a few ms) against steps of seconds: the default of every 10 steps costs well under 1%.",
-            MARK,
         ]
     )
-    print(section)
+    print(body)
     if args.output:
-        path = Path(args.output)
-        text = path.read_text() if path.exists() else ""
-        pattern = re.compile(re.escape(MARK) + ".*?" + re.escape(MARK), re.S)
-        text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-        path.write_text(text.rstrip() + "\n")
+        from engine.bench.report import write_section
+
+        write_section(Path(args.output), "checkpoint", "Checkpoint overhead (cpu, Wan)", body)
     return 0
 
 

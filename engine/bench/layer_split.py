@@ -2,7 +2,7 @@
 
 On CPU the point is not speed but what each stage holds and how busy it is: parameters and peak RSS per stage,
 the pipeline's idle fraction per stage, bytes sent per forward, and that the frames equal one process's.
-Writes its own `<!-- layer-split -->` section of BENCHMARKS.md.
+Writes its own `<!-- engine-bench:layer-split -->` section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -10,14 +10,11 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import time
 from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-MARK = "<!-- layer-split -->"
 
 
 def _requests(n: int, steps: int) -> list:
@@ -91,10 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{stage['param_bytes'] / 2**20:.2f} | {stage['max_rss_bytes'] / 2**20:.0f} | {busy:.2f} | "
             f"{1 - busy / pipeline_s:.0%} |"
         )
-    section = "\n".join(
+    body = "\n".join(
         [
-            MARK,
-            f"## Layer split (cpu, {args.size} Wan, {args.stages} gloo processes)",
             "",
             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
             f"{args.threads} intra-op thread(s) per stage; {args.requests} requests x {args.steps} steps, two "
@@ -111,16 +106,15 @@ def main(argv: list[str] | None = None) -> int:
             "  2 shared cores the stages contend for the CPU, so wall time says nothing about GPUs.",
             "- Still to measure on GPUs: per-stage forward time and transfer time over NCCL for a real Wan 1.3B/14B,",
             "  from which a 2- and 4-GPU run's throughput follows (max stage time + transfer per micro-batch).",
-            MARK,
         ]
     )
-    print(section)
+    print(body)
     if args.output:
-        path = Path(args.output)
-        text = path.read_text() if path.exists() else ""
-        pattern = re.compile(re.escape(MARK) + ".*?" + re.escape(MARK), re.S)
-        text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-        path.write_text(text.rstrip() + "\n")
+        from engine.bench.report import write_section
+
+        write_section(
+            Path(args.output), "layer-split", f"Layer split (cpu, {args.size} Wan, {args.stages} gloo processes)", body
+        )
     return 0
 
 
