@@ -29,3 +29,14 @@ def test_writing_a_section_keeps_the_rest_of_the_file_and_replaces_only_itself(t
     text = out.read_text()
     assert "Someone else's section" in text and "kept" in text
     assert text.count("<!-- engine-bench:cpu -->") == 1 and "second" in text and "first" not in text
+
+
+def test_the_checkpoint_benchmark_writes_its_section(model_dir, tmp_path, capsys):
+    from engine.bench.checkpoint import main as checkpoint_main
+
+    out = tmp_path / "BENCHMARKS.md"
+    args = ["--requests", "2", "--steps", "4", "--repeats", "1", "--model-dir", str(model_dir), "--output", str(out)]
+    assert checkpoint_main(args) == 0
+    text = out.read_text()
+    assert text.count("<!-- engine-bench:checkpoint -->") == 1 and "## Checkpoint overhead (cpu, Wan)" in text
+    assert re.search(r"^\| tiny Wan \| 1 \|", text, re.M) and re.search(r"^\| small Wan \| 1 \|", text, re.M), text
