@@ -21,6 +21,13 @@ TOLERANCE = 1e-5  # as tests/engine/test_exactness.py: a request's frames alone 
 STEPS = 6
 
 
+def unseen_prompts(tag: str) -> dict[str, str]:
+    """Prompts no other test encodes. A prompt's embedding depends in its last bits on the prompts it was encoded
+    with, and the session's engines keep embeddings from earlier tests: the uninterrupted run and the fresh engine
+    must both encode these alone."""
+    return {"prompt": f"a resumed clip of {tag}", "negative_prompt": f"low quality {tag}"}
+
+
 def family_of(name: str) -> str:
     return {"wan2.2": "wan", "cogvideox-dpm": "cogvideox", "hunyuanvideo-true-cfg": "hunyuanvideo"}.get(name, name)
 
@@ -52,7 +59,7 @@ def fresh(specs):
 def test_a_request_resumed_in_a_fresh_engine_gives_the_frames_of_an_uninterrupted_run(
     name, engines, fresh, make_request
 ):
-    request = make_request(family_of(name), negative_prompt="low quality", num_inference_steps=STEPS, seed=5)
+    request = make_request(family_of(name), **unseen_prompts(name), num_inference_steps=STEPS, seed=5)
     uninterrupted = engines[name].generate([request])[0].frames
     frames, checkpoints = checkpoints_of(engines[name], request)
     assert np.array_equal(frames, uninterrupted)  # taking checkpoints changes nothing
@@ -96,7 +103,7 @@ def test_a_checkpoint_taken_in_a_mixed_batch_resumes_inside_another_mixed_batch(
     "cache", [{"policy": "taylorseer", "interval": 3}, {"policy": "first_block", "threshold": 0.2}]
 )
 def test_approximate_cache_state_resumes_too(cache, engines, fresh, make_request):
-    request = make_request("wan", num_inference_steps=10, cache=cache)
+    request = make_request("wan", **unseen_prompts(cache["policy"]), num_inference_steps=10, cache=cache)
     uninterrupted = engines["wan"].generate([request])[0]
     assert uninterrupted.stats.steps_reused > 0  # the cache really served steps
     _, checkpoints = checkpoints_of(engines["wan"], request)
@@ -107,9 +114,7 @@ def test_approximate_cache_state_resumes_too(cache, engines, fresh, make_request
 
 
 def test_a_checkpoint_moves_between_one_process_and_a_layer_split(specs, engines, make_request):
-    # Prompts no other test uses: a prompt's embedding depends (in the last bits) on the prompts it was encoded
-    # with, and the engines' text caches must hold the same one.
-    request = make_request("wan", prompt="a lighthouse", negative_prompt="blurry", num_inference_steps=STEPS, seed=9)
+    request = make_request("wan", **unseen_prompts("a layer split"), num_inference_steps=STEPS, seed=9)
     uninterrupted = engines["wan"].generate([request])[0].frames
     _, single_checkpoints = checkpoints_of(engines["wan"], request)
     split = Engine(replace(specs["wan"], layer_split=2), output="float32")
