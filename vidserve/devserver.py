@@ -196,14 +196,14 @@ def main() -> int:
         registry = ModelRegistry.from_file(settings.models_file or None, settings.model_dir)
         _say(f"API      {settings.api_url}   (OpenAPI: {settings.api_url}/openapi.json)")
         names = [s.name if Path(s.path).exists() else f"{s.name} (no weights at {s.path})" for s in registry]
-        _say(f"models   {', '.join(names)}")
+        _say(f"models   {', '.join(names)}; default {registry.default}")
         _say(f"logs     {logs}/  (api.log, worker.log, webhooks.log)")
         for line in auth_banner(settings):
             _say(line)
         bearer = "" if not settings.auth_enabled else '-H "Authorization: Bearer $VIDSERVE_API_KEY" '
         _say(
             f"try      curl -s -X POST {settings.api_url}/v1/jobs -H 'content-type: application/json' {bearer}"
-            """-d '{"model": "tiny-wan", "prompt": "a red car on a street"}'"""
+            """-d '{"prompt": "a blue circle moving up"}'"""
         )
         _say("Ctrl-C stops everything")
         while True:
