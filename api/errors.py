@@ -63,6 +63,20 @@ class RateLimited(ApiError):
     code = "rate_limited"
 
 
+class DeliveryNotFound(ApiError):
+    """The job has no webhook delivery with that id."""
+
+    status = 404
+    code = "delivery_not_found"
+
+
+class DeliveryConflict(ApiError):
+    """The delivery cannot be sent again now: it is still pending, or its URL is disabled."""
+
+    status = 409
+    code = "delivery_conflict"
+
+
 class StorageUnavailable(ApiError):
     """No object store is configured, so no video URL can be made."""
 

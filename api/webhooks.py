@@ -11,7 +11,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from api.auth import principal, requires
-from api.errors import ApiError, InvalidField
+from api.errors import DeliveryConflict, DeliveryNotFound, InvalidField
 from api.services import services
 from vidserve.queue import publish_delivery
 from vidserve.schema import DeliveryStatus, Job
@@ -20,18 +20,6 @@ from vidserve.webhook_urls import UnsafeWebhookURL, check_url, parse_networks
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__, url_prefix="/v1/jobs")
-
-
-class DeliveryNotFound(ApiError):
-    status = 404
-    code = "delivery_not_found"
-
-
-class DeliveryConflict(ApiError):
-    """The delivery cannot be sent again now: it is still pending, or its URL is disabled."""
-
-    status = 409
-    code = "delivery_conflict"
 
 
 def check_webhook_target(url: str) -> None:
