@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 # (variable, attribute, default, description); README's configuration table is generated from this list.
+# fmt: off
 ENV_VARS: list[tuple[str, str, Any, str]] = [
     ("VIDSERVE_DATABASE_URL", "database_url", "postgresql+psycopg://postgres@127.0.0.1:5432/vidserve",
      "SQLAlchemy URL of the Postgres database (created by `make run` when missing)"),
@@ -67,6 +68,7 @@ ENV_VARS: list[tuple[str, str, Any, str]] = [
     ("VIDSERVE_IDEMPOTENCY_TTL_SECONDS", "idempotency_ttl_seconds", 86400,
      "how long a submit's Idempotency-Key and its stored response are kept"),
 ]
+# fmt: on
 
 
 @dataclass(frozen=True)

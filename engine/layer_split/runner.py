@@ -49,9 +49,7 @@ def stage_devices(devices: tuple[str, ...], stages: int) -> tuple[str, ...]:
 class SplitRunner:
     """Drop-in for `ModelRunner` over S stages: `run(batch)` and `run_pipelined(batches)`, `close()`."""
 
-    def __init__(
-        self, adapter: FamilyAdapter, spec: Any, stages: int, start_timeout_s: float = 300.0
-    ) -> None:
+    def __init__(self, adapter: FamilyAdapter, spec: Any, stages: int, start_timeout_s: float = 300.0) -> None:
         if adapter.family not in LAYOUTS:
             raise ValueError(f"layer split is not available for family {adapter.family!r}")
         self.adapter = adapter
