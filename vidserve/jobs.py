@@ -155,6 +155,7 @@ class JobStore:
                 attempts=Job.attempts + 1,
                 lease_owner=owner,
                 lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
+                released_by=None,
                 started_at=now,
                 progress=0.0,
                 error_code=None,
@@ -208,9 +209,14 @@ class JobStore:
     def succeed(
         self, job_id: uuid.UUID | str, owner: str, output: dict[str, Any], stats: dict[str, Any] | None
     ) -> Job | None:
+        """running -> succeeded for `owner`; also queued -> succeeded when `owner`'s lease was released (the
+        sweeper took it back while the database was away) and no worker has claimed the job since: the video is
+        stored, so running it again would only spend a GPU on the same frames."""
+        held = and_(Job.status == JobStatus.RUNNING, Job.lease_owner == owner)
+        released = and_(Job.status == JobStatus.QUEUED, Job.released_by == owner)
         return self._transition(
             job_id,
-            where=[Job.status == JobStatus.RUNNING, Job.lease_owner == owner],
+            where=[or_(held, released)],
             values=dict(
                 status=JobStatus.SUCCEEDED,
                 output=output,
@@ -219,6 +225,7 @@ class JobStore:
                 finished_at=_now(),
                 lease_owner=None,
                 lease_expires_at=None,
+                released_by=None,
             ),
             event="job.succeeded",
         )
@@ -227,7 +234,7 @@ class JobStore:
         """Any non-terminal state -> failed (only from `owner`'s lease when given)."""
         where = [Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING])]
         if owner is not None:
-            where.append(Job.lease_owner == owner)
+            where = [Job.status == JobStatus.RUNNING, Job.lease_owner == owner]
         return self._transition(
             job_id,
             where=where,
@@ -279,7 +286,9 @@ class JobStore:
         return self._transition(
             job_id,
             where=[Job.status == JobStatus.RUNNING, Job.lease_owner == owner],
-            values=dict(status=JobStatus.QUEUED, lease_owner=None, lease_expires_at=None, published_at=None),
+            values=dict(
+                status=JobStatus.QUEUED, lease_owner=None, lease_expires_at=None, published_at=None, released_by=owner
+            ),
             event="job.requeued",
             detail={"reason": reason},
         )

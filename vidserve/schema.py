@@ -107,6 +107,9 @@ class Job(Base):
     # The worker holding the job and until when; an expired lease lets another worker take it over.
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # While queued again: the worker whose lease was released. Until another worker claims the job, that worker
+    # may still record a result it finished (its final write failed while the database was away).
+    released_by: Mapped[str | None] = mapped_column(String(200))
     # Outbox mark: when the Celery message was last published (NULL: never, the sweeper publishes it).
     published_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[dt.datetime] = mapped_column(

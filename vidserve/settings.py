@@ -38,6 +38,9 @@ ENV_VARS: list[tuple[str, str, Any, str]] = [
     ("VIDSERVE_CHECKPOINT_EVERY_STEPS", "checkpoint_every_steps", 10,
      "a running job saves its denoising state to the bucket every N steps, so a re-delivered job resumes "
      "instead of restarting (0: off; cost in BENCHMARKS.md)"),
+    ("VIDSERVE_RESULT_WRITE_SECONDS", "result_write_seconds", 120.0,
+     "how long a worker keeps retrying (each second) the write that records a finished job while the database "
+     "is away; the video is already stored, and the result still counts if the sweeper re-queued the job meanwhile"),
     ("VIDSERVE_SWEEP_SECONDS", "sweep_seconds", 15, "how often the sweeper re-publishes lost jobs"),
     ("VIDSERVE_SHUTDOWN_GRACE_SECONDS", "shutdown_grace_seconds", 10.0,
      "on SIGTERM, how long running jobs may go on to finish before they are stopped and handed back to the queue"),
@@ -93,6 +96,7 @@ class Settings:
     lease_seconds: int = 60
     max_attempts: int = 3
     checkpoint_every_steps: int = 10
+    result_write_seconds: float = 120.0
     sweep_seconds: int = 15
     shutdown_grace_seconds: float = 10.0
     max_body_bytes: int = 65536

@@ -40,10 +40,12 @@ log = logging.getLogger(__name__)
 TICK_SECONDS = 0.5
 # Longest wait between two reads of the cancel flag when there is no progress to write.
 CANCEL_POLL_SECONDS = 2.0
-# In-place tries of an upload or of the final write before the job is handed back to the queue, and the
-# first wait between them (doubling).
+# In-place tries of an upload before the job is handed back to the queue, and the first wait between them
+# (doubling).
 STORE_RETRIES = 4
 RETRY_FIRST_SECONDS = 1.0
+# Wait between tries of the final write (for `result_write_seconds`); see `_record_success`.
+RESULT_WRITE_RETRY_SECONDS = 1.0
 
 
 # Outcomes after which the job never runs again: its checkpoint is deleted.
@@ -178,24 +180,33 @@ def _attempt(attempt: Attempt, job: Any, checkpoints: JobCheckpoints) -> str:
         return "failed"
 
     stats = {**result.stats.as_dict(), **timings, **checkpoints.stats()}
-    for delay in _backoff(STORE_RETRIES):
+    return _record_success(attempt, output, stats)
+
+
+def _record_success(attempt: Attempt, output: dict[str, Any], stats: dict[str, Any]) -> str:
+    """Write `succeeded` with the stored video, retrying each second for `result_write_seconds` while the
+    database is away. The write counts even if the sweeper re-queued the job meanwhile, until another worker
+    claims it (`JobStore.succeed`): a retry at least every second beats the sweeper's re-publish and a claim."""
+    ctx, job_id = attempt.ctx, attempt.job_id
+    deadline = time.monotonic() + ctx.settings.result_write_seconds
+    while True:
         try:
-            done = ctx.store.succeed(job_id, owner, output, stats)
+            done = ctx.store.succeed(job_id, attempt.owner, output, stats)
+            break
         except OperationalError:
-            if delay is None:
-                break
-            log.warning("job %s: recording success failed, retrying in %.1fs", job_id, delay, exc_info=True)
-            time.sleep(delay)
-            continue
-        if done is None:
-            log.warning("job %s: lease lost before success was recorded", job_id)
-            return "lost"
-        log.info("job %s: succeeded (%s)", job_id, stats)
-        return "succeeded"
-    # The video is stored under its deterministic key; once the lease expires the sweeper queues the job
-    # again and the rerun overwrites it. Never `succeeded` without the row saying where the video is.
-    log.error("job %s: could not record success; leaving it to the sweeper", job_id)
-    return "lost"
+            wait = min(RESULT_WRITE_RETRY_SECONDS, deadline - time.monotonic())
+            if wait <= 0:
+                # The video is stored under its deterministic key; the sweeper queues the job again once the
+                # lease expires and the rerun overwrites it. Never `succeeded` without the row naming the video.
+                log.error("job %s: could not record success; leaving it to the sweeper", job_id)
+                return "lost"
+            log.warning("job %s: recording success failed, retrying in %.1fs", job_id, wait, exc_info=True)
+            time.sleep(wait)
+    if done is None:
+        log.warning("job %s: another worker took the job over before success was recorded", job_id)
+        return "lost"
+    log.info("job %s: succeeded (%s)", job_id, stats)
+    return "succeeded"
 
 
 def _run_engine(

@@ -36,6 +36,11 @@ def test_a_result_finished_while_postgres_is_down_is_recorded_when_it_returns(
         faults.postgres.start()
 
     done = wait_terminal(faults, [job_id], timeout=60)[job_id]
+    # Run once: if the sweeper took the lease back while Postgres was away (the outage outlived the 4 s lease),
+    # the worker's retried final write still lands as long as no other worker claimed the job in between.
     assert done["status"] == "succeeded" and done["attempts"] == 1, done
-    assert event_types(faults, job_id) == ["job.queued", "job.running", "job.succeeded"]
+    assert event_types(faults, job_id) in (
+        ["job.queued", "job.running", "job.succeeded"],
+        ["job.queued", "job.running", "job.requeued", "job.succeeded"],
+    )
     assert len(faults.videos.get(faults.videos.key_for(job_id))) == done["output"]["bytes"]

@@ -197,6 +197,28 @@ def test_release_gives_a_running_job_back_to_the_queue(store: JobStore) -> None:
     assert store.claim(job.id, "worker-b", 60).attempts == 2
 
 
+def test_a_released_worker_may_still_record_its_result_until_another_worker_claims_the_job(store: JobStore) -> None:
+    # The sweeper took the lease back while the worker's final write could not reach the database.
+    first = _running(store)
+    store.release(first.id, OWNER, "lease expired")
+    done = store.succeed(first.id, OWNER, {"key": "videos/a.mp4", "bytes": 10}, None)
+    assert done is not None and done.status == JobStatus.SUCCEEDED and done.attempts == 1
+    assert _events(store, first) == ["job.queued", "job.running", "job.requeued", "job.succeeded"]
+    assert store.claim(first.id, "worker-b", 60) is None  # the re-published message finds nothing to do
+
+    # Once another worker holds it, the old result is refused: the new attempt owns the outcome.
+    second = _running(store)
+    store.release(second.id, OWNER, "lease expired")
+    store.claim(second.id, "worker-b", 60)
+    assert store.succeed(second.id, OWNER, {"key": "videos/b.mp4", "bytes": 10}, None) is None
+    assert store.get(second.id).status == JobStatus.RUNNING
+    # A worker that released the job cannot fail it either.
+    third = _running(store)
+    store.release(third.id, OWNER, "worker shutting down")
+    assert store.fail(third.id, "engine_error", "boom", owner=OWNER) is None
+    assert store.get(third.id).status == JobStatus.QUEUED
+
+
 def test_sweep_requeues_a_job_whose_lease_expired(store: JobStore) -> None:
     job = _new(store)
     store.claim(job.id, OWNER, -1)
