@@ -9,19 +9,24 @@ from flask import Blueprint, Response, jsonify, redirect, request, url_for
 
 from api.auth import principal, requires
 from api.errors import JobNotSucceeded, StorageUnavailable
-from api.idempotency import idempotent
+from api.idempotency import claimed_record_id, idempotent
 from api.rate_limit import check_submission_rate
 from api.services import services
 from api.validation import encode_cursor, parse_job_query, parse_json_object, parse_submission, read_body
 from api.webhooks import check_webhook_target
-from vidserve.schema import JobStatus
+from vidserve.schema import Job, JobStatus
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 
+def _accepted(job: Job) -> tuple[Response, int, dict[str, str]]:
+    """The submit's response: 202 with the job and its Location."""
+    return jsonify(services().view_job(job)), 202, {"Location": url_for("jobs.get_job", job_id=job.id)}
+
+
 @bp.post("")
 @requires("jobs:write")
-@idempotent
+@idempotent(rebuild=_accepted)
 def submit_job() -> tuple[Response, int, dict[str, str]]:
     check_submission_rate()
     svc = services()
@@ -38,10 +43,10 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
         webhook_url=submission.webhook_url,
         metadata=submission.metadata,
         webhook_events=submission.webhook_events,
+        idempotency_record_id=claimed_record_id(),
     )
     svc.publish(job)
-    location = url_for("jobs.get_job", job_id=job.id)
-    return jsonify(svc.view_job(job)), 202, {"Location": location}
+    return _accepted(job)
 
 
 @bp.get("")

@@ -20,7 +20,7 @@ from sqlalchemy import and_, or_, select
 from api import rate_limit
 from api.auth import principal, requires
 from api.errors import ApiError, TooManyJobs
-from api.idempotency import idempotent
+from api.idempotency import claimed_record_id, idempotent
 from api.services import services
 from api.validation import (
     GENERATION_FIELDS,
@@ -225,7 +225,7 @@ def _resolve_create(body: dict[str, Any]) -> tuple[uuid.UUID, str, dict[str, Any
 
 @bp.post("")
 @requires("jobs:write")
-@idempotent
+@idempotent(rebuild=lambda job: jsonify(video_object(job)))
 def create_video() -> Response:
     rate_limit.check_submission_rate()
     svc = services()
@@ -237,6 +237,7 @@ def create_video() -> Response:
         params=params,
         api_key_id=caller.api_key_id,
         max_active_jobs=caller.job_limit(svc.settings.max_concurrent_jobs_per_key),
+        idempotency_record_id=claimed_record_id(),
     )
     svc.publish(job)
     return jsonify(video_object(job))

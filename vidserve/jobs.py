@@ -16,7 +16,16 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from vidserve.db import session_factory
-from vidserve.schema import TERMINAL, ApiKey, DeliveryStatus, Job, JobEvent, JobStatus, WebhookDelivery
+from vidserve.schema import (
+    TERMINAL,
+    ApiKey,
+    DeliveryStatus,
+    IdempotencyRecord,
+    Job,
+    JobEvent,
+    JobStatus,
+    WebhookDelivery,
+)
 
 WEBHOOK_EVENTS = frozenset({"job.running", "job.succeeded", "job.failed", "job.canceled"})
 # Sent only to jobs that list it in `webhook_events`: one event each time progress crosses a tenth.
@@ -110,8 +119,11 @@ class JobStore:
         webhook_events: list[str] | None = None,
         api_key_id: uuid.UUID | None = None,
         max_active_jobs: int = 0,
+        idempotency_record_id: int | None = None,
     ) -> Job:
         """Store a queued job; with `max_active_jobs` > 0, JobQuotaExceeded when the key has that many unfinished.
+
+        `idempotency_record_id`: the submit's Idempotency-Key record, linked to the job in the same transaction.
 
         The key's row is locked for the count and the insert, so concurrent submits of one key queue behind
         each other and cannot both take the last slot; counting rows (not a counter) survives any crash.
@@ -138,6 +150,10 @@ class JobStore:
             s.add(job)
             s.flush()
             s.add(JobEvent(job_id=job.id, type="job.queued", attempt=0))
+            if idempotency_record_id is not None:
+                s.execute(
+                    update(IdempotencyRecord).where(IdempotencyRecord.id == idempotency_record_id).values(job_id=job.id)
+                )
         return self.get(job.id)
 
     def mark_published(self, job_id: uuid.UUID) -> None:

@@ -18,10 +18,15 @@ from sqlalchemy import text
 
 from api.idempotency import ANONYMOUS_OWNER, IdempotencyStore
 from vidserve import db
+from vidserve.job_view import job_to_dict
+from vidserve.jobs import JobStore
 from vidserve.settings import Settings
 
 MakeKey = Callable[..., Any]  # tests/api/conftest.py's make_key: (*scopes, **limits) -> Key(token, id, headers)
 BODY = {"model": "tiny-wan", "prompt": "a lantern on a pier"}
+# BODY's job as the API stores it (the tiny model's defaults applied).
+PARAMS = {**BODY, "num_frames": 9, "height": 32, "width": 32, "num_inference_steps": 4, "guidance_scale": 5.0}
+PARAMS = {name: value for name, value in PARAMS.items() if name != "model"} | {"seed": 7, "fps": 8}
 
 
 def _jobs_of(settings: Settings, key_id: Any) -> int:
@@ -139,6 +144,50 @@ def test_a_claim_left_in_flight_by_a_dead_request_is_taken_over(
     assert _jobs_of(api_settings, key.id) == 1
     replay = auth_client.post("/v1/jobs", json=BODY, headers={**key.headers, "Idempotency-Key": "order-4"})
     assert replay.headers["Idempotent-Replayed"] == "true" and replay.get_json()["id"] == response.get_json()["id"]
+
+
+def test_a_request_that_died_after_storing_its_job_is_answered_from_that_job(
+    auth_client: FlaskClient, make_key: MakeKey, api_settings: Settings
+) -> None:
+    from api.idempotency import IN_FLIGHT_TIMEOUT, fingerprint
+
+    key = make_key()
+    store = IdempotencyStore(api_settings.database_url)
+    with auth_client.application.test_request_context("/v1/jobs", method="POST", json=BODY):
+        record_id = store.begin(str(key.id), "order-5", fingerprint(), 3600)
+    # The dead request got as far as committing its job (linked to the key in the same transaction) and died
+    # before it could store its response.
+    jobs = JobStore(api_settings.database_url, job_to_dict)
+    stored = jobs.create(model="tiny-wan", params=PARAMS, api_key_id=key.id, idempotency_record_id=record_id)
+    headers = {**key.headers, "Idempotency-Key": "order-5"}
+    assert auth_client.post("/v1/jobs", json=BODY, headers=headers).status_code == 409  # it may still answer
+    with db.get_engine(api_settings.database_url).begin() as conn:
+        conn.execute(
+            text("UPDATE idempotency_keys SET created_at = now() - :age WHERE owner = :o AND key = 'order-5'"),
+            {"age": IN_FLIGHT_TIMEOUT + dt.timedelta(seconds=1), "o": str(key.id)},
+        )
+
+    retry = auth_client.post("/v1/jobs", json=BODY, headers=headers)
+
+    assert retry.status_code == 202, retry.get_json()
+    assert retry.get_json()["id"] == str(stored.id) and retry.headers["Location"].endswith(str(stored.id))
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    assert _jobs_of(api_settings, key.id) == 1
+    again = auth_client.post("/v1/jobs", json=BODY, headers=headers)
+    assert again.get_json() == retry.get_json() and _jobs_of(api_settings, key.id) == 1
+
+
+def test_a_quota_refusal_keeps_no_link_so_the_key_can_be_retried(
+    auth_client: FlaskClient, make_key: MakeKey, api_settings: Settings
+) -> None:
+    key = make_key(max_concurrent_jobs=1)
+    assert auth_client.post("/v1/jobs", json=BODY, headers=key.headers).status_code == 202
+    headers = {**key.headers, "Idempotency-Key": "order-6"}
+
+    assert auth_client.post("/v1/jobs", json=BODY, headers=headers).status_code == 429
+    with db.get_engine(api_settings.database_url).connect() as conn:
+        left = conn.execute(text("SELECT count(*) FROM idempotency_keys WHERE key = 'order-6'")).scalar_one()
+    assert left == 0
 
 
 def test_an_expired_key_starts_afresh(auth_client: FlaskClient, make_key: MakeKey, api_settings: Settings) -> None:
