@@ -309,6 +309,20 @@ class JobStore:
             detail={"reason": reason},
         )
 
+    def unfinished(self, job_ids: Iterable[uuid.UUID | str]) -> set[str]:
+        """Those of `job_ids` that name a job not yet in a terminal state (ids of no job are left out)."""
+        keys = []
+        for job_id in job_ids:
+            try:
+                keys.append(_uuid(job_id))
+            except JobNotFound:  # not a job id at all
+                continue
+        if not keys:
+            return set()
+        with self._sessions() as s:
+            rows = s.scalars(select(Job.id).where(Job.id.in_(keys), Job.status.not_in(TERMINAL)))
+            return {str(job_id) for job_id in rows}
+
     def sweep(
         self, max_attempts: int, republish_after: float = 600.0, republish_all: bool = False
     ) -> tuple[list[Job], list[uuid.UUID]]:

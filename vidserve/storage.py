@@ -30,6 +30,9 @@ def _client(endpoint_url: str, settings: Settings, http_client: urllib3.PoolMana
     )
 
 
+CHECKPOINT_PREFIX = "checkpoints/"
+
+
 class VideoStore:
     def __init__(self, settings: Settings) -> None:
         if not settings.s3_endpoint:
@@ -50,7 +53,12 @@ class VideoStore:
     @staticmethod
     def checkpoint_key(job_id: str) -> str:
         # One object per job, overwritten by each newer checkpoint; deleted when the job ends.
-        return f"checkpoints/{job_id}/state.pt"
+        return f"{CHECKPOINT_PREFIX}{job_id}/state.pt"
+
+    def checkpoint_job_ids(self) -> list[str]:
+        """The ids of the jobs that have a checkpoint in the bucket."""
+        objects = self._internal.list_objects(self.bucket, prefix=CHECKPOINT_PREFIX, recursive=True)
+        return sorted({obj.object_name.split("/")[1] for obj in objects if obj.object_name.count("/") == 2})
 
     def ensure_bucket(self) -> None:
         if not self._internal.bucket_exists(self.bucket):

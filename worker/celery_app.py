@@ -80,7 +80,7 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
                 log.exception("model %s failed to load; its jobs will fail with model_unavailable", model)
     if not consumed or WEBHOOK_QUEUE in consumed:
         webhook_sender()  # a missing or malformed secret stops the process here, loudly
-    _sweeper = Sweeper(ctx.store, app, ctx.settings.sweep_seconds, ctx.settings.max_attempts)
+    _sweeper = Sweeper(ctx.store, app, ctx.settings.sweep_seconds, ctx.settings.max_attempts, videos=ctx.videos)
     _sweeper.start()
     slots = int(getattr(sender, "concurrency", 0) or ctx.settings.worker_slots)
     _heartbeat = Heartbeat(ctx.settings, ctx.node, models, slots, kind="gen" if models else "webhooks")

@@ -92,12 +92,12 @@ class JobCheckpoints:
             log.warning("job %s: a checkpoint upload is still running", self.job_id)
 
     def discard(self) -> None:
-        """The job ended: stop uploading and delete its checkpoint (a leftover is the bucket lifecycle rule's)."""
+        """The job ended: stop uploading and delete its checkpoint (a leftover is deleted by the sweeper)."""
         self.close()
         try:
             self.videos.delete(self.key)
         except Exception:
-            log.warning("job %s: checkpoint not deleted; the lifecycle rule will", self.job_id, exc_info=True)
+            log.warning("job %s: checkpoint not deleted; the sweeper will", self.job_id, exc_info=True)
 
     def stats(self) -> dict[str, int]:
         return {"checkpoints_written": self.written, "checkpoints_failed": self.failed}

@@ -1,7 +1,9 @@
 """The sweeper: a thread in every worker that repairs what a crash or a lost message left behind.
 
 Postgres is the source of truth and Redis only carries messages, so each pass returns dead workers'
-expired leases to the queue and re-publishes queued jobs and webhook deliveries whose message may be lost.
+expired leases to the queue and re-publishes queued jobs and webhook deliveries whose message may be lost. It
+also deletes the checkpoints of jobs that ended without their worker (failed by the sweeper, canceled while
+queued, finished by a worker that could not delete it): a worker deletes its own job's checkpoint at the end.
 Several sweepers at once are harmless: claims are conditional, duplicate messages do nothing.
 """
 
@@ -17,6 +19,7 @@ from celery import Celery
 
 from vidserve.jobs import JobStore
 from vidserve.queue import publish_delivery, publish_job
+from vidserve.storage import VideoStore
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,7 @@ BROKER_MARK = "vidserve:broker-mark"
 class SweepReport:
     jobs_published: int
     deliveries_published: int
+    checkpoints_deleted: int = 0
 
 
 class Sweeper:
@@ -39,8 +43,10 @@ class Sweeper:
         interval: float,
         max_attempts: int,
         republish_after: float = 600.0,
+        videos: VideoStore | None = None,
     ) -> None:
         self.store = store
+        self.videos = videos
         self.celery = celery
         self.interval = interval
         self.max_attempts = max_attempts
@@ -60,7 +66,18 @@ class Sweeper:
         for delivery_id in deliveries:
             publish_delivery(self.celery, delivery_id)
             log.info("sweeper: re-published webhook delivery %s", delivery_id)
-        return SweepReport(len(jobs), len(deliveries))
+        return SweepReport(len(jobs), len(deliveries), self.delete_orphan_checkpoints())
+
+    def delete_orphan_checkpoints(self) -> int:
+        """Delete the checkpoints whose job has ended (or is gone); returns how many."""
+        if self.videos is None:
+            return 0
+        stored = self.videos.checkpoint_job_ids()
+        orphans = sorted(set(stored) - self.store.unfinished(stored))
+        for job_id in orphans:
+            self.videos.delete(VideoStore.checkpoint_key(job_id))
+            log.info("sweeper: deleted the checkpoint of ended job %s", job_id)
+        return len(orphans)
 
     def broker_lost_messages(self) -> bool:
         """True when the broker's mark is missing; it is set again at once, so one sweeper of many answers True."""

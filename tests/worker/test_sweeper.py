@@ -6,6 +6,7 @@ Messages land in the suite's real Redis DB; the test reads them back from the qu
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import uuid
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from vidserve.jobs import JobStore
 from vidserve.queue import GENERATE_TASK, WEBHOOK_QUEUE, make_celery, queue_for
 from vidserve.schema import Job, JobStatus, WebhookDelivery
 from vidserve.settings import Settings
+from vidserve.storage import VideoStore
 from worker.sweeper import Sweeper
 
 
@@ -125,6 +127,30 @@ def test_a_webhook_delivery_whose_message_was_lost_is_published_again(
     redis.Redis.from_url(settings.redis_url).delete(settings.redis_prefix + WEBHOOK_QUEUE)
     assert sweeper.sweep_once().deliveries_published >= 1
     assert str(delivery_id) in {args[0] for _task, args in queued_messages(settings, WEBHOOK_QUEUE)}
+
+
+def test_the_checkpoints_of_ended_jobs_are_deleted_and_the_others_kept(
+    settings: Settings, store: JobStore, model: str
+) -> None:
+    videos = VideoStore(dataclasses.replace(settings, s3_bucket=f"sweeper-{uuid.uuid4().hex[:12]}"))
+    videos.ensure_bucket()
+    jobs = [store.create(model=model, params={"prompt": "a cat"}) for _ in range(5)]
+    queued, running, succeeded, failed, canceled = jobs
+    for job in (running, succeeded, failed):
+        store.claim(job.id, "worker/1", 60)
+    store.succeed(succeeded.id, "worker/1", {"key": "videos/x.mp4"}, None)
+    store.fail(failed.id, "worker_lost", "worker lost the job 3 times")  # as the sweeper fails it: no worker
+    store.cancel(canceled.id)  # canceled while queued after an earlier attempt saved a checkpoint
+    gone = uuid.uuid4()  # a job deleted since
+    for job_id in (queued.id, running.id, succeeded.id, failed.id, canceled.id, gone):
+        videos.put(VideoStore.checkpoint_key(str(job_id)), b"state", "application/octet-stream")
+    celery = make_celery(settings)
+    sweeper = Sweeper(store, celery, interval=0.1, max_attempts=2, videos=videos)
+
+    assert sweeper.sweep_once().checkpoints_deleted == 4
+    assert videos.checkpoint_job_ids() == sorted([str(queued.id), str(running.id)])
+    assert sweeper.sweep_once().checkpoints_deleted == 0
+    celery.close()
 
 
 def test_the_sweeper_thread_runs_passes_until_stopped(
