@@ -134,7 +134,11 @@ def register(sub: Any) -> None:
     submit.add_argument("--steps", type=int, help="num_inference_steps")
     submit.add_argument("--seed", type=int)
     submit.add_argument("--webhook-url")
-    submit.add_argument("--idempotency-key", help="retrying with the same key returns the first job, not a new one")
+    submit.add_argument(
+        "--idempotency-key",
+        help="retrying with the same key returns the first job, not a new one (default: a random key, which "
+        "covers the client's own retries after a connection error or a 503)",
+    )
     submit.add_argument("--wait", action="store_true", help="wait with a progress bar until the job finishes")
     submit.add_argument("--out", help="write the video here once it succeeds (implies --wait)")
     submit.set_defaults(func=_guarded(_cmd_submit))

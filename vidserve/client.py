@@ -9,13 +9,27 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util import Retry
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
+# Requests the server did not take or could not serve just now (connection refused or reset, 502/503/504 from a
+# restarting API or database) are retried, waiting 0, 1, 2, 4, 8 s or the server's Retry-After. Retrying a
+# submit is safe: it always carries an Idempotency-Key, so the server makes one job however often it arrives.
+RETRIES = Retry(
+    total=5,
+    backoff_factor=0.5,
+    status_forcelist=(502, 503, 504),
+    allowed_methods=None,
+    respect_retry_after_header=True,
+    raise_on_status=False,
+)
 
 
 class ApiError(Exception):
@@ -36,6 +50,9 @@ class VidserveClient:
         self.base_url = api_url_from_env(base_url)
         self.timeout = timeout
         self.http = requests.Session()
+        adapter = HTTPAdapter(max_retries=RETRIES)
+        self.http.mount("http://", adapter)
+        self.http.mount("https://", adapter)
         api_key = api_key or os.environ.get("VIDSERVE_API_KEY")
         if api_key:
             self.http.headers["Authorization"] = f"Bearer {api_key}"
@@ -47,12 +64,13 @@ class VidserveClient:
         """POST /v1/jobs; `model` None: the server's default model; `fields` are the optional job fields (num_frames,
         height, width, seed, ...).
 
-        With `idempotency_key`, a retry of the same submit returns the first job instead of making another.
+        The request carries `idempotency_key` (default: a new random one), so this client's own retries, and
+        yours with the same key, return the first job instead of making another.
         """
         body = {"prompt": prompt, **{k: v for k, v in fields.items() if v is not None}}
         if model is not None:
             body["model"] = model
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
         return self._json("POST", "/v1/jobs", json=body, headers=headers)
 
     def get(self, job_id: str) -> dict[str, Any]:

@@ -1,12 +1,16 @@
 """Promise: Postgres restarted while a worker finishes a job loses no result, and the API answers 503 with a
-JSON body (never a 500) while the database is away."""
+JSON body (never a 500) while the database is away; the project's client retries through such an outage."""
 
 from __future__ import annotations
+
+import threading
+import uuid
 
 import requests
 from conftest import MODEL, Services, event_types, start_worker, submit, wait_running, wait_terminal
 from service_harness import wait_until
 
+from vidserve.client import VidserveClient
 from vidserve.processes import ManagedProcess
 
 
@@ -44,3 +48,19 @@ def test_a_result_finished_while_postgres_is_down_is_recorded_when_it_returns(
         ["job.queued", "job.running", "job.requeued", "job.succeeded"],
     )
     assert len(faults.videos.get(faults.videos.key_for(job_id))) == done["output"]["bytes"]
+
+
+def test_the_client_rides_out_a_short_postgres_outage_and_makes_one_job(faults: Services) -> None:
+    prompt = f"a kite over dunes {uuid.uuid4().hex[:6]}"
+    faults.postgres.stop("fast")
+    back = threading.Timer(2.0, faults.postgres.start)
+    back.start()
+    try:
+        # The API answers 503 until Postgres is back; the client retries the submit under one Idempotency-Key.
+        submitted = VidserveClient(faults.api_url).submit(MODEL, prompt)
+    finally:
+        back.join()
+
+    assert submitted["status"] == "queued"
+    listed = requests.get(f"{faults.api_url}/v1/jobs", params={"limit": 100}, timeout=30).json()["data"]
+    assert [job["id"] for job in listed if job["params"]["prompt"] == prompt] == [submitted["id"]]
