@@ -16,7 +16,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import text
 
-from api.idempotency import ANONYMOUS_OWNER, IdempotencyStore
+from api.idempotency import ANONYMOUS_OWNER, IN_FLIGHT_TIMEOUT, IdempotencyStore, fingerprint
 from vidserve import db
 from vidserve.job_view import job_to_dict
 from vidserve.jobs import JobStore
@@ -32,6 +32,15 @@ PARAMS = {name: value for name, value in PARAMS.items() if name != "model"} | {"
 def _jobs_of(settings: Settings, key_id: Any) -> int:
     with db.get_engine(settings.database_url).connect() as conn:
         return conn.execute(text("SELECT count(*) FROM jobs WHERE api_key_id = :k"), {"k": key_id}).scalar_one()
+
+
+def _outlive_in_flight_timeout(settings: Settings, key_id: Any, idempotency_key: str) -> None:
+    """Age a claim past IN_FLIGHT_TIMEOUT, as if its request had died that long ago."""
+    with db.get_engine(settings.database_url).begin() as conn:
+        conn.execute(
+            text("UPDATE idempotency_keys SET created_at = now() - :age WHERE owner = :o AND key = :k"),
+            {"age": IN_FLIGHT_TIMEOUT + dt.timedelta(seconds=1), "o": str(key_id), "k": idempotency_key},
+        )
 
 
 def test_a_repeat_with_the_same_body_replays_the_first_response(
@@ -79,8 +88,6 @@ def test_a_request_while_the_first_is_in_flight_is_409(
     # The first request's row, as it stands while that request runs: claimed, no response yet.
     store = IdempotencyStore(api_settings.database_url)
     with auth_client.application.test_request_context("/v1/jobs", method="POST", json=BODY):
-        from api.idempotency import fingerprint
-
         store.begin(str(key.id), "order-3", fingerprint(), 3600)
 
     response = auth_client.post("/v1/jobs", json=BODY, headers={**key.headers, "Idempotency-Key": "order-3"})
@@ -128,15 +135,9 @@ def test_a_claim_left_in_flight_by_a_dead_request_is_taken_over(
     key = make_key()
     store = IdempotencyStore(api_settings.database_url)
     with auth_client.application.test_request_context("/v1/jobs", method="POST", json=BODY):
-        from api.idempotency import IN_FLIGHT_TIMEOUT, fingerprint
-
         store.begin(str(key.id), "order-4", fingerprint(), 3600)
     # The API process that claimed it died: nothing will ever finish or abandon the claim.
-    with db.get_engine(api_settings.database_url).begin() as conn:
-        conn.execute(
-            text("UPDATE idempotency_keys SET created_at = now() - :age WHERE owner = :o AND key = 'order-4'"),
-            {"age": IN_FLIGHT_TIMEOUT + dt.timedelta(seconds=1), "o": str(key.id)},
-        )
+    _outlive_in_flight_timeout(api_settings, key.id, "order-4")
 
     response = auth_client.post("/v1/jobs", json=BODY, headers={**key.headers, "Idempotency-Key": "order-4"})
 
@@ -149,8 +150,6 @@ def test_a_claim_left_in_flight_by_a_dead_request_is_taken_over(
 def test_a_request_that_died_after_storing_its_job_is_answered_from_that_job(
     auth_client: FlaskClient, make_key: MakeKey, api_settings: Settings
 ) -> None:
-    from api.idempotency import IN_FLIGHT_TIMEOUT, fingerprint
-
     key = make_key()
     store = IdempotencyStore(api_settings.database_url)
     with auth_client.application.test_request_context("/v1/jobs", method="POST", json=BODY):
@@ -161,11 +160,7 @@ def test_a_request_that_died_after_storing_its_job_is_answered_from_that_job(
     stored = jobs.create(model="tiny-wan", params=PARAMS, api_key_id=key.id, idempotency_record_id=record_id)
     headers = {**key.headers, "Idempotency-Key": "order-5"}
     assert auth_client.post("/v1/jobs", json=BODY, headers=headers).status_code == 409  # it may still answer
-    with db.get_engine(api_settings.database_url).begin() as conn:
-        conn.execute(
-            text("UPDATE idempotency_keys SET created_at = now() - :age WHERE owner = :o AND key = 'order-5'"),
-            {"age": IN_FLIGHT_TIMEOUT + dt.timedelta(seconds=1), "o": str(key.id)},
-        )
+    _outlive_in_flight_timeout(api_settings, key.id, "order-5")
 
     retry = auth_client.post("/v1/jobs", json=BODY, headers=headers)
 
