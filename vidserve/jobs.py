@@ -247,13 +247,14 @@ class JobStore:
         )
 
     def fail(self, job_id: uuid.UUID | str, code: str, message: str, owner: str | None = None) -> Job | None:
-        """Any non-terminal state -> failed (only from `owner`'s lease when given)."""
-        where = [Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING])]
-        if owner is not None:
-            where = [Job.status == JobStatus.RUNNING, Job.lease_owner == owner]
+        """Any non-terminal state -> failed; with `owner`, only the running job whose lease `owner` holds."""
         return self._transition(
             job_id,
-            where=where,
+            where=(
+                [Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING])]
+                if owner is None
+                else [Job.status == JobStatus.RUNNING, Job.lease_owner == owner]
+            ),
             values=dict(
                 status=JobStatus.FAILED,
                 error_code=code,
