@@ -28,6 +28,7 @@ from sqlalchemy.dialects.postgresql import insert
 from api.auth import principal
 from api.errors import IdempotencyKeyInUse, IdempotencyKeyReused, InvalidIdempotencyKey
 from api.services import services
+from api.validation import MAX_JSON_DEPTH, json_depth
 from vidserve.db import session_factory
 from vidserve.schema import IdempotencyRecord, Job
 
@@ -43,8 +44,14 @@ IN_FLIGHT_TIMEOUT = dt.timedelta(seconds=60)
 
 def fingerprint() -> str:
     """SHA-256 of method, path and the body as canonical JSON (form fields for a form, raw bytes otherwise)."""
-    body: Any = request.get_json(silent=True) if request.is_json else None
+    try:
+        body: Any = request.get_json(silent=True) if request.is_json else None
+    except RecursionError:
+        body = None
+    if body is not None and json_depth(body) > MAX_JSON_DEPTH + 1:
+        body = None  # the view refuses it; re-encoding it here could exhaust the stack first
     if body is None and request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        request.get_data(cache=True)  # kept, so the view can still read the raw body after the form is parsed
         body = {name: request.form.getlist(name) for name in request.form} | {
             f"file:{name}": [f.filename for f in request.files.getlist(name)] for name in request.files
         }

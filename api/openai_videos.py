@@ -19,8 +19,10 @@ from sqlalchemy import and_, or_, select
 
 from api import rate_limit
 from api.auth import principal, requires
-from api.errors import ApiError, TooManyJobs
+from api.errors import ApiError, InvalidField, TooManyJobs
+from api.forms import FORM_MIMETYPES, parse_form
 from api.idempotency import claimed_record_id, idempotent
+from api.query import integer_parameter
 from api.services import services
 from api.validation import (
     GENERATION_FIELDS,
@@ -141,15 +143,19 @@ def video_object(job: Job) -> dict[str, Any]:
 
 def _parse_create_body() -> dict[str, Any]:
     # The SDK sends multipart/form-data (for the optional input_reference file); curl users send JSON.
-    if request.mimetype == "multipart/form-data" or request.mimetype == "application/x-www-form-urlencoded":
-        body: dict[str, Any] = dict(request.form.items())
-        if request.files:
+    if request.mimetype in FORM_MIMETYPES:
+        try:
+            form = parse_form(request)
+        except ApiError as e:
+            raise OpenAIError(400, e.message, e.field, "invalid_value" if e.field else "invalid_body") from None
+        body: dict[str, Any] = dict(form.fields)
+        if form.files:
             body["input_reference"] = True
         return body
     try:
         return parse_json_object(read_body(request))
     except ApiError as e:
-        raise OpenAIError(400, e.message, None, "invalid_json") from None
+        raise OpenAIError(400, e.message, e.field, "invalid_json" if e.field is None else "invalid_value") from None
 
 
 def _resolve_create(body: dict[str, Any]) -> tuple[uuid.UUID, str, dict[str, Any]]:
@@ -254,10 +260,10 @@ def retrieve_video(video_id: str) -> Response:
 def list_videos() -> Response:
     svc = services()
     owner = principal().job_owner
-    raw_limit = request.args.get("limit", str(DEFAULT_LIST_LIMIT))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIST_LIMIT:
-        raise OpenAIError(400, f"limit must be an integer between 1 and {MAX_LIST_LIMIT}.", "limit", "invalid_value")
-    limit = int(raw_limit)
+    try:
+        limit = integer_parameter(request.args, "limit", DEFAULT_LIST_LIMIT, 1, MAX_LIST_LIMIT)
+    except InvalidField as e:
+        raise OpenAIError(400, f"{e.message}.", e.field, "invalid_value") from None
     order = request.args.get("order", "desc")
     if order not in ("asc", "desc"):
         raise OpenAIError(400, "order must be 'asc' or 'desc'.", "order", "invalid_value")

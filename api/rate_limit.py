@@ -1,7 +1,9 @@
-"""Per-key rate limits on job submission, counted in Redis so every API process shares one budget per client.
+"""Rate limits counted in Redis so every API process shares one budget per client: job submissions per key,
+and admin sign-in attempts per address.
 
 A client is its API key (`g.principal.key_id`) or, without one, its address; views that create jobs call
-`check_submission_rate()`. Over the limit is a 429 with `Retry-After`; a Redis outage lets requests through.
+`check_submission_rate()`, the admin sign-in `check_admin_login_rate()`. Over the limit is a 429 with
+`Retry-After`; a Redis outage lets requests through.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ log = logging.getLogger(__name__)
 EXTENSION = "vidserve.rate_limit"
 # Job creation through either API (/v1/jobs, /v1/videos) draws on one budget.
 SUBMIT_SCOPE = "submit"
+# Admin sign-in attempts per client address in any minute: plenty for a person, a crawl for a token guesser.
+LOGIN_SCOPE = "admin-login"
+ADMIN_LOGIN_ATTEMPTS_PER_MINUTE = 10
 # A hung Redis must not hold a submission for long: past this the request goes through unlimited.
 REDIS_TIMEOUT_SECONDS = 1.0
 
@@ -59,12 +64,14 @@ class SubmissionLimiter:
         self.default_per_minute = settings.rate_limit_per_minute
         self.window_seconds = window_seconds
 
-    def hit(self, client: str, per_minute: int) -> RateState | None:
+    def hit(
+        self, client: str, per_minute: int, scope: str = SUBMIT_SCOPE, what: str = "job submissions"
+    ) -> RateState | None:
         """Count one request of `client`; raise RateLimited over the limit, None when Redis is away (fail open)."""
         item = RateLimitItemPerSecond(per_minute, self.window_seconds)
         try:
-            allowed = self._limiter.hit(item, SUBMIT_SCOPE, client)
-            stats = self._limiter.get_window_stats(item, SUBMIT_SCOPE, client)
+            allowed = self._limiter.hit(item, scope, client)
+            stats = self._limiter.get_window_stats(item, scope, client)
         except StorageError as e:
             log.warning("rate limit storage unreachable, request not limited: %s", e)
             return None
@@ -72,7 +79,7 @@ class SubmissionLimiter:
         if not allowed:
             g.rate_state = state
             raise RateLimited(
-                f"more than {per_minute} job submissions in {self.window_seconds} seconds; "
+                f"more than {per_minute} {what} in {self.window_seconds} seconds; "
                 f"retry after {state.retry_after} seconds"
             )
         return state
@@ -97,6 +104,14 @@ def check_submission_rate() -> None:
         return
     client = f"key:{key_id}" if key_id is not None else f"addr:{request.remote_addr}"
     state = limiter.hit(client, per_minute)
+    if state is not None:
+        g.rate_state = state
+
+
+def check_admin_login_rate() -> None:
+    """Count one admin sign-in attempt of this client address; RateLimited past ADMIN_LOGIN_ATTEMPTS_PER_MINUTE."""
+    limiter: SubmissionLimiter = current_app.extensions[EXTENSION]
+    state = limiter.hit(f"addr:{request.remote_addr}", ADMIN_LOGIN_ATTEMPTS_PER_MINUTE, LOGIN_SCOPE, "sign-in attempts")
     if state is not None:
         g.rate_state = state
 

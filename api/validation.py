@@ -18,6 +18,7 @@ from flask import Request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from api.errors import InvalidField, MalformedBody
+from api.query import integer_parameter
 from engine.registry import ModelRegistry
 from vidserve.jobs import ALL_WEBHOOK_EVENTS
 from vidserve.schema import JobStatus
@@ -69,6 +70,12 @@ PROMPT_CONTROL_CHARACTERS = "\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f
 CURSOR_PATTERN = r"^[0-9]{1,16}\.[0-9a-f]{32}$"
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 MAX_METADATA_BYTES = 4096
+# Arrays and objects a field may nest. Parsing, storing (psycopg's JSON encoding) and every later read recurse
+# once per level; this bound sits so far below Python's recursion limit that no call stack can reach it, so
+# what validation accepts, storage accepts. Real metadata and cache settings nest two or three levels.
+MAX_JSON_DEPTH = 32
+# The tokens that decide nesting: strings (whose brackets do not count) and the structural characters.
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},]')
 # Random seeds stay below 2**53 so that JavaScript clients read them back exactly.
 RANDOM_SEED_BOUND = 2**32
 DEFAULT_PAGE = 20
@@ -115,7 +122,8 @@ def read_body(request: Request) -> bytes:
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
-    """The body as a JSON object; anything else is a 400."""
+    """The body as a JSON object whose fields nest at most MAX_JSON_DEPTH levels; 400 or a 422 naming the field."""
+    check_nesting(raw)
     try:
         body = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
@@ -123,6 +131,46 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise MalformedBody("the body must be a JSON object")
     return body
+
+
+def check_nesting(raw: bytes) -> None:
+    """Refuse a body with a field nested deeper than MAX_JSON_DEPTH (422 naming it) before it is parsed.
+
+    Checked on the raw text because the parser recurses per level: past a depth that depends on how deep the
+    call stack already is, parsing fails on its own, so only a check before it gives every depth one answer.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH + 1:
+        return  # too few brackets to nest that deep: the common case costs two counts
+    depth, field, previous = 0, None, b","
+    for token in _JSON_TOKEN.findall(raw):
+        if token in (b"[", b"{"):
+            depth += 1
+            if depth > MAX_JSON_DEPTH + 1:  # the body object itself is the first level
+                if field is None:
+                    raise MalformedBody("the body must be a JSON object")
+                raise InvalidField(field, f"must not nest deeper than {MAX_JSON_DEPTH} levels")
+        elif token in (b"]", b"}"):
+            depth -= 1
+        elif depth == 1 and previous in (b"{", b","):  # a key of the body object
+            try:
+                field = json.loads(token)
+            except ValueError:
+                raise MalformedBody("the body must be a JSON object") from None
+        previous = token
+
+
+def json_depth(value: Any) -> int:
+    """How many arrays and objects deep `value` nests (a scalar: 0), counted without recursion."""
+    deepest = 0
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def parse_submission(body: dict[str, Any], registry: ModelRegistry) -> JobSubmission:
@@ -176,12 +224,7 @@ def parse_job_query(args: Mapping[str, str]) -> JobQuery:
         if not 1 <= len(model) <= 200:
             raise InvalidField("model", "must be 1 to 200 characters")
         _check_text("model", model)
-    raw_limit = args.get("limit")
-    limit = DEFAULT_PAGE
-    if raw_limit is not None:
-        if not raw_limit.isascii() or not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
-            raise InvalidField("limit", f"must be an integer between 1 and {MAX_PAGE}")
-        limit = int(raw_limit)
+    limit = integer_parameter(args, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
     cursor = args.get("cursor")
     return JobQuery(status, model, limit, decode_cursor(cursor) if cursor is not None else None)
 

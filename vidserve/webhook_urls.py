@@ -57,7 +57,10 @@ def check_shape(url: str) -> tuple[str, str, int]:
         raise UnsafeWebhookURL("must not contain credentials (user:password@)")
     if not parts.hostname:
         raise UnsafeWebhookURL("must be an absolute http(s) URL with a host name")
-    return parts.scheme, parts.hostname, port or DEFAULT_PORTS[parts.scheme]
+    # Port 0 is no port: a connection to it goes to the scheme's default instead, past what was checked.
+    if port is not None and not 1 <= port <= 65535:
+        raise UnsafeWebhookURL("must have a port between 1 and 65535")
+    return parts.scheme, parts.hostname, port if port is not None else DEFAULT_PORTS[parts.scheme]
 
 
 def resolve(hostname: str, port: int) -> list[IPAddress]:
@@ -70,19 +73,98 @@ def resolve(hostname: str, port: int) -> list[IPAddress]:
     return list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
 
 
+# The IANA special-purpose address registries (iana-ipv4-special-registry, iana-ipv6-special-registry, 2025),
+# plus multicast and IPv6 site-local: blocks that are not ordinary unicast hosts on the internet. A webhook never
+# goes to them, not even to the few the registries mark globally reachable (anycast relays, AS112 sinks), unless
+# allow-listed. Listed here rather than read from `ipaddress`, whose tables lag the registries by Python release.
+SPECIAL_PURPOSE_V4 = tuple(
+    ipaddress.IPv4Network(block)
+    for block in (
+        "0.0.0.0/8",  # "this network"
+        "10.0.0.0/8",  # private
+        "100.64.0.0/10",  # shared address space (carrier-grade NAT)
+        "127.0.0.0/8",  # loopback
+        "169.254.0.0/16",  # link-local (cloud metadata lives here)
+        "172.16.0.0/12",  # private
+        "192.0.0.0/24",  # IETF protocol assignments (NAT64 discovery, PCP/TURN anycast, dummy address, ...)
+        "192.0.2.0/24",  # documentation (TEST-NET-1)
+        "192.31.196.0/24",  # AS112-v4
+        "192.52.193.0/24",  # AMT
+        "192.88.99.0/24",  # deprecated 6to4 relay anycast
+        "192.168.0.0/16",  # private
+        "192.175.48.0/24",  # direct delegation AS112
+        "198.18.0.0/15",  # benchmarking
+        "198.51.100.0/24",  # documentation (TEST-NET-2)
+        "203.0.113.0/24",  # documentation (TEST-NET-3)
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved, and 255.255.255.255 limited broadcast
+    )
+)
+SPECIAL_PURPOSE_V6 = tuple(
+    ipaddress.IPv6Network(block)
+    for block in (
+        "::/128",  # unspecified
+        "::1/128",  # loopback
+        "64:ff9b:1::/48",  # local-use IPv4/IPv6 translation: where the IPv4 sits depends on the local prefix
+        "100::/64",  # discard-only
+        "100:0:0:1::/64",  # dummy prefix
+        "2001::/23",  # IETF protocol assignments (ORCHID, benchmarking, AMT, AS112, DRIP, anycast, ...)
+        "2001:db8::/32",  # documentation
+        "2620:4f:8000::/48",  # direct delegation AS112
+        "3fff::/20",  # documentation
+        "5f00::/16",  # segment routing (SRv6) SIDs
+        "fc00::/7",  # unique local
+        "fe80::/10",  # link-local
+        "fec0::/10",  # site-local (deprecated, still routed inside some sites)
+        "ff00::/8",  # multicast
+    )
+)
+# IPv6 forms that carry an IPv4 address: on a network that translates or tunnels them (NAT64, 6to4, Teredo,
+# SIIT) they reach that IPv4 host, so they are judged by the IPv4 address inside.
+IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # SIIT (RFC 2765)
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated (RFC 4291)
+NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052
+SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")  # RFC 3056
+TEREDO = ipaddress.IPv6Network("2001::/32")  # RFC 4380
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, ...]:
+    """The IPv4 addresses an IPv6 address carries (Teredo: its server and its client); () when none."""
+    low32 = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address in IPV4_MAPPED or address in IPV4_TRANSLATED or address in NAT64_WELL_KNOWN:
+        return (low32,)
+    if address in IPV4_COMPATIBLE and address not in SPECIAL_PURPOSE_V6[:2]:  # not :: and ::1 themselves
+        return (low32,)
+    if address.sixtofour is not None:
+        return (address.sixtofour,)
+    if address.teredo is not None:
+        return address.teredo
+    return ()
+
+
 def is_public(address: IPAddress) -> bool:
-    """Globally routable unicast: not loopback, private, link-local, CGNAT, multicast, reserved or unspecified."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return is_public(address.ipv4_mapped)
-    return address.is_global and not address.is_multicast
+    """Globally routable unicast: in no special-purpose, multicast or reserved block, and for an IPv6 form that
+    carries IPv4 addresses, every one of those public."""
+    if isinstance(address, ipaddress.IPv6Address):
+        inner = embedded_ipv4(address) if address not in SPECIAL_PURPOSE_V6[:2] else ()
+        if inner:
+            return all(is_public(v4) for v4 in inner)
+        blocks: tuple[IPNetwork, ...] = SPECIAL_PURPOSE_V6
+    else:
+        blocks = SPECIAL_PURPOSE_V4
+    if any(address in block for block in blocks):
+        return False
+    # What the registries above do not list: IPv6 outside global unicast 2000::/3 is reserved by the IETF.
+    return address.is_global and not address.is_reserved
 
 
 def check_address(address: IPAddress, allowed: tuple[IPNetwork, ...]) -> None:
-    if is_public(address):
+    if is_public(address) or any(address.version == net.version and address in net for net in allowed):
         return
-    if any(address.version == net.version and address in net for net in allowed):
-        return
-    raise UnsafeWebhookURL(f"resolves to {address}, which is not a public address")
+    inner = embedded_ipv4(address) if isinstance(address, ipaddress.IPv6Address) else ()
+    carries = f" (it carries {', '.join(map(str, inner))})" if inner else ""
+    raise UnsafeWebhookURL(f"resolves to {address}, which is not a public address{carries}")
 
 
 def check_url(url: str, allowed: tuple[IPNetwork, ...]) -> Target:

@@ -20,6 +20,9 @@ from flask import Blueprint, Response, abort, jsonify, redirect, render_template
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from api.admin import queries
+from api.errors import RateLimited
+from api.query import integer_parameter
+from api.rate_limit import check_admin_login_rate
 from api.services import services
 from vidserve.jobs import JobConflict, JobNotFound
 from vidserve.schema import JobStatus
@@ -29,6 +32,8 @@ bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="template
 
 COOKIE = "vidserve_admin"
 SESSION_SECONDS = 12 * 3600
+# Far past any real job table's last page, and small enough that its row offset stays a Postgres bigint.
+MAX_PAGE = 10**9
 
 
 def _token() -> str:
@@ -130,6 +135,10 @@ def login() -> Any:
         target = url_for("admin.jobs")
     error = None
     if request.method == "POST":
+        try:
+            check_admin_login_rate()  # before the token is compared: a throttled guess learns nothing
+        except RateLimited as limited:
+            return render_template("admin/login.html", next=target, error=limited.message), 429
         if hmac.compare_digest(request.form.get("token", "").encode(), _token().encode()):
             response = redirect(target)
             response.set_cookie(
@@ -179,7 +188,7 @@ def jobs() -> str:
         since=_parse_time(args.get("since", "")),
         until=_parse_time(args.get("until", "")),
         q=args.get("q", "").strip()[:200],
-        page=int(args["page"]) if args.get("page", "").isdigit() else 1,
+        page=integer_parameter(args, "page", 1, 1, MAX_PAGE),
     )
     page = queries.search_jobs(svc, f)
     keep = {k: v for k, v in args.items() if k != "page" and v}

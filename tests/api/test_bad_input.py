@@ -43,7 +43,6 @@ def no_new_jobs(count_jobs):
         b'{"model": "tiny-wan", "prompt": "fox", "guidance_scale": Infinity}',
         b'{"model": "tiny-wan", "prompt": "fox", "guidance_scale": -Infinity}',
         b"[" * 20000 + b"]" * 20000,  # nested deeper than any parser's recursion
-        b'{"model": "tiny-wan", "prompt": "fox", "metadata": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5001,
         b'{"model": "tiny-wan", "prompt": "fox", "seed": ' + b"9" * 5000 + b"}",  # beyond int parsing's limit
         b"null",
         b"true",
@@ -53,7 +52,6 @@ def no_new_jobs(count_jobs):
         "Infinity",
         "-Infinity",
         "deep-array",
-        "deep-metadata",
         "5000-digits",
         "null",
         "true",

@@ -96,6 +96,41 @@ def test_gunicorn_refuses_an_oversized_chunked_body_with_json_413(gunicorn: tupl
     assert json.loads(raw)["error"]["code"] == "body_too_large"
 
 
+def _raw_exchange(address: tuple[str, int], request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes no HTTP client would, read gunicorn's whole answer (it closes the connection)."""
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in header_lines)
+    return int(status_line.split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code"),
+    [
+        (b"NOT AN HTTP REQUEST LINE\r\n\r\n", 400, "bad_request"),
+        (b"GET /v1/jobs HTTP/1.1\r\nHost: x\r\nBad Header Name: 1\r\n\r\n", 400, "bad_request"),
+        (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n", 431, "headers_too_large"),
+    ],
+    ids=["request-line", "header-name", "uri-too-long", "header-too-large"],
+)
+def test_gunicorns_own_errors_are_in_the_json_error_shape(
+    gunicorn: tuple[str, int], request_bytes: bytes, status: int, code: str
+) -> None:
+    got_status, headers, body = _raw_exchange(gunicorn, request_bytes)
+
+    assert got_status == status, body
+    assert headers["content-type"] == "application/json"
+    assert int(headers["content-length"]) == len(body)
+    error = json.loads(body)["error"]
+    assert error["code"] == code and error["message"]
+
+
 def test_gunicorn_answers_openapi_and_readyz(gunicorn: tuple[str, int]) -> None:
     assert _request(gunicorn, "GET", "/readyz")[0] == 200
     status, _, raw = _request(gunicorn, "GET", "/openapi.json")

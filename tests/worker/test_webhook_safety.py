@@ -8,13 +8,17 @@ stubbed, for names that do not exist (StubDNS), to play the part of a DNS server
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import trustme
+from hypothesis import given
+from hypothesis import settings as examples
+from hypothesis import strategies as st
 from service_harness import StubDNS, WebhookReceiver
 from test_webhooks import delivery, make_delivery
 
@@ -45,6 +49,15 @@ REFUSED = [
     "http://[::ffff:127.0.0.1]/hook",
     "http://[::ffff:169.254.169.254]/hook",
     "http://localhost:8000/hook",
+    # IPv6 forms that carry an internal IPv4 address, and site-local: found accepted from outside (issue 16)
+    "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",  # NAT64 of 169.254.169.254
+    "http://[64:ff9b::a00:1]/hook",  # NAT64 of 10.0.0.1
+    "http://[64:ff9b:1::a9fe:a9fe]/hook",  # local-use NAT64 prefix
+    "http://[2002:a9fe:a9fe::]/hook",  # 6to4 of 169.254.169.254
+    "http://[::10.0.0.1]/hook",  # IPv4-compatible
+    "http://[::ffff:0:a9fe:a9fe]/hook",  # SIIT IPv4-translated
+    "http://[2001:0:4136:e378:8000:63bf:f5ff:fffe]/hook",  # Teredo, client 10.0.0.1
+    "http://[fec0::1]/hook",  # site-local
 ]
 
 
@@ -63,6 +76,8 @@ def test_a_url_that_resolves_to_a_non_public_address_is_refused(url: str) -> Non
         ("http://user:secret@93.184.215.14/hook", "credentials"),
         ("http://token@93.184.215.14/hook", "credentials"),
         ("http://no-such-host.invalid/hook", "does not resolve"),
+        ("http://93.184.215.14:0/hook", "port between 1 and 65535"),
+        ("https://93.184.215.14:00/hook", "port between 1 and 65535"),
     ],
 )
 def test_other_schemes_credentials_and_unknown_names_are_refused(url: str, rule: str) -> None:
@@ -228,3 +243,91 @@ def test_redirects_are_never_followed(settings: Settings, receiver: WebhookRecei
     assert receiver.at("/elsewhere") == []
     (attempt,) = sender.attempts(delivery_id)
     assert attempt.error == "HTTP 302"
+
+
+# ---- property: every special-purpose address is refused unless allow-listed ----------------------------
+# The test's own copy of the IANA special-purpose registries (v4 and v6, 2025), multicast and site-local,
+# written from the registries rather than imported, so a block missing from the module fails here.
+SPECIAL_V4 = [
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+    "192.0.0.0/24", "192.0.0.0/29", "192.0.0.8/32", "192.0.0.9/32", "192.0.0.10/32", "192.0.0.170/31",
+    "192.0.2.0/24", "192.31.196.0/24", "192.52.193.0/24", "192.88.99.0/24", "192.168.0.0/16",
+    "192.175.48.0/24", "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+    "255.255.255.255/32",
+]  # fmt: skip
+SPECIAL_V6 = [
+    "::1/128", "::/128", "64:ff9b:1::/48", "100::/64", "100:0:0:1::/64", "2001::/23", "2001:1::1/128",
+    "2001:1::2/128", "2001:1::3/128", "2001:2::/48", "2001:3::/32", "2001:4:112::/48", "2001:10::/28",
+    "2001:20::/28", "2001:30::/28", "2001:db8::/32", "2620:4f:8000::/48", "3fff::/20", "5f00::/16",
+    "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
+]  # fmt: skip
+
+
+def _in(network: str) -> st.SearchStrategy[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    net = ipaddress.ip_network(network)
+    return st.integers(int(net.network_address), int(net.broadcast_address)).map(ipaddress.ip_address)
+
+
+special_v4 = st.sampled_from(SPECIAL_V4).flatmap(_in)
+special_v6 = st.sampled_from(SPECIAL_V6).flatmap(_in)
+
+
+def _teredo(v4: int, low: int) -> int:
+    # prefix 2001::/32, server IPv4, flags, obfuscated port, obfuscated (inverted) client IPv4 (RFC 4380)
+    server, flags_port = low & 0xFFFFFFFF, (low >> 32) & 0xFFFFFFFF
+    return (0x20010000 << 96) | (server << 64) | (flags_port << 32) | (~v4 & 0xFFFFFFFF)
+
+
+# Each IPv6 form that carries an IPv4 address, with the bits around it arbitrary where the form allows.
+WRAPPERS: dict[str, Callable[[int, int], int]] = {
+    "mapped": lambda v4, _low: (0xFFFF << 32) | v4,
+    "translated": lambda v4, _low: (0xFFFF << 48) | v4,
+    "compatible": lambda v4, _low: v4,
+    "nat64": lambda v4, _low: (0x64FF9B << 96) | v4,
+    "6to4": lambda v4, low: (0x2002 << 112) | (v4 << 80) | (low & (2**80 - 1)),
+    "teredo": _teredo,
+}
+low_bits = st.integers(0, 2**80 - 1)
+
+
+def _url(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    host = f"[{address}]" if address.version == 6 else str(address)
+    return f"http://{host}:8080/hook"
+
+
+def _wrapped(v4: ipaddress.IPv4Address, form: str, low: int) -> ipaddress.IPv6Address:
+    return ipaddress.IPv6Address(WRAPPERS[form](int(v4), low))
+
+
+@examples(max_examples=300, deadline=None)
+@given(address=st.one_of(special_v4, special_v6))
+def test_every_special_purpose_address_is_refused_unless_allow_listed(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> None:
+    with pytest.raises(UnsafeWebhookURL, match="not a public address"):
+        check_url(_url(address), ())
+    assert check_url(_url(address), (ipaddress.ip_network(address),)).address == address
+
+
+@examples(max_examples=300, deadline=None)
+@given(v4=special_v4, form=st.sampled_from(sorted(WRAPPERS)), low=low_bits)
+def test_every_ipv6_form_that_carries_a_special_purpose_ipv4_is_refused_unless_allow_listed(
+    v4: ipaddress.IPv4Address, form: str, low: int
+) -> None:
+    address = _wrapped(v4, form, low)
+    with pytest.raises(UnsafeWebhookURL, match="not a public address"):
+        check_url(_url(address), ())
+    assert check_url(_url(address), (ipaddress.ip_network(address),)).address == address
+
+
+public_v4 = _in("0.0.0.0/0").filter(lambda a: not any(a in ipaddress.ip_network(n) for n in SPECIAL_V4))
+
+
+@examples(max_examples=200, deadline=None)
+@given(v4=public_v4, form=st.sampled_from(["mapped", "nat64", "6to4"]), low=low_bits)
+def test_a_public_ipv4_address_passes_bare_and_in_the_translated_forms(
+    v4: ipaddress.IPv4Address, form: str, low: int
+) -> None:
+    assert check_url(_url(v4), ()).address == v4
+    address = _wrapped(v4, form, low)
+    assert check_url(_url(address), ()).address == address
