@@ -55,12 +55,12 @@ GENERATION_FIELDS = (
     "cache",
 )
 MAX_WEBHOOK_URL_CHARS = 2048
-# http(s), a host name, IPv4 address or bracketed IPv6 address, an optional port up to 65535, then printable
+# http(s), a host name, IPv4 address or bracketed IPv6 address, an optional port 1-65535, then printable
 # ASCII: one regex that both the validator and the OpenAPI document use, so they cannot disagree. Where the
 # host resolves to is checked at submit too (api/webhooks.py), and again before every delivery.
 WEBHOOK_URL_PATTERN = (
     r"^https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])"
-    r"(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}))?"
+    r"(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?"
     r"([/?#][\x21-\x7e]*)?$"
 )
 # Control characters a prompt may not hold (C0 but tab and line breaks, DEL, C1): invisible, and some confuse

@@ -58,6 +58,8 @@ def _submit(client: FlaskClient, url: str, **headers: str) -> Any:
         ("javascript:alert(1)", "must be an absolute http(s) URL with a host name"),
         ("https://user:pass@hooks.example.com/hook", "must not contain credentials (user:password@)"),
         ("https://nowhere.invalid/hook", "host 'nowhere.invalid' does not resolve"),
+        ("http://93.184.215.14:0/hook", "must have a port between 1 and 65535"),
+        ("http://[64:ff9b::a9fe:a9fe]/hook", "resolves to 64:ff9b::a9fe:a9fe, which is not a public address"),
     ],
 )
 def test_submit_refuses_a_webhook_url_that_is_not_public(strict_app: Flask, url: str, rule: str) -> None:
