@@ -326,13 +326,21 @@ def charts_json() -> Response:
 # ---- OpenAPI fragment (merged into /openapi.json by api.openapi): HTML pages and form posts ------------
 
 
-def _page(operation_id: str, summary: str, params: tuple[str, ...] = (), method: str = "get") -> dict[str, Any]:
+def _page(
+    operation_id: str,
+    summary: str,
+    params: tuple[str, ...] = (),
+    method: str = "get",
+    query: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     ok = "302" if method == "post" else "200"
+    path_params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params]
+    query_params = [{"name": name, "in": "query", "schema": schema} for name, schema in (query or {}).items()]
     return {
         "operationId": operation_id,
         "summary": summary,
         "tags": ["admin"],
-        "parameters": [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params],
+        "parameters": path_params + query_params,
         "responses": {
             ok: {"description": "the page (HTML)" if ok == "200" else "redirect back to a page"},
             "401": {
@@ -344,7 +352,20 @@ def _page(operation_id: str, summary: str, params: tuple[str, ...] = (), method:
 
 
 OPENAPI_PATHS: dict[str, Any] = {
-    "/admin/": {"get": _page("adminJobs", "Admin: jobs, filtered and paged")},
+    "/admin/": {
+        "get": _page(
+            "adminJobs",
+            "Admin: jobs, filtered and paged",
+            query={
+                "page": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
+                "status": {"type": "string"},
+                "model": {"type": "string"},
+                "since": {"type": "string", "description": "UTC, ISO 8601"},
+                "until": {"type": "string", "description": "UTC, ISO 8601"},
+                "q": {"type": "string", "description": "a prompt substring or a job id"},
+            },
+        )
+    },
     "/admin/login": {
         "get": _page("adminLoginForm", "Admin: sign-in form"),
         "post": _page("adminLogin", "Admin: sign in with VIDSERVE_ADMIN_TOKEN (sets a cookie)", method="post"),
@@ -363,7 +384,13 @@ OPENAPI_PATHS: dict[str, Any] = {
     "/admin/queues": {"get": _page("adminQueues", "Admin: queue depth and oldest waiting job per model")},
     "/admin/workers": {"get": _page("adminWorkers", "Admin: live workers from their heartbeats")},
     "/admin/charts": {"get": _page("adminCharts", "Admin: charts page")},
-    "/admin/charts.json": {"get": _page("adminChartsJson", "Admin: the charts' series (last hour or day)")},
+    "/admin/charts.json": {
+        "get": _page(
+            "adminChartsJson",
+            "Admin: the charts' series (last hour or day)",
+            query={"range": {"type": "string", "enum": list(queries.RANGES)}},
+        )
+    },
     "/admin/static/{filename}": {
         "get": {
             "operationId": "adminStatic",
