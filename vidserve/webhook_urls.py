@@ -124,6 +124,8 @@ SPECIAL_PURPOSE_V6 = tuple(
 IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # SIIT (RFC 2765)
 IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated (RFC 4291)
+# Inside ::/96 but IPv6 addresses of their own, refused as what they are.
+UNSPECIFIED_AND_LOOPBACK = (ipaddress.IPv6Address("::"), ipaddress.IPv6Address("::1"))
 NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052
 SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")  # RFC 3056
 TEREDO = ipaddress.IPv6Network("2001::/32")  # RFC 4380
@@ -134,7 +136,7 @@ def embedded_ipv4(address: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address
     low32 = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     if address in IPV4_MAPPED or address in IPV4_TRANSLATED or address in NAT64_WELL_KNOWN:
         return (low32,)
-    if address in IPV4_COMPATIBLE and address not in SPECIAL_PURPOSE_V6[:2]:  # not :: and ::1 themselves
+    if address in IPV4_COMPATIBLE and address not in UNSPECIFIED_AND_LOOPBACK:
         return (low32,)
     if address.sixtofour is not None:
         return (address.sixtofour,)
@@ -147,7 +149,7 @@ def is_public(address: IPAddress) -> bool:
     """Globally routable unicast: in no special-purpose, multicast or reserved block, and for an IPv6 form that
     carries IPv4 addresses, every one of those public."""
     if isinstance(address, ipaddress.IPv6Address):
-        inner = embedded_ipv4(address) if address not in SPECIAL_PURPOSE_V6[:2] else ()
+        inner = embedded_ipv4(address)
         if inner:
             return all(is_public(v4) for v4 in inner)
         blocks: tuple[IPNetwork, ...] = SPECIAL_PURPOSE_V6
