@@ -22,7 +22,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from api.admin import queries
 from api.errors import RateLimited
 from api.query import integer_parameter
-from api.rate_limit import check_admin_login_rate
+from api.rate_limit import ADMIN_LOGIN_ATTEMPTS_PER_MINUTE, check_admin_login_rate
 from api.services import services
 from vidserve.jobs import JobConflict, JobNotFound
 from vidserve.schema import JobStatus
@@ -138,6 +138,8 @@ def login() -> Any:
         try:
             check_admin_login_rate()  # before the token is compared: a throttled guess learns nothing
         except RateLimited as limited:
+            if "text/html" not in request.headers.get("Accept", ""):
+                raise  # a script: the JSON error
             return render_template("admin/login.html", next=target, error=limited.message), 429
         if hmac.compare_digest(request.form.get("token", "").encode(), _token().encode()):
             response = redirect(target)
@@ -400,4 +402,15 @@ OPENAPI_PATHS: dict[str, Any] = {
             "responses": {"200": {"description": "the file"}},
         }
     },
+}
+# The answers only some pages give: a bad page number, a throttled sign-in.
+OPENAPI_PATHS["/admin/"]["get"]["responses"]["422"] = {
+    "description": "a query parameter is invalid (`invalid_field` naming it)",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+}
+OPENAPI_PATHS["/admin/login"]["post"]["responses"]["429"] = {
+    "description": f"more than {ADMIN_LOGIN_ATTEMPTS_PER_MINUTE} sign-in attempts from this address in a minute"
+    " (`rate_limited`; a browser gets the sign-in page saying so)",
+    "headers": {"Retry-After": {"required": True, "schema": {"type": "integer", "minimum": 1}}},
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
 }

@@ -24,9 +24,11 @@ def admin_app(api_settings: Settings) -> Flask:
     return create_app(dataclasses.replace(api_settings, admin_token=ADMIN_TOKEN, redis_prefix=prefix))
 
 
-def _sign_in(app: Flask, token: str, address: str) -> tuple[int, dict[str, str]]:
+def _sign_in(app: Flask, token: str, address: str, accept: str = "application/json") -> tuple[int, dict[str, str]]:
     client = app.test_client()
-    response = client.post("/admin/login", data={"token": token}, environ_base={"REMOTE_ADDR": address})
+    response = client.post(
+        "/admin/login", data={"token": token}, headers={"Accept": accept}, environ_base={"REMOTE_ADDR": address}
+    )
     return response.status_code, dict(response.headers)
 
 
@@ -54,3 +56,20 @@ def test_sign_in_page_itself_is_not_counted(admin_app: Flask) -> None:
     for _ in range(ADMIN_LOGIN_ATTEMPTS_PER_MINUTE + 5):
         assert client.get("/admin/login", environ_base={"REMOTE_ADDR": "198.51.100.10"}).status_code == 200
     assert _sign_in(admin_app, ADMIN_TOKEN, "198.51.100.10")[0] == 302
+
+
+def test_a_throttled_script_gets_the_json_error_and_a_browser_the_page(admin_app: Flask) -> None:
+    for i in range(ADMIN_LOGIN_ATTEMPTS_PER_MINUTE):
+        _sign_in(admin_app, f"guess-{i}", "198.51.100.11")
+    client = admin_app.test_client()
+
+    script = client.post("/admin/login", data={"token": "x"}, environ_base={"REMOTE_ADDR": "198.51.100.11"})
+    browser = client.post(
+        "/admin/login",
+        data={"token": "x"},
+        headers={"Accept": "text/html,application/xhtml+xml"},
+        environ_base={"REMOTE_ADDR": "198.51.100.11"},
+    )
+
+    assert script.status_code == 429 and script.get_json()["error"]["code"] == "rate_limited"
+    assert browser.status_code == 429 and b"sign-in attempts" in browser.data and "Retry-After" in browser.headers
