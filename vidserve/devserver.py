@@ -3,7 +3,8 @@
 Creates and migrates the database, builds the tiny models when missing, starts a local S3 server unless
 VIDSERVE_S3_ENDPOINT names one, keeps a webhook secret in var/, then runs the API (gunicorn), one
 generation worker serving every registered model and the webhook sender, with authentication off unless
-VIDSERVE_AUTH is set (and a banner saying so). Ctrl-C or SIGTERM stops exactly what it started.
+VIDSERVE_AUTH is set (and a banner saying so). A child that dies is started again after a back-off. Ctrl-C or
+SIGTERM stops exactly what it started: the worker first (it hands its running jobs back), the S3 server last.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from vidserve import db
-from vidserve.processes import ManagedProcess, vidserve_command
+from vidserve.processes import ManagedProcess, RestartingProcess, vidserve_command
 from vidserve.s3server import S3Server, port_block_free, port_free, start_s3_server
 from vidserve.settings import ENV_VARS, Settings
 
@@ -30,6 +31,10 @@ S3_BASE_PORTS = (8333, 18333, 28333)
 READY_TIMEOUT = 180.0
 # `make run` is local: webhooks to a receiver on this machine are allowed (unless the variable is set).
 LOCAL_WEBHOOK_NETWORKS = "127.0.0.0/8,::1/128"
+# The long-running children, by their `vidserve` command.
+CHILDREN = ("api", "worker", "webhooks")
+# Past its shutdown grace period, the time a worker may take to hand its jobs back before it is killed.
+WORKER_STOP_MARGIN = 20.0
 
 
 class Stop(Exception):
@@ -133,6 +138,7 @@ def main() -> int:
     settings = Settings.from_env()
     overrides: dict[str, object] = {"model_dir": str(Path(settings.model_dir).resolve())}
     started: list[ManagedProcess] = []
+    children: dict[str, RestartingProcess] = {}
     s3: S3Server | None = None
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -175,21 +181,18 @@ def main() -> int:
 
         VideoStore(settings).ensure_bucket()
 
-        for name in ("api", "worker", "webhooks"):
+        for name in CHILDREN:
             # Readiness is read from these logs: a previous run's lines must not count.
             log = logs / f"{name}.log"
             if log.exists():
                 log.replace(logs / f"{name}.log.1")
-        api = ManagedProcess("api", vidserve_command("api"), env=env, log_path=logs / "api.log")
-        started.append(api)
-        worker = ManagedProcess("worker", vidserve_command("worker"), env=env, log_path=logs / "worker.log")
-        started.append(worker)
-        hooks = ManagedProcess("webhooks", vidserve_command("webhooks"), env=env, log_path=logs / "webhooks.log")
-        started.append(hooks)
+        for name in CHILDREN:
+            children[name] = RestartingProcess(name, vidserve_command(name), env, logs / f"{name}.log", _say)
 
-        _wait_http(f"http://{settings.host}:{settings.port}/healthz", api, READY_TIMEOUT)
-        _wait_log(worker, " ready.", READY_TIMEOUT)
-        _wait_log(hooks, " ready.", READY_TIMEOUT)
+        # A child that dies while starting is a configuration problem: stop and say why, no restart loop.
+        _wait_http(f"http://{settings.host}:{settings.port}/healthz", children["api"].current, READY_TIMEOUT)
+        _wait_log(children["worker"].current, " ready.", READY_TIMEOUT)
+        _wait_log(children["webhooks"].current, " ready.", READY_TIMEOUT)
 
         from engine.registry import ModelRegistry
 
@@ -198,6 +201,7 @@ def main() -> int:
         names = [s.name if Path(s.path).exists() else f"{s.name} (no weights at {s.path})" for s in registry]
         _say(f"models   {', '.join(names)}; default {registry.default}")
         _say(f"logs     {logs}/  (api.log, worker.log, webhooks.log)")
+        _say("pids     " + ", ".join(f"{name} {child.pid}" for name, child in children.items()))
         for line in auth_banner(settings):
             _say(line)
         bearer = "" if not settings.auth_enabled else '-H "Authorization: Bearer $VIDSERVE_API_KEY" '
@@ -205,12 +209,11 @@ def main() -> int:
             f"try      curl -s -X POST {settings.api_url}/v1/jobs -H 'content-type: application/json' {bearer}"
             """-d '{"prompt": "a blue circle moving up"}'"""
         )
-        _say("Ctrl-C stops everything")
+        _say("Ctrl-C stops everything; a process that dies is started again")
         while True:
-            for proc in started:
-                if not proc.alive():
-                    raise RuntimeError(f"{proc.name} exited with {proc.process.returncode}:\n{proc.log_tail()}")
-            time.sleep(0.5)
+            for child in children.values():
+                child.tend()
+            time.sleep(0.2)
     except Stop as stop:
         _say(f"{stop}: stopping")
         return 0
@@ -222,15 +225,26 @@ def main() -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for proc in started:
-            proc.terminate()
-        if s3 is not None:
-            s3.process.terminate()
-        for proc in started:
             proc.stop(timeout=20.0)
-        if s3 is not None:
-            s3.stop()
-        if started or s3 is not None:
+        _stop_in_order(children, s3, settings.shutdown_grace_seconds)
+        if started or children or s3 is not None:
             _say("stopped")
+
+
+def _stop_in_order(children: dict[str, RestartingProcess], s3: S3Server | None, grace_seconds: float) -> None:
+    """The worker first: it hands its running jobs back, which needs the database and the S3 server (for their
+    checkpoints) still up; then the API and the webhook sender, which delivers the events of that hand-back;
+    the S3 server last."""
+    worker = children.get("worker")
+    if worker is not None:
+        worker.stop(timeout=grace_seconds + WORKER_STOP_MARGIN)
+    rest = [child for name, child in children.items() if name != "worker"]
+    for child in rest:
+        child.current.terminate()
+    for child in rest:
+        child.stop(timeout=20.0)
+    if s3 is not None:
+        s3.stop()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Child processes that `make run` and the end-to-end tests start: each in its own process group.
 
 A group of its own means a terminal's Ctrl-C reaches only the supervisor, which then stops every group it
-started (gunicorn's workers, Celery's threads) and nothing else.
+started (gunicorn's workers, Celery's threads) and nothing else. `RestartingProcess` starts a child again
+when it dies, the way a process manager would.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
@@ -108,6 +109,66 @@ class ManagedProcess:
         except PermissionError:
             return True
         return True
+
+
+class RestartingProcess:
+    """A `ManagedProcess` that its supervisor's loop starts again when it dies, after a back-off.
+
+    The back-off doubles (1 s, 2 s, 4 s ... 30 s) while the child keeps dying soon after each start, and starts
+    over once it has stayed up for a minute. Each death and restart is said on the console and in the child's log.
+    """
+
+    FIRST_BACKOFF = 1.0
+    MAX_BACKOFF = 30.0
+    STABLE_SECONDS = 60.0
+
+    def __init__(
+        self,
+        name: str,
+        args: Sequence[str],
+        env: dict[str, str],
+        log_path: Path,
+        say: Callable[[str], None],
+    ) -> None:
+        self.name, self.args, self.env, self.log_path, self._say = name, list(args), env, log_path, say
+        self.restarts = 0
+        self._backoff = self.FIRST_BACKOFF
+        self._restart_at: float | None = None
+        self.current = ManagedProcess(name, self.args, env=env, log_path=log_path)
+        self._started_at = time.monotonic()
+
+    @property
+    def pid(self) -> int:
+        return self.current.pid
+
+    def tend(self) -> None:
+        """Call often: notices a death, and starts the child again once its back-off has passed."""
+        now = time.monotonic()
+        if self._restart_at is None:
+            if self.current.alive():
+                if now - self._started_at >= self.STABLE_SECONDS:
+                    self._backoff = self.FIRST_BACKOFF
+                return
+            code = self.current.process.returncode
+            self.current.stop(timeout=5.0)  # what is left of its group (gunicorn's workers) goes too
+            self._restart_at = now + self._backoff
+            self._note(f"{self.name} (pid {self.current.pid}) exited with {code}; restarting in {self._backoff:.0f}s")
+            self._backoff = min(self._backoff * 2, self.MAX_BACKOFF)
+        elif now >= self._restart_at:
+            self._restart_at = None
+            self.restarts += 1
+            self.current = ManagedProcess(self.name, self.args, env=self.env, log_path=self.log_path)
+            self._started_at = now
+            self._note(f"{self.name} restarted (pid {self.current.pid}, restart {self.restarts})")
+
+    def stop(self, timeout: float) -> int | None:
+        self._restart_at = None
+        return self.current.stop(timeout)
+
+    def _note(self, message: str) -> None:
+        self._say(message)
+        with open(self.log_path, "a") as log:
+            log.write(f"[vidserve] {message}\n")
 
 
 def vidserve_command(*args: str) -> list[str]:

@@ -1,0 +1,168 @@
+"""`make run` (vidserve/devserver.py) as a user runs it: a real process tree (gunicorn, worker, webhook sender,
+local S3 server) started as a subprocess, then Ctrl-C (SIGINT) or `kill -9` of one of its children.
+
+Promises: Ctrl-C stops the worker first, so a running job is handed back (`queued`) within the grace period
+and the process exits 0; a child that dies is started again (a new pid, said on the console) while the rest
+keeps serving.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from service_harness import SERVED_MODEL, free_port, isolated, service_env, wait_until, write_test_registry
+from sqlalchemy import text
+
+from vidserve import db
+from vidserve.devserver import WORKER_STOP_MARGIN
+from vidserve.settings import Settings
+
+# Long enough for the short job's last tenth on a machine loaded many times over (0.7 s a step seen), far
+# shorter than the long job needs.
+GRACE_SECONDS = 60.0
+READY_SECONDS = 300.0  # the first start under a loaded machine: gunicorn, a worker loading a model, weed
+# A whole stack started, driven and stopped per test: more than the suite's per-test limit on a busy machine.
+pytestmark = pytest.mark.timeout(900)
+
+
+class DevServer:
+    """`python -m vidserve.devserver` in a directory of its own (its var/), its console read line by line."""
+
+    def __init__(self, settings: Settings, cwd: Path) -> None:
+        self.settings = settings
+        self.cwd = cwd
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "vidserve.devserver"],
+            cwd=cwd,
+            env=service_env(settings),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # like a terminal's foreground job: only the supervisor gets the SIGINT
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_line(self, pattern: str, timeout: float) -> re.Match[str]:
+        def found() -> re.Match[str] | None:
+            assert self.process.poll() is None or any(re.search(pattern, line) for line in self.lines), self.console
+            return next((m for line in self.lines if (m := re.search(pattern, line))), None)
+
+        return wait_until(found, timeout, interval=0.1, what=f"{pattern!r} on the console")
+
+    @property
+    def console(self) -> str:
+        return "\n".join(self.lines)
+
+    def pids(self) -> dict[str, int]:
+        line = self.wait_line(r"pids +(.*)", READY_SECONDS).group(1)
+        return {name: int(pid) for name, pid in (part.split() for part in line.split(", "))}
+
+    def log(self, name: str) -> str:
+        return (self.cwd / "var" / "log" / f"{name}.log").read_text(errors="replace")
+
+    def submit(self, **fields: object) -> str:
+        body = {"model": SERVED_MODEL, **fields}
+        response = requests.post(f"{self.settings.api_url}/v1/jobs", json=body, timeout=30)
+        assert response.status_code == 202, response.text
+        return response.json()["id"]
+
+    def status(self, job_id: str) -> str:
+        with db.get_engine(self.settings.database_url).connect() as conn:
+            return conn.execute(text("SELECT status FROM jobs WHERE id = :id"), {"id": job_id}).scalar_one()
+
+    def progress(self, job_id: str) -> float:
+        with db.get_engine(self.settings.database_url).connect() as conn:
+            query = text("SELECT progress FROM jobs WHERE id = :id")
+            return conn.execute(query, {"id": job_id}).scalar_one() or 0.0
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(GRACE_SECONDS + WORKER_STOP_MARGIN + 40)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+@pytest.fixture
+def devserver(settings: Settings, model_dir: Path, tmp_path: Path) -> Iterator[DevServer]:
+    dev_settings = isolated(
+        dataclasses.replace(settings, database_url=f"{settings.database_url}_dev_{uuid.uuid4().hex[:6]}"),
+        host="127.0.0.1",
+        port=free_port(),
+        s3_endpoint="",  # make run starts its own S3 server, as on a fresh machine
+        model_dir=str(model_dir),
+        models_file=write_test_registry(model_dir),
+        worker_models=SERVED_MODEL,
+        worker_slots=2,
+        shutdown_grace_seconds=GRACE_SECONDS,
+    )
+    server = DevServer(dev_settings, tmp_path)
+    try:
+        server.wait_line("Ctrl-C stops everything", READY_SECONDS)
+        yield server
+    finally:
+        server.stop()
+        db.drop_database(dev_settings.database_url)
+
+
+def test_ctrl_c_lets_the_worker_finish_upload_and_hand_back_before_s3_stops(devserver: DevServer) -> None:
+    # One job ends within the grace period (its video must still reach the local S3 server), one outlasts it.
+    short = devserver.submit(prompt="a short walk", num_frames=9, height=32, width=32, num_inference_steps=200)
+    long = devserver.submit(prompt="a long walk", num_frames=9, height=32, width=32, num_inference_steps=5000)
+    # Ctrl-C once the short job is nearly done: its last steps and its upload fall inside the grace period.
+    wait_until(lambda: devserver.progress(short) >= 0.9, 400, interval=0.05, what="the short job nearly done")
+    assert devserver.status(long) == "running"
+
+    asked = time.monotonic()
+    devserver.process.send_signal(signal.SIGINT)
+    assert devserver.process.wait(GRACE_SECONDS + WORKER_STOP_MARGIN) == 0, devserver.console
+    took = time.monotonic() - asked
+
+    assert (devserver.status(short), devserver.status(long)) == ("succeeded", "queued"), devserver.log("worker")
+    assert "handed back to the queue" in devserver.log("worker")
+    assert took < GRACE_SECONDS + WORKER_STOP_MARGIN
+    assert devserver.console.rstrip().endswith("stopped")
+
+
+def test_a_child_killed_with_sigkill_is_restarted_and_the_stack_keeps_serving(devserver: DevServer) -> None:
+    before = devserver.pids()
+
+    for name in ("worker", "webhooks", "api"):
+        os.kill(before[name], signal.SIGKILL)
+        match = devserver.wait_line(rf"{name} restarted \(pid (\d+)", 60)
+        assert int(match.group(1)) != before[name]
+        assert re.search(rf"{name} \(pid {before[name]}\) exited with -9; restarting in", devserver.console)
+        assert f"[vidserve] {name} restarted" in devserver.log(name)
+
+    wait_until(lambda: devserver.log("worker").count(" ready.") >= 2, READY_SECONDS, interval=0.2, what="worker")
+
+    def api_answers() -> bool:
+        try:
+            return requests.get(f"{devserver.settings.api_url}/healthz", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_until(api_answers, READY_SECONDS, interval=0.2, what="the restarted API")
+    job = devserver.submit(prompt="a restarted worker's job", num_inference_steps=2)
+    wait_until(lambda: devserver.status(job) == "succeeded", 120, interval=0.1, what="the job to succeed")
+    assert devserver.process.poll() is None
