@@ -1,4 +1,5 @@
-"""Query-string parameters: the one parser of integer parameters that every surface (REST, OpenAI, admin) uses.
+"""Query-string parameters: the parsers of integer and free-text parameters that every surface (REST, OpenAI,
+admin) uses.
 
 A bad value is an `InvalidField` naming the parameter; each surface renders it in its own error shape.
 """
@@ -24,3 +25,14 @@ def integer_parameter(args: Mapping[str, str], name: str, default: int, minimum:
     if not (raw.isascii() and raw.isdigit() and len(raw) <= _MAX_DIGITS and minimum <= int(raw) <= maximum):
         raise InvalidField(name, f"must be an integer between {minimum} and {maximum}")
     return int(raw)
+
+
+def text_parameter(args: Mapping[str, str], name: str, default: str = "") -> str:
+    """`args[name]` as free text to compare in SQL, `default` when absent; InvalidField when it holds a NUL
+    character, which Postgres text cannot hold (a query with one fails as a whole)."""
+    raw = args.get(name)
+    if raw is None:
+        return default
+    if "\x00" in raw:
+        raise InvalidField(name, "must not contain NUL characters")
+    return raw

@@ -21,7 +21,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from api.admin import queries
 from api.errors import RateLimited
-from api.query import integer_parameter
+from api.query import integer_parameter, text_parameter
 from api.rate_limit import ADMIN_LOGIN_ATTEMPTS_PER_MINUTE, check_admin_login_rate
 from api.services import services
 from vidserve.jobs import JobConflict, JobNotFound
@@ -186,10 +186,10 @@ def jobs() -> str:
     status = args.get("status", "")
     f = queries.JobFilter(
         status=status if status in {s.value for s in JobStatus} else "",
-        model=args.get("model", ""),
+        model=text_parameter(args, "model"),
         since=_parse_time(args.get("since", "")),
         until=_parse_time(args.get("until", "")),
-        q=args.get("q", "").strip()[:200],
+        q=text_parameter(args, "q").strip()[:200],
         page=integer_parameter(args, "page", 1, 1, MAX_PAGE),
     )
     page = queries.search_jobs(svc, f)
