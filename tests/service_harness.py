@@ -7,6 +7,7 @@ their own process groups against the suite's Postgres database, Redis DB and S3 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import os
 import socket
@@ -19,11 +20,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from vidserve.jobs import JobStore
 from vidserve.processes import ManagedProcess, vidserve_command
 from vidserve.queue import make_celery
 from vidserve.settings import ENV_VARS, Settings
 from vidserve.storage import VideoStore
+from worker.step_gate import StepGate
 
 # The model the end-to-end workers serve; the other is registered but served by none (its jobs stay queued).
 SERVED_MODEL = "tiny-wan"
@@ -129,6 +133,20 @@ class WebhookReceiver:
         self.server.server_close()
 
 
+class ManualClock:
+    """A clock for code that takes one (`clock=`): it stands still until the test advances it, so a test of
+    "not yet due" and "due now" never depends on how long the machine took in between."""
+
+    def __init__(self, start: dt.datetime | None = None) -> None:
+        self.now = start or dt.datetime.now(dt.UTC)
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += dt.timedelta(seconds=seconds)
+
+
 class StubDNS:
     """Answers for chosen host names in place of DNS, for the webhook URL checks (vidserve.webhook_urls.resolve);
     every other name goes to the real resolver. `names[host]` is a list of addresses and may be changed later
@@ -173,6 +191,40 @@ def write_test_registry(model_dir: Path) -> str:
     path = model_dir / "test-models.toml"
     path.write_text(TEST_REGISTRY)
     return str(path)
+
+
+# The tiny Wan whose jobs wait at step GATE_STEP until the test releases them (worker.step_gate): how a test
+# catches a job mid-way without betting on the machine's speed.
+GATED_MODEL = "tiny-wan-gated"
+GATE_STEP = 2
+
+
+def write_gated_registry(model_dir: Path, gate: StepGate, name: str = "gated-models.toml") -> str:
+    """The test registry plus GATED_MODEL held by `gate`, written under the gate's release directory's parent
+    (one file per test); model paths still resolve against `model_dir`."""
+    entry = f"""
+[models.{GATED_MODEL}]
+family = "wan"
+path = "tiny/wan"
+defaults = {{ num_frames = 9, height = 32, width = 32, num_inference_steps = 4, guidance_scale = 5.0, fps = 8 }}
+limits = {{ max_frames = 33, max_height = 128, max_width = 128, max_steps = 5000 }}
+options = {{ step_gate = {{ at_step = {gate.at_step}, release_dir = "{gate.release_dir}" }} }}
+"""
+    gate.release_dir.mkdir(parents=True, exist_ok=True)
+    path = gate.release_dir.parent / name
+    path.write_text(TEST_REGISTRY + entry)
+    return str(path)
+
+
+def new_gate(root: Path) -> StepGate:
+    """A gate at GATE_STEP whose release files live in a fresh directory under `root`."""
+    return StepGate(GATE_STEP, root / f"gate-{time.time_ns()}")
+
+
+def held_at_gate(store: JobStore, job_id: str, num_steps: int, gate_step: int = GATE_STEP) -> bool:
+    """Whether the job is running with the progress of the gate's step written in Postgres: it waits there."""
+    job = store.get(job_id)
+    return job.status.value == "running" and round(job.progress * num_steps) == gate_step
 
 
 def isolated(settings: Settings, **changes: Any) -> Settings:
@@ -264,3 +316,13 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, interval: fl
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+def require(available: bool, what: str) -> None:
+    """Skip the test (saying why) when `what` is missing here; under CI (`VIDSERVE_REQUIRE_ALL=1`, set by .ci/run)
+    fail it instead, so a binary or browser that could not be installed never passes CI by silently skipping."""
+    if available:
+        return
+    if os.environ.get("VIDSERVE_REQUIRE_ALL") == "1":
+        pytest.fail(f"{what} (VIDSERVE_REQUIRE_ALL=1: required here)", pytrace=False)
+    pytest.skip(what)
