@@ -63,11 +63,13 @@ class Received:
 @dataclass
 class WebhookReceiver:
     """An HTTP(S) server on loopback that records every POST; `fail_first[path]` answers 500 that many times,
-    `answers[path]` is a list of (status, headers) answered first, one per request."""
+    `fail_each_first[path]` answers 500 to that many sends of each delivery (by `webhook-id`), `answers[path]` is a
+    list of (status, headers) answered first, one per request."""
 
     server: ThreadingHTTPServer
     received: list[Received] = field(default_factory=list)
     fail_first: dict[str, int] = field(default_factory=dict)
+    fail_each_first: dict[str, int] = field(default_factory=dict)
     answers: dict[str, list[tuple[int, dict[str, str]]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -105,6 +107,10 @@ class WebhookReceiver:
             elif self.fail_first.get(path, 0) > 0:
                 self.fail_first[path] -= 1
                 status = 500
+            elif path in self.fail_each_first:
+                delivery = {k.lower(): v for k, v in headers.items()}.get("webhook-id")
+                sent = sum(r.path == path and r.headers.get("webhook-id") == delivery for r in self.received)
+                status = 500 if sent < self.fail_each_first[path] else 200
             self.received.append(Received(path, {k.lower(): v for k, v in headers.items()}, body, time.time(), status))
             return status, answer_headers
 
