@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: run test fuzz bench bench-quick bench-load lint venv models migrate clean
+.PHONY: run test test-quick fuzz bench bench-quick bench-load lint venv models migrate clean
 
 venv: .venv/.installed
 
@@ -24,9 +24,15 @@ migrate: venv
 run: venv
 	@$(PY) -m vidserve.devserver
 
-# pytest exits 5 when it collects nothing (e.g. a filtered run): not a failure of the suite.
+# pytest exits 5 when it collects nothing (e.g. a filtered run): not a failure of the suite. -rs: why each skip.
 test: venv
-	@$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	@$(PY) -m pytest -q -rs $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+# The everyday subset for developing: the in-process tests (engine, API, worker, job domain, docs), without the
+# suites that start real service processes (e2e, faults, admin, cli, fuzz). `make test` stays CI's command.
+QUICK_TESTS := tests/engine tests/api tests/worker tests/vidserve tests/docs
+test-quick: venv
+	@$(PY) -m pytest -q -rs -m "not slow" $(QUICK_TESTS) $(PYTEST_ARGS)
 
 # Schemathesis against the API from its OpenAPI document, at ten times the suite's size. One operation's 300
 # examples can outlast the suite's 300 s per-test limit on a busy machine: an hour each here.

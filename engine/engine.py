@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -32,6 +32,9 @@ from engine.step_cache import RequestCache
 
 log = logging.getLogger(__name__)
 
+# How often a loop whose every request is held (EngineConfig.hold) looks whether one was released or canceled.
+HOLD_POLL_SECONDS = 0.02
+
 
 @dataclass
 class EngineConfig:
@@ -50,6 +53,9 @@ class EngineConfig:
     # Cross-attention families: each request projects its text (and every block's text K/V) once, not per step.
     text_kv_cache: bool = True
     background: bool = True  # run the loop thread; False: the caller drives `step()` itself
+    # A test hook: while `hold(request_id, step)` is true the request waits at that step and its batch mates go
+    # on (a cancel still stops it), so a test can catch a request mid-way however fast or loaded the machine is.
+    hold: Callable[[str, int], bool] | None = None
 
     @classmethod
     def from_kwargs(cls, spec: ModelSpec, kwargs: dict[str, Any]) -> EngineConfig:
@@ -231,7 +237,7 @@ class Engine:
     def step(self) -> None:
         """Admit, plan, run, advance, retire."""
         self._admit()
-        running = [s for s in self._running if not s.done]
+        running = [s for s in self._running if not s.done and not self._held(s)]
         # Requests whose cache forecasts this step leave the iteration's forwards; the rest still share them.
         forecast = [s for s in running if s.cache is not None and s.cache.forecasts(s.step_index)]
         for seq in forecast:
@@ -252,6 +258,10 @@ class Engine:
             self._advance(batch, noise_preds)
         self._retire()
         self._iteration += 1
+
+    def _held(self, seq: Sequence) -> bool:
+        hold = self.config.hold
+        return hold is not None and seq.status is Status.RUNNING and not seq.done and hold(seq.id, seq.step_index)
 
     def _admit(self) -> None:
         with self._lock:
@@ -413,6 +423,7 @@ class Engine:
                     return
             try:
                 self.step()
+                self._wait_while_all_held()
             except Exception as exc:  # fail what was in flight, keep serving new requests
                 log.exception("engine step failed")
                 with self._lock:
@@ -420,3 +431,9 @@ class Engine:
                 for seq in failed:
                     if not seq.future.done():
                         seq.future.set_exception(exc)
+
+    def _wait_while_all_held(self) -> None:
+        # Every request held (a test's gate): look again shortly, or at once when a request arrives.
+        with self._lock:
+            if not self._waiting and self._running and all(self._held(s) for s in self._running):
+                self._lock.wait(HOLD_POLL_SECONDS)

@@ -7,6 +7,7 @@ their own process groups against the suite's Postgres database, Redis DB and S3 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import os
 import socket
@@ -19,11 +20,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from vidserve.jobs import JobStore
 from vidserve.processes import ManagedProcess, vidserve_command
 from vidserve.queue import make_celery
 from vidserve.settings import ENV_VARS, Settings
 from vidserve.storage import VideoStore
+from worker.step_gate import StepGate
 
 # The model the end-to-end workers serve; the other is registered but served by none (its jobs stay queued).
 SERVED_MODEL = "tiny-wan"
@@ -59,11 +63,13 @@ class Received:
 @dataclass
 class WebhookReceiver:
     """An HTTP(S) server on loopback that records every POST; `fail_first[path]` answers 500 that many times,
-    `answers[path]` is a list of (status, headers) answered first, one per request."""
+    `fail_each_first[path]` answers 500 to that many sends of each delivery (by `webhook-id`), `answers[path]` is a
+    list of (status, headers) answered first, one per request."""
 
     server: ThreadingHTTPServer
     received: list[Received] = field(default_factory=list)
     fail_first: dict[str, int] = field(default_factory=dict)
+    fail_each_first: dict[str, int] = field(default_factory=dict)
     answers: dict[str, list[tuple[int, dict[str, str]]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -101,6 +107,10 @@ class WebhookReceiver:
             elif self.fail_first.get(path, 0) > 0:
                 self.fail_first[path] -= 1
                 status = 500
+            elif path in self.fail_each_first:
+                delivery = {k.lower(): v for k, v in headers.items()}.get("webhook-id")
+                sent = sum(r.path == path and r.headers.get("webhook-id") == delivery for r in self.received)
+                status = 500 if sent < self.fail_each_first[path] else 200
             self.received.append(Received(path, {k.lower(): v for k, v in headers.items()}, body, time.time(), status))
             return status, answer_headers
 
@@ -127,6 +137,20 @@ class WebhookReceiver:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class ManualClock:
+    """A clock for code that takes one (`clock=`): it stands still until the test advances it, so a test of
+    "not yet due" and "due now" never depends on how long the machine took in between."""
+
+    def __init__(self, start: dt.datetime | None = None) -> None:
+        self.now = start or dt.datetime.now(dt.UTC)
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += dt.timedelta(seconds=seconds)
 
 
 class StubDNS:
@@ -173,6 +197,40 @@ def write_test_registry(model_dir: Path) -> str:
     path = model_dir / "test-models.toml"
     path.write_text(TEST_REGISTRY)
     return str(path)
+
+
+# The tiny Wan whose jobs wait at step GATE_STEP until the test releases them (worker.step_gate): how a test
+# catches a job mid-way without betting on the machine's speed.
+GATED_MODEL = "tiny-wan-gated"
+GATE_STEP = 2
+
+
+def write_gated_registry(model_dir: Path, gate: StepGate, name: str = "gated-models.toml") -> str:
+    """The test registry plus GATED_MODEL held by `gate`, written under the gate's release directory's parent
+    (one file per test); model paths still resolve against `model_dir`."""
+    entry = f"""
+[models.{GATED_MODEL}]
+family = "wan"
+path = "tiny/wan"
+defaults = {{ num_frames = 9, height = 32, width = 32, num_inference_steps = 4, guidance_scale = 5.0, fps = 8 }}
+limits = {{ max_frames = 33, max_height = 128, max_width = 128, max_steps = 5000 }}
+options = {{ step_gate = {{ at_step = {gate.at_step}, release_dir = "{gate.release_dir}" }} }}
+"""
+    gate.release_dir.mkdir(parents=True, exist_ok=True)
+    path = gate.release_dir.parent / name
+    path.write_text(TEST_REGISTRY + entry)
+    return str(path)
+
+
+def new_gate(root: Path) -> StepGate:
+    """A gate at GATE_STEP whose release files live in a fresh directory under `root`."""
+    return StepGate(GATE_STEP, root / f"gate-{time.time_ns()}")
+
+
+def held_at_gate(store: JobStore, job_id: str, num_steps: int, gate_step: int = GATE_STEP) -> bool:
+    """Whether the job is running with the progress of the gate's step written in Postgres: it waits there."""
+    job = store.get(job_id)
+    return job.status.value == "running" and round(job.progress * num_steps) == gate_step
 
 
 def isolated(settings: Settings, **changes: Any) -> Settings:
@@ -264,3 +322,13 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, interval: fl
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+def require(available: bool, what: str) -> None:
+    """Skip the test (saying why) when `what` is missing here; under CI (`VIDSERVE_REQUIRE_ALL=1`, set by .ci/run)
+    fail it instead, so a binary or browser that could not be installed never passes CI by silently skipping."""
+    if available:
+        return
+    if os.environ.get("VIDSERVE_REQUIRE_ALL") == "1":
+        pytest.fail(f"{what} (VIDSERVE_REQUIRE_ALL=1: required here)", pytrace=False)
+    pytest.skip(what)

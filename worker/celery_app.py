@@ -15,6 +15,7 @@ import threading
 from typing import Any
 
 from celery import Celery, Task, signals
+from celery.exceptions import Reject
 from sqlalchemy.exc import OperationalError
 
 from vidserve.queue import DELIVER_WEBHOOK_TASK, GENERATE_TASK, WEBHOOK_QUEUE, make_celery, queue_for
@@ -40,10 +41,13 @@ def _db_retry_countdown(task: Task) -> float:
 @app.task(name=GENERATE_TASK, bind=True, max_retries=20)
 def generate(self: Task, job_id: str) -> str:
     try:
-        return tasks.generate(context.current(), job_id)
+        outcome = tasks.generate(context.current(), job_id)
     except OperationalError as exc:
         # Postgres away before the claim: the message comes back later (the claim makes it safe).
         raise self.retry(exc=exc, countdown=_db_retry_countdown(self)) from exc
+    if outcome == "declined":
+        raise Reject("worker shutting down", requeue=True)  # back to the queue, unacknowledged, for another worker
+    return outcome
 
 
 @app.task(name=DELIVER_WEBHOOK_TASK, bind=True, max_retries=20)

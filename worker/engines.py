@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from engine.registry import ModelRegistry
 from engine.request import ModelUnavailable
+from worker.step_gate import StepGate
 
 if TYPE_CHECKING:
     from engine.engine import Engine
@@ -47,7 +48,7 @@ class EnginePool:
             spec = self.registry.get(model)
             log.info("loading model %s (%s) from %s on %s", model, spec.family, spec.path, ",".join(spec.devices))
             try:
-                engine = Engine(spec)
+                engine = Engine(spec, hold=StepGate.from_options(spec.options))
             except ModelUnavailable:
                 raise
             except Exception as exc:  # a broken checkpoint fails its jobs, not the worker; the next job retries

@@ -117,6 +117,11 @@ def generate(ctx: WorkerContext, job_id: str) -> str:
         # Queues are per model, so this is a routing mistake: leave the job for a worker that serves it.
         log.error("job %s: model %s is not served here; left queued", job_id, queued.model)
         return "not_served"
+    if ctx.shutting_down.is_set():
+        # A message that reached this worker on its way out (the job it just handed back, re-published): claiming
+        # it would only hand it back again. The caller returns the message to the queue for another worker.
+        log.info("job %s: not claimed, this worker is shutting down", job_id)
+        return "declined"
     owner = ctx.new_owner()
     job = ctx.store.claim(job_id, owner, ctx.settings.lease_seconds)
     if job is None:

@@ -19,6 +19,7 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,8 +99,9 @@ class Outcome:
 
 
 class WebhookSender:
-    def __init__(self, settings: Settings, schedule: Any = None) -> None:
-        """`schedule(delivery_id, countdown)` queues the next attempt (default: a Celery message)."""
+    def __init__(self, settings: Settings, schedule: Any = None, clock: Callable[[], dt.datetime] = _now) -> None:
+        """`schedule(delivery_id, countdown)` queues the next attempt (default: a Celery message). `clock` says
+        when an attempt is due and when the next one will be (tests advance their own instead of sleeping)."""
         if not settings.webhook_secret:
             raise ValueError("VIDSERVE_WEBHOOK_SECRET is not set; webhooks cannot be signed")
         Webhook(settings.webhook_secret)  # fail at start on a malformed secret, not on the first event
@@ -107,6 +109,7 @@ class WebhookSender:
         self._allowed = parse_networks(settings.webhook_allowed_networks)
         self._sessions = session_factory(settings.database_url)
         self._schedule = schedule
+        self._clock = clock
 
     def deliver(self, delivery_id: str | uuid.UUID) -> Outcome:
         """Make one attempt if the delivery is pending and due; record it; schedule the next on failure."""
@@ -145,7 +148,7 @@ class WebhookSender:
         return self._record(delivery_id, url, attempt, status_code, error, duration_ms, wait)
 
     def _claim(self, delivery_id: uuid.UUID) -> tuple[uuid.UUID, str, dict[str, Any], int] | None:
-        now = _now()
+        now = self._clock()
         in_flight_until = now + dt.timedelta(seconds=self.settings.webhook_timeout) + IN_FLIGHT_SLACK
         pending = [WebhookDelivery.id == delivery_id, WebhookDelivery.status == DeliveryStatus.PENDING]
         disabled = exists().where(WebhookEndpoint.url == WebhookDelivery.url)
@@ -194,7 +197,7 @@ class WebhookSender:
         duration_ms: float,
         wait: float | None,
     ) -> Outcome:
-        now = _now()
+        now = self._clock()
         values: dict[str, Any] = {"last_status_code": status_code, "last_error": error}
         retry_in: float | None = None
         if error is None:

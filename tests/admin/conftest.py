@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from e2e.conftest import receiver, stack  # noqa: F401  (the worker engineer's real-stack fixtures, reused)
-from service_harness import SERVED_MODEL, isolated, write_test_registry
+from service_harness import SERVED_MODEL, isolated, require, write_test_registry
 
 from vidserve.settings import Settings
 
@@ -32,11 +32,11 @@ def e2e_settings(settings: Settings, model_dir: Path) -> Settings:
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """Debian's chromium driven headless by Debian's chromedriver, with a fresh profile."""
-    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    if not Path("/usr/bin/chromedriver").exists():
-        pytest.skip("chromium-driver is not installed (.ci/run installs it)")
+    require(Path("/usr/bin/chromedriver").exists(), "chromium-driver is not installed (.ci/run installs it)")
+    require(Path("/usr/bin/chromium").exists(), "chromium is not installed (.ci/run installs it)")
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
     for flag in (

@@ -13,18 +13,22 @@ import uuid
 from typing import Any
 
 from flask.testing import FlaskClient
+from service_harness import wait_until
 
 from vidserve.job_view import job_to_dict
 from vidserve.jobs import JobStore
 from vidserve.settings import Settings
 
 
-def read_events(client: FlaskClient, job_id: str, timeout: float = 30.0) -> list[tuple[str, dict[str, Any]]]:
+def read_events(
+    client: FlaskClient, job_id: str, timeout: float = 30.0, events: list[tuple[str, dict[str, Any]]] | None = None
+) -> list[tuple[str, dict[str, Any]]]:
+    """The stream's events until it ends, appended to `events` (when given) as they arrive."""
     response = client.get(f"/v1/jobs/{job_id}/events", buffered=False)
     assert response.status_code == 200
     assert response.mimetype == "text/event-stream"
     assert response.headers["Cache-Control"] == "no-cache"
-    events: list[tuple[str, dict[str, Any]]] = []
+    events = [] if events is None else events
     buffer = ""
     deadline = time.monotonic() + timeout
     for chunk in response.response:
@@ -46,18 +50,29 @@ def test_stream_reports_each_status_and_progress_change_then_the_whole_job(
     job = submit()
     owner = f"sse-test/{uuid.uuid4().hex[:8]}"
 
+    events: list[tuple[str, dict[str, Any]]] = []
+
+    def streamed(status: str, progress: float) -> None:
+        # The next change waits until the stream has sent this one: no change is missed however slow the poll.
+        def sent() -> bool:
+            return any((d["status"], d["progress"]) == (status, progress) for n, d in list(events) if n == "status")
+
+        wait_until(sent, 30, interval=0.02, what=f"the stream to send {status} at {progress}")
+
     def worker() -> None:
-        time.sleep(0.6)
-        store.claim(job["id"], owner, 30)
-        for progress in (0.25, 0.5, 0.75):
-            time.sleep(0.6)
-            store.set_progress(job["id"], owner, progress)
-        time.sleep(0.6)
-        store.succeed(job["id"], owner, {"key": "videos/none.mp4"}, {"steps_computed": 4})
+        try:
+            streamed("queued", 0.0)
+            store.claim(job["id"], owner, 30)
+            streamed("running", 0.0)
+            for progress in (0.25, 0.5, 0.75):
+                store.set_progress(job["id"], owner, progress)
+                streamed("running", progress)
+        finally:  # ends the stream even when a wait above failed
+            store.succeed(job["id"], owner, {"key": "videos/none.mp4"}, {"steps_computed": 4})
 
     thread = threading.Thread(target=worker)
     thread.start()
-    events = read_events(client, job["id"])
+    read_events(client, job["id"], events=events)
     thread.join()
 
     statuses = [(data["status"], data["progress"]) for name, data in events if name == "status"]

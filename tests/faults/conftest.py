@@ -6,12 +6,12 @@ The machine's shared Redis (6379) and Postgres (5432) are never touched: other s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from glob import glob
@@ -21,7 +21,16 @@ from typing import Any
 import pytest
 import redis
 import requests
-from service_harness import free_port, start_api, start_celery_service, wait_until
+from service_harness import (
+    GATE_STEP,
+    GATED_MODEL,
+    free_port,
+    held_at_gate,
+    require,
+    start_api,
+    start_celery_service,
+    wait_until,
+)
 
 from vidserve import db
 from vidserve.job_view import job_to_dict
@@ -30,6 +39,7 @@ from vidserve.processes import ManagedProcess
 from vidserve.s3server import S3Server, free_port_block, start_s3_server
 from vidserve.settings import Settings
 from vidserve.storage import VideoStore
+from worker.step_gate import StepGate
 
 MODEL = "tiny-wan"
 POISON_MODEL = "tiny-wan-poison"
@@ -51,12 +61,21 @@ path = "tiny/wan-poison"
 defaults = { num_frames = 9, height = 32, width = 32, num_inference_steps = 4, guidance_scale = 5.0, fps = 8 }
 limits = { max_frames = 33, max_height = 128, max_width = 128, max_steps = 5000 }
 """
+# The tiny Wan whose jobs wait at GATE_STEP until the test releases them: how a fault lands mid-job whatever the
+# machine's speed. Served only by the workers a test starts with `gated_settings`.
+GATED_REGISTRY = """
+[models.tiny-wan-gated]
+family = "wan"
+path = "tiny/wan"
+defaults = {{ num_frames = 9, height = 32, width = 32, num_inference_steps = 8, guidance_scale = 5.0, fps = 8 }}
+limits = {{ max_frames = 33, max_height = 128, max_width = 128, max_steps = 5000 }}
+options = {{ step_gate = {{ at_step = {at_step}, release_dir = "{release_dir}" }} }}
+"""
 
 
 def _pg_bin(name: str) -> str:
     found = sorted(glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    if not found:
-        pytest.skip(f"no Postgres binaries ({name}) on this machine")
+    require(bool(found), f"no Postgres binaries ({name}) on this machine")
     return found[-1]
 
 
@@ -153,6 +172,7 @@ class Services:
     s3: RestartableS3
     settings: Settings
     logs: Path
+    gate: StepGate
     api_url: str = ""
     processes: list[ManagedProcess] = field(default_factory=list)
 
@@ -192,8 +212,7 @@ def poison_model(model_dir: Path) -> None:
 
 @pytest.fixture(scope="session")
 def faults(model_dir: Path, webhook_secret: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
+    require(shutil.which("redis-server") is not None, "redis-server is not installed")
     pg = PrivatePostgres(Path(tempfile.mkdtemp(prefix="vidserve-faults-pg-")))
     rds: PrivateRedis | None = None
     s3 = RestartableS3(tmp_path_factory.mktemp("faults-s3"), free_port_block())
@@ -206,8 +225,9 @@ def faults(model_dir: Path, webhook_secret: str, tmp_path_factory: pytest.TempPa
         db.upgrade(database_url)
         if not (model_dir / "tiny" / "wan-poison").exists():
             poison_model(model_dir)
+        gate = StepGate(GATE_STEP, tmp_path_factory.mktemp("faults-gate"))
         registry = model_dir / "faults-models.toml"
-        registry.write_text(REGISTRY)
+        registry.write_text(REGISTRY + GATED_REGISTRY.format(at_step=gate.at_step, release_dir=gate.release_dir))
         settings = Settings(
             database_url=database_url,
             redis_url=rds.url,
@@ -231,7 +251,7 @@ def faults(model_dir: Path, webhook_secret: str, tmp_path_factory: pytest.TempPa
         VideoStore(settings).ensure_bucket()
         logs = tmp_path_factory.mktemp("faults-logs")
         api, api_url = start_api(settings, logs)
-        yield Services(pg, rds, s3, settings, logs, api_url)
+        yield Services(pg, rds, s3, settings, logs, gate, api_url)
     finally:
         if api is not None:
             api.stop()
@@ -267,6 +287,22 @@ def start_worker(
                 raise
     processes.append(proc)
     return proc
+
+
+def gated_settings(faults: Services, **changes: Any) -> Settings:
+    """The suite's worker settings, serving the gated model too (and `changes`)."""
+    return dataclasses.replace(faults.settings, worker_models=f"{MODEL},{GATED_MODEL}", **changes)
+
+
+def wait_held(faults: Services, job_ids: list[str], num_steps: int, timeout: float = 120.0) -> None:
+    """Until every gated job waits at the gate, its progress there written in Postgres."""
+    store = faults.store
+    wait_until(
+        lambda: all(held_at_gate(store, j, num_steps) for j in job_ids),
+        timeout,
+        interval=0.05,
+        what=f"{len(job_ids)} jobs to wait at the gate",
+    )
 
 
 def submit(faults: Services, **body: Any) -> str:
@@ -309,7 +345,3 @@ def wait_running(faults: Services, job_ids: list[str], timeout: float = 120.0) -
 
 def event_types(faults: Services, job_id: str) -> list[str]:
     return [e.type for e in faults.store.events(job_id)]
-
-
-def sleep(seconds: float) -> None:
-    time.sleep(seconds)

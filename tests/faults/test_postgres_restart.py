@@ -7,7 +7,17 @@ import threading
 import uuid
 
 import requests
-from conftest import MODEL, Services, event_types, start_worker, submit, wait_running, wait_terminal
+from conftest import (
+    GATED_MODEL,
+    MODEL,
+    Services,
+    event_types,
+    gated_settings,
+    start_worker,
+    submit,
+    wait_held,
+    wait_terminal,
+)
 from service_harness import wait_until
 
 from vidserve.client import VidserveClient
@@ -17,9 +27,9 @@ from vidserve.processes import ManagedProcess
 def test_a_result_finished_while_postgres_is_down_is_recorded_when_it_returns(
     faults: Services, processes: list[ManagedProcess]
 ) -> None:
-    worker = start_worker(faults, processes)
-    job_id = submit(faults, prompt="a horse in the rain", num_inference_steps=1000)  # still running when Postgres goes
-    wait_running(faults, [job_id])
+    worker = start_worker(faults, processes, gated_settings(faults))
+    job_id = submit(faults, model=GATED_MODEL, prompt="a horse in the rain", num_inference_steps=8)
+    wait_held(faults, [job_id], 8)  # running, and it stays so until Postgres is gone
 
     faults.postgres.stop("fast")
     try:
@@ -29,7 +39,8 @@ def test_a_result_finished_while_postgres_is_down_is_recorded_when_it_returns(
         for response in (read, write, listing):
             assert response.status_code == 503, response.text
             assert response.json()["error"]["code"] == "database_unavailable"
-        # The engine finishes, the upload works, and the final write fails: the worker keeps retrying it.
+        # Released now, the engine finishes, the upload works, and the final write fails: the worker keeps retrying.
+        faults.gate.release(job_id)
         wait_until(
             lambda: "recording success failed" in worker.log_tail(200_000),
             60,

@@ -7,19 +7,32 @@ Redis is away is accepted all the same and runs once it is back."""
 from __future__ import annotations
 
 import requests
-from conftest import MODEL, Services, event_types, start_worker, submit, wait_running, wait_terminal
+from conftest import (
+    GATED_MODEL,
+    MODEL,
+    Services,
+    event_types,
+    gated_settings,
+    start_worker,
+    submit,
+    wait_held,
+    wait_terminal,
+)
 
 from vidserve.processes import ManagedProcess
 
 
 def test_jobs_survive_a_redis_restart(faults: Services, processes: list[ManagedProcess]) -> None:
-    start_worker(faults, processes, VIDSERVE_WORKER_SLOTS="2")
-    # Two long jobs fill the window (they must still run when Redis dies); three short ones wait in the broker.
-    ids = [submit(faults, prompt=f"dog {i}", seed=i, num_inference_steps=1500 if i < 2 else 20) for i in range(5)]
-    wait_running(faults, ids[:2])
+    start_worker(faults, processes, gated_settings(faults), VIDSERVE_WORKER_SLOTS="2")
+    # Two held jobs fill the window (they still run when Redis dies); three short ones wait in the broker.
+    held = [submit(faults, model=GATED_MODEL, prompt=f"dog {i}", seed=i) for i in range(2)]
+    ids = [*held, *(submit(faults, prompt=f"dog {i}", seed=i, num_inference_steps=20) for i in range(2, 5))]
+    wait_held(faults, held, 8)
 
     faults.redis.kill()
     faults.redis.start()
+    for job_id in held:
+        faults.gate.release(job_id)
     done = wait_terminal(faults, ids, timeout=90)
 
     assert [d["status"] for d in done.values()] == ["succeeded"] * 5, done

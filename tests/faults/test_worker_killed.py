@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import signal
 
-from conftest import Services, event_types, start_worker, submit, wait_running, wait_terminal
+from conftest import (
+    GATED_MODEL,
+    Services,
+    event_types,
+    gated_settings,
+    start_worker,
+    submit,
+    wait_held,
+    wait_terminal,
+)
 from service_harness import WebhookReceiver, start_celery_service
 from sqlalchemy import select
 from standardwebhooks import Webhook
@@ -14,9 +23,7 @@ from vidserve.db import session_factory
 from vidserve.processes import ManagedProcess
 from vidserve.schema import DeliveryStatus, WebhookDelivery
 
-# Long enough to be caught mid-way on a quiet machine (a tiny step takes about 2 ms there; progress is written
-# at most twice a second), short enough for the successor to finish quickly.
-STEPS = 2000
+STEPS = 8
 
 
 def test_jobs_of_a_killed_worker_finish_once_on_its_successor(
@@ -25,16 +32,18 @@ def test_jobs_of_a_killed_worker_finish_once_on_its_successor(
     receiver = WebhookReceiver.start()
     try:
         processes.append(start_celery_service("webhooks", faults.settings, faults.logs))
-        doomed = start_worker(faults, processes)
+        doomed = start_worker(faults, processes, gated_settings(faults))
+        body = {"model": GATED_MODEL, "num_inference_steps": STEPS}
         ids = [
-            submit(faults, prompt=f"a cat {i}", seed=i, num_inference_steps=STEPS, webhook_url=receiver.url(f"/k/{i}"))
-            for i in range(3)
+            submit(faults, prompt=f"a cat {i}", seed=i, webhook_url=receiver.url(f"/k/{i}"), **body) for i in range(3)
         ]
-        wait_running(faults, ids)
+        wait_held(faults, ids, STEPS)  # all three mid-batch, waiting at the gate
 
         doomed.process.send_signal(signal.SIGKILL)  # no warm shutdown, no hand-back: only the leases tell
         doomed.process.wait()
-        start_worker(faults, processes)
+        for job_id in ids:
+            faults.gate.release(job_id)
+        start_worker(faults, processes, gated_settings(faults))
         done = wait_terminal(faults, ids, timeout=180)
 
         for i, job_id in enumerate(ids):

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from service_harness import SERVED_MODEL, WebhookReceiver, isolated, write_test_registry
+from service_harness import (
+    GATED_MODEL,
+    SERVED_MODEL,
+    WebhookReceiver,
+    isolated,
+    new_gate,
+    write_gated_registry,
+    write_test_registry,
+)
 
 from vidserve.settings import Settings
 from worker.context import WorkerContext
+from worker.step_gate import StepGate
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +32,25 @@ def worker_settings(settings: Settings, model_dir: Path) -> Settings:
 @pytest.fixture(scope="module")
 def ctx(worker_settings: Settings) -> Iterator[WorkerContext]:
     context = WorkerContext.build(worker_settings)
+    context.videos.ensure_bucket()
+    yield context
+    context.close()
+    context.celery.close()
+
+
+@pytest.fixture(scope="module")
+def gate(tmp_path_factory: pytest.TempPathFactory) -> StepGate:
+    return new_gate(tmp_path_factory.mktemp("step-gate"))
+
+
+@pytest.fixture(scope="module")
+def gated_ctx(worker_settings: Settings, model_dir: Path, gate: StepGate) -> Iterator[WorkerContext]:
+    """A worker serving only GATED_MODEL, whose jobs wait at `gate`'s step until released: an engine of its own,
+    so nothing else is ever batched with them."""
+    models_file = write_gated_registry(model_dir, gate)
+    context = WorkerContext.build(
+        dataclasses.replace(worker_settings, models_file=models_file, worker_models=GATED_MODEL)
+    )
     context.videos.ensure_bucket()
     yield context
     context.close()

@@ -63,6 +63,17 @@ def test_a_delivery_after_the_job_finished_does_nothing(ctx: WorkerContext) -> N
     assert events(ctx, job_id) == ["job.queued", "job.running", "job.succeeded"]
 
 
+def test_a_worker_shutting_down_declines_a_new_job_and_leaves_it_queued(ctx: WorkerContext) -> None:
+    job_id = create_job(ctx)
+    leaving = dataclasses.replace(ctx, shutting_down=threading.Event())
+    leaving.shutting_down.set()
+
+    assert tasks.generate(leaving, job_id) == "declined"  # the Celery task puts the message back (Reject, requeue)
+    job = ctx.store.get(job_id)
+    assert job.status == JobStatus.QUEUED and job.attempts == 0 and job.lease_owner is None
+    assert events(ctx, job_id) == ["job.queued"]
+
+
 def test_a_message_for_an_unknown_job_is_dropped(ctx: WorkerContext) -> None:
     assert tasks.generate(ctx, str(uuid.uuid4())) == "skipped"
 

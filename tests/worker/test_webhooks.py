@@ -7,11 +7,10 @@ would carry as a delayed message is captured and replayed when it falls due.
 from __future__ import annotations
 
 import dataclasses
-import time
 import uuid
 
 import pytest
-from service_harness import WebhookReceiver, free_port
+from service_harness import ManualClock, WebhookReceiver, free_port
 from sqlalchemy import select
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
@@ -73,19 +72,23 @@ def test_delivery_is_signed_per_standard_webhooks(settings: Settings, receiver: 
 def test_failed_delivery_is_retried_on_the_schedule_until_accepted(
     settings: Settings, receiver: WebhookReceiver
 ) -> None:
-    fast = dataclasses.replace(settings, webhook_retry_scale=0.001)  # 5 s -> 5 ms, 5 min -> 0.3 s
+    unscaled = dataclasses.replace(settings, webhook_retry_scale=1.0)  # 5 s, then 5 min: on the test's clock
     receiver.fail_first["/flaky"] = 2
-    delivery_id = make_delivery(fast, receiver.url("/flaky"))
+    delivery_id = make_delivery(unscaled, receiver.url("/flaky"))
     scheduled = Scheduled()
-    sender = WebhookSender(fast, scheduled)
+    clock = ManualClock()
+    sender = WebhookSender(unscaled, scheduled, clock)
 
     first = sender.deliver(delivery_id)
     assert (first.status, first.status_code) == ("retrying", 500)
-    assert 5 * 0.001 * 0.8 <= first.retry_in <= 5 * 0.001 * 1.2
-    time.sleep(first.retry_in)
+    assert 5 * 0.8 <= first.retry_in <= 5 * 1.2
+    assert sender.deliver(delivery_id).status == "skipped"  # not due yet
+    clock.advance(first.retry_in)
     second = sender.deliver(delivery_id)
-    assert second.status == "retrying" and 300 * 0.001 * 0.8 <= second.retry_in <= 300 * 0.001 * 1.2
-    time.sleep(second.retry_in)
+    assert second.status == "retrying" and 300 * 0.8 <= second.retry_in <= 300 * 1.2
+    clock.advance(second.retry_in - 1.0)
+    assert sender.deliver(delivery_id).status == "skipped"  # a second early
+    clock.advance(1.0)
     third = sender.deliver(delivery_id)
     assert third.status == "delivered"
     assert sender.deliver(delivery_id).status == "skipped"  # delivered stays delivered
@@ -110,12 +113,13 @@ def test_delivery_gives_up_after_the_last_attempt(settings: Settings, receiver: 
     receiver.fail_first["/down"] = 100
     delivery_id = make_delivery(limited, receiver.url("/down"))
     scheduled = Scheduled()
-    sender = WebhookSender(limited, scheduled)
+    clock = ManualClock()
+    sender = WebhookSender(limited, scheduled, clock)
 
     assert sender.deliver(delivery_id).status == "retrying"  # the retry waits 5 s x 0.05, ±20%
     # The retry is not due yet: an early or duplicate message sends nothing.
     assert sender.deliver(delivery_id).status == "skipped"
-    time.sleep(5 * 0.05 * 1.2)
+    clock.advance(5 * 0.05 * 1.2)
     last = sender.deliver(delivery_id)
     assert last.status == "failed" and last.retry_in is None
     assert len(scheduled.calls) == 1
