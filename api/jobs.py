@@ -59,7 +59,7 @@ def list_jobs() -> Response:
         status=query.status,
         model=query.model,
         limit=query.limit + 1,
-        before=query.before,
+        after=query.before,
         owner=principal().job_owner,
     )
     page = rows[: query.limit]

@@ -19,10 +19,10 @@ from sqlalchemy import text
 
 from api.services import Services, services
 from vidserve.db import get_engine
+from vidserve.heartbeats import read_heartbeats
 from vidserve.queue import queue_for
 from vidserve.schema import JobStatus
 from vidserve.settings import Settings
-from worker.heartbeat import read_heartbeats
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,6 @@ import uuid
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, redirect, request
-from sqlalchemy import and_, or_, select
 
 from api import rate_limit
 from api.auth import principal, requires
@@ -31,7 +30,6 @@ from api.validation import (
 )
 from engine.registry import ModelSpec
 from engine.request import InvalidRequest
-from vidserve.db import session_factory
 from vidserve.jobs import JobConflict, JobNotFound, JobQuotaExceeded
 from vidserve.schema import Job, JobStatus
 
@@ -261,29 +259,15 @@ def list_videos() -> Response:
     order = request.args.get("order", "desc")
     if order not in ("asc", "desc"):
         raise OpenAIError(400, "order must be 'asc' or 'desc'.", "order", "invalid_value")
-    q = select(Job).limit(limit + 1)
-    if owner is not None:
-        q = q.where(Job.api_key_id == owner)
-    if order == "desc":
-        q = q.order_by(Job.created_at.desc(), Job.id.desc())
-    else:
-        q = q.order_by(Job.created_at.asc(), Job.id.asc())
+    cursor = None
     after = request.args.get("after")
     if after:
         try:
             anchor = svc.jobs.get(after, owner=owner)
         except JobNotFound:
             raise OpenAIError(400, f"after: no video with id {after!r}.", "after", "invalid_value") from None
-        if order == "desc":
-            q = q.where(
-                or_(Job.created_at < anchor.created_at, and_(Job.created_at == anchor.created_at, Job.id < anchor.id))
-            )
-        else:
-            q = q.where(
-                or_(Job.created_at > anchor.created_at, and_(Job.created_at == anchor.created_at, Job.id > anchor.id))
-            )
-    with session_factory(svc.settings.database_url)() as s:
-        rows = list(s.scalars(q))
+        cursor = (anchor.created_at, anchor.id)
+    rows = svc.jobs.list(limit=limit + 1, after=cursor, order=order, owner=owner)
     page = rows[:limit]
     data = [video_object(job) for job in page]
     return jsonify(

@@ -29,7 +29,7 @@ from urllib3.exceptions import InvalidHeader
 from urllib3.util.retry import Retry
 
 from vidserve.db import session_factory
-from vidserve.queue import publish_delivery
+from vidserve.queue import announce_delivery
 from vidserve.schema import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from vidserve.settings import Settings
 from vidserve.webhook_store import disable_endpoint
@@ -226,10 +226,7 @@ class WebhookSender:
                 log.warning("webhook URL %s answered 410 Gone: disabled, %d pending deliveries failed", url, len(ended))
         log.info("webhook %s attempt %d: %s (%s)", delivery_id, attempt, status, error or status_code)
         if retry_in is not None and self._schedule is not None:
-            try:
-                self._schedule(delivery_id, retry_in)
-            except Exception:
-                log.warning("could not schedule webhook retry %s; the sweeper will", delivery_id, exc_info=True)
+            self._schedule(delivery_id, retry_in)
         return Outcome(status, attempt, status_code, retry_in)
 
     def attempts(self, delivery_id: str | uuid.UUID) -> list[WebhookAttempt]:
@@ -242,6 +239,6 @@ def celery_scheduler(app: Any) -> Any:
     """`schedule` that queues the next attempt as a delayed message on the webhooks queue."""
 
     def schedule(delivery_id: uuid.UUID, countdown: float) -> None:
-        publish_delivery(app, delivery_id, countdown=countdown)
+        announce_delivery(app, delivery_id, countdown=countdown)
 
     return schedule

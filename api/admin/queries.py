@@ -17,7 +17,7 @@ from api.metrics import queue_depths, redis_client
 from api.services import Services
 from vidserve.db import get_engine, session_factory
 from vidserve.jobs import JobConflict, JobNotFound
-from vidserve.queue import publish_delivery
+from vidserve.queue import announce_delivery
 from vidserve.schema import Job, JobStatus, WebhookAttempt, WebhookDelivery
 from vidserve.webhook_store import WebhookStore
 
@@ -144,10 +144,7 @@ def redeliver(svc: Services, delivery_id: str) -> bool:
         return False
     if not WebhookStore(svc.settings.database_url).redeliver(key, force=True):
         return False
-    try:
-        publish_delivery(svc.celery, key)
-    except Exception:  # the sweeper publishes pending deliveries whose message was lost
-        pass
+    announce_delivery(svc.celery, key)
     return True
 
 

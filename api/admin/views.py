@@ -21,9 +21,9 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from api.admin import queries
 from api.services import services
+from vidserve.heartbeats import read_heartbeats
 from vidserve.jobs import JobConflict, JobNotFound
 from vidserve.schema import JobStatus
-from worker.heartbeat import read_heartbeats
 
 bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates", static_folder="static")
 
