@@ -208,8 +208,8 @@ class JobStore:
         """queued -> running for `owner`: the first job of `models` in the queue's order; None when none waits.
 
         The order: higher priority first; then the key furthest below its weighted fair share (its recent
-        service plus its place among its own queued ones, over its weight: `_fair_queue`); then oldest first. The row is locked with
-        SKIP LOCKED, so workers claiming at once take different jobs and never wait on each other.
+        service plus its place among its own queued ones, over its weight: `_fair_queue`); then oldest first.
+        The row is locked with SKIP LOCKED, so workers claiming at once take different jobs and never wait.
         """
         order = _fair_queue(models).subquery()
         pick = (

@@ -74,7 +74,9 @@ def test_a_key_that_floods_does_not_delay_another_keys_jobs_beyond_its_share(
     assert order[6:] == a[3:]
 
 
-def test_running_and_recently_started_jobs_count_against_their_keys_share(store: JobStore, private_database: str, model: str) -> None:
+def test_running_and_recently_started_jobs_count_against_their_keys_share(
+    store: JobStore, private_database: str, model: str
+) -> None:
     flood, other = new_key(private_database), new_key(private_database)
     a = submit(store, model, flood, 5)
     held = [store.claim_next([model], f"worker/{i}", 60) for i in range(2)]  # two slots busy with A's jobs
