@@ -16,7 +16,7 @@ from functools import wraps
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import Blueprint, Response, abort, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, Response, abort, g, jsonify, redirect, render_template, request, url_for
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from api.admin import queries
@@ -50,14 +50,17 @@ def _authenticated() -> str | None:
     if header.startswith("Bearer "):
         bearer = header[7:].strip()
         if token and hmac.compare_digest(bearer.encode(), token.encode()):
+            g.admin_actor = "admin token"
             return "bearer"
         key = services().keys.verify(bearer)
         if key is not None and "admin" in key.scopes:
+            g.admin_actor = f"admin key {key.id} ({key.name})"
             return "bearer"
     cookie = request.cookies.get(COOKIE)
     if cookie and token:
         try:
             _serializer().loads(cookie, max_age=SESSION_SECONDS)
+            g.admin_actor = "admin dashboard session"
             return "cookie"
         except BadSignature:
             return None
@@ -209,7 +212,7 @@ def bulk() -> Response:
         done, problems = queries.cancel_jobs(svc, ids)
         msg = f"canceled {done} job(s)"
     elif action == "retry":
-        created, problems = queries.retry_jobs(svc, ids)
+        created, problems = queries.retry_jobs(svc, ids, g.admin_actor)
         msg = f"retried {len(created)} job(s) as new jobs"
     else:
         abort(400, "action must be cancel or retry")
@@ -264,7 +267,7 @@ def cancel(job_id: str) -> Response:
 def retry(job_id: str) -> Response:
     svc = services()
     try:
-        new = queries.retry_job(svc, job_id)
+        new = queries.retry_job(svc, job_id, g.admin_actor)
     except JobConflict as e:
         return redirect(url_for("admin.job_detail", job_id=job_id, msg=f"not retried: {e}"))
     return redirect(url_for("admin.job_detail", job_id=new.id, msg=f"retry of {job_id}"))
