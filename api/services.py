@@ -18,7 +18,7 @@ from vidserve.job_view import job_to_dict
 from vidserve.jobs import JobStore
 from vidserve.keys import KeyStore
 from vidserve.queue import announce_delivery, announce_job, make_celery
-from vidserve.schema import Job
+from vidserve.schema import Job, JobStatus
 from vidserve.settings import Settings
 from vidserve.storage import VideoStore
 
@@ -49,8 +49,9 @@ class Services:
         return cls(settings, registry, jobs, videos, celery, KeyStore(settings.database_url))
 
     def view_job(self, job: Job) -> dict[str, Any]:
-        """The public JSON of a job, with a fresh presigned URL when its video exists."""
-        return job_to_dict(job, self.videos.presigned_url if self.videos else None)
+        """The public JSON of a job, with a fresh presigned URL when its video exists and its place while queued."""
+        place = self.jobs.queue_place(job) if job.status == JobStatus.QUEUED else None
+        return job_to_dict(job, self.videos.presigned_url if self.videos else None, place)
 
     def publish(self, job: Job) -> bool:
         """Enqueue a stored job; False when the broker is away (the worker's sweeper publishes it later)."""
