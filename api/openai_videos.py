@@ -30,7 +30,8 @@ from api.validation import (
 )
 from engine.registry import ModelSpec
 from engine.request import InvalidRequest
-from vidserve.jobs import JobConflict, JobNotFound, JobQuotaExceeded
+from vidserve.job_view import queue_to_dict
+from vidserve.jobs import JobConflict, JobNotFound, JobQuotaExceeded, QueuePlace
 from vidserve.schema import Job, JobStatus
 
 bp = Blueprint("openai_videos", __name__, url_prefix="/v1/videos")
@@ -111,8 +112,8 @@ def _unix(value: dt.datetime | None) -> int | None:
     return int(value.timestamp()) if value else None
 
 
-def video_object(job: Job) -> dict[str, Any]:
-    """A job as OpenAI's Video object (plus `vidserve_job` with our own view's link)."""
+def video_object(job: Job, place: QueuePlace | None = None) -> dict[str, Any]:
+    """A job as OpenAI's Video object, plus `queue`: a queued job's place (position, estimated start) or null."""
     params = job.params or {}
     fps = int(params.get("fps") or 8)
     error = None
@@ -134,6 +135,7 @@ def video_object(job: Job) -> dict[str, Any]:
         "size": f"{params.get('width')}x{params.get('height')}",
         "remixed_from_video_id": None,
         "error": error,
+        "queue": queue_to_dict(place),
     }
 
 
@@ -244,7 +246,9 @@ def create_video() -> Response:
 @bp.get("/<video_id>")
 @requires("jobs:read")
 def retrieve_video(video_id: str) -> Response:
-    return jsonify(video_object(services().jobs.get(video_id, owner=principal().job_owner)))
+    jobs = services().jobs
+    job = jobs.get(video_id, owner=principal().job_owner)
+    return jsonify(video_object(job, jobs.queue_place(job)))
 
 
 @bp.get("")
@@ -379,6 +383,15 @@ OPENAPI_SCHEMAS: dict[str, Any] = {
             "error": {
                 "type": ["object", "null"],
                 "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            },
+            "queue": {
+                "type": ["object", "null"],
+                "description": "vidserve's addition, on retrieve: a queued video's place (position: queued jobs "
+                "before it; estimated_start_at: ISO time or null); null otherwise",
+                "properties": {
+                    "position": {"type": "integer", "minimum": 0},
+                    "estimated_start_at": {"type": ["string", "null"], "format": "date-time"},
+                },
             },
         },
     },

@@ -22,7 +22,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from api.admin import queries
 from api.services import services
 from vidserve.heartbeats import read_heartbeats
-from vidserve.jobs import JobConflict, JobNotFound
+from vidserve.jobs import PRIORITY_NAMES, JobConflict, JobNotFound
 from vidserve.schema import JobStatus
 
 bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates", static_folder="static")
@@ -238,6 +238,8 @@ def job_detail(job_id: str) -> Any:
         events=svc.jobs.events(job.id),
         deliveries=queries.deliveries(svc, job.id),
         video_url=video_url,
+        place=svc.jobs.queue_place(job),
+        priority=PRIORITY_NAMES.get(job.priority, "normal"),
         retryable=job.status in queries.RETRYABLE,
         message=request.args.get("msg"),
     )
