@@ -50,7 +50,9 @@ bench-quick: venv
 # The load fault test at full size (CI runs it with 40 jobs from 8 clients): 200 jobs, 20 clients, 2 workers.
 bench-load: venv
 	@set -o pipefail; VIDSERVE_LOAD_JOBS=$${VIDSERVE_LOAD_JOBS:-200} VIDSERVE_LOAD_CLIENTS=$${VIDSERVE_LOAD_CLIENTS:-20} \
-	 $(PY) -m pytest -q -s -p no:cacheprovider tests/faults/test_load.py | grep -E '^load:|passed|failed'
+	 VIDSERVE_FAIR_A_JOBS=$${VIDSERVE_FAIR_A_JOBS:-200} VIDSERVE_FAIR_B_JOBS=$${VIDSERVE_FAIR_B_JOBS:-10} \
+	 $(PY) -m pytest -q -s -p no:cacheprovider tests/faults/test_load.py tests/faults/test_fair_load.py \
+	 | grep -E '^(fair )?load:|passed|failed'
 
 lint: venv
 	@.venv/bin/ruff check .

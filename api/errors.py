@@ -103,8 +103,9 @@ class Forbidden(ApiError):
     status = 403
     code = "insufficient_scope"
 
-    def __init__(self, scope: str) -> None:
-        super().__init__(f"this API key lacks the {scope} scope", rule=f"needs scope {scope}")
+    def __init__(self, scope: str, field: str | None = None) -> None:
+        """`field`: the body field whose value needs the scope (e.g. `priority: high`), when it is not the route."""
+        super().__init__(f"this API key lacks the {scope} scope", field=field, rule=f"needs scope {scope}")
         self.headers = {"WWW-Authenticate": f'Bearer realm="vidserve", error="insufficient_scope", scope="{scope}"'}
 
 

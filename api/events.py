@@ -15,6 +15,7 @@ from flask import Blueprint, Response, stream_with_context
 
 from api.auth import principal, requires
 from api.services import Services, services
+from vidserve.job_view import queue_to_dict
 
 bp = Blueprint("events", __name__, url_prefix="/v1/jobs")
 
@@ -33,18 +34,21 @@ def sse(event: str, data: dict[str, Any], event_id: int | None = None) -> str:
 
 
 def job_events(svc: Services, job_id: str, poll: float = POLL_SECONDS) -> Iterator[str]:
-    """`status` events ({id, status, progress, error}) on every change; a final `done` event with the whole job."""
+    """`status` events ({id, status, progress, error, queue}) on every change, a queued job's place included; a
+    final `done` event with the whole job."""
     job = svc.jobs.get(job_id)  # raises JobNotFound before the stream starts: a plain 404
-    last: tuple[str, float] | None = None
+    last: tuple[str, float, int | None] | None = None
     sent = 0
     started = last_write = time.monotonic()
     yield "retry: 1000\n\n"
     while True:
-        state = (job.status.value, round(job.progress or 0.0, 4))
+        place = svc.jobs.queue_place(job)
+        state = (job.status.value, round(job.progress or 0.0, 4), place.position if place else None)
         if state != last:
             sent += 1
             error = {"code": job.error_code, "message": job.error_message} if job.error_code else None
-            yield sse("status", {"id": str(job.id), "status": state[0], "progress": state[1], "error": error}, sent)
+            data = {"id": str(job.id), "status": state[0], "progress": state[1], "error": error}
+            yield sse("status", {**data, "queue": queue_to_dict(place)}, sent)
             last, last_write = state, time.monotonic()
         if job.status.terminal:
             yield sse("done", svc.view_job(job), sent + 1)
@@ -81,7 +85,8 @@ OPENAPI_PATHS: dict[str, Any] = {
         "get": {
             "operationId": "streamJobEvents",
             "summary": "Follow a job's status and progress as Server-Sent Events",
-            "description": "`status` events ({id, status, progress, error}) on every change, then one `done` event "
+            "description": "`status` events ({id, status, progress, error, queue}) on every change (a queued job's "
+            "`queue` place included), then one `done` event "
             "with the whole job once it is terminal; the stream then ends. Comment lines keep idle streams open.",
             "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}],
             "responses": {

@@ -8,12 +8,14 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, redirect, request, url_for
 
 from api.auth import principal, requires
-from api.errors import JobNotSucceeded, StorageUnavailable
+from api.errors import Forbidden, JobNotSucceeded, StorageUnavailable
 from api.idempotency import claimed_record_id, idempotent
 from api.rate_limit import check_submission_rate
 from api.services import services
 from api.validation import encode_cursor, parse_job_query, parse_json_object, parse_submission, read_body
 from api.webhooks import check_webhook_target
+from vidserve.jobs import PRIORITIES
+from vidserve.keys import PRIORITY_SCOPE
 from vidserve.schema import Job, JobStatus
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
@@ -34,6 +36,8 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     submission = parse_submission(parse_json_object(read_body(request)), svc.registry)
     if submission.webhook_url is not None:
         check_webhook_target(submission.webhook_url)
+    if submission.priority == "high" and not caller.allows(PRIORITY_SCOPE):
+        raise Forbidden(PRIORITY_SCOPE, field="priority")
     job = svc.jobs.create(
         api_key_id=caller.api_key_id,
         max_active_jobs=caller.job_limit(svc.settings.max_concurrent_jobs_per_key),
@@ -44,6 +48,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
         metadata=submission.metadata,
         webhook_events=submission.webhook_events,
         idempotency_record_id=claimed_record_id(),
+        priority=PRIORITIES[submission.priority],
     )
     svc.publish(job)
     return _accepted(job)
@@ -59,7 +64,7 @@ def list_jobs() -> Response:
         status=query.status,
         model=query.model,
         limit=query.limit + 1,
-        before=query.before,
+        after=query.before,
         owner=principal().job_owner,
     )
     page = rows[: query.limit]

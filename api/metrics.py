@@ -19,10 +19,11 @@ from sqlalchemy import text
 
 from api.services import Services, services
 from vidserve.db import get_engine
+from vidserve.heartbeats import read_heartbeats
+from vidserve.jobs import PRIORITIES
 from vidserve.queue import queue_for
 from vidserve.schema import JobStatus
 from vidserve.settings import Settings
-from worker.heartbeat import read_heartbeats
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,13 @@ METRICS: list[tuple[str, str, str, str]] = [
     ("vidserve_queue_oldest_seconds", "gauge", "model", "age of the oldest queued job (0 when none)"),
     ("vidserve_job_duration_seconds", "histogram", "model, state", "end to end, created to finished, of finished jobs"),
     ("vidserve_job_queue_seconds", "histogram", "model", "created to started (last attempt) of started jobs"),
+    (
+        "vidserve_job_queue_wait_seconds",
+        "histogram",
+        "model, key_class, priority",
+        "created to started of started jobs, by key class (anonymous; default: weight 1; heavy: above 1; light: below"
+        " 1) and priority (low, normal, high)",
+    ),
     ("vidserve_job_run_seconds", "histogram", "model, state", "started to finished (last attempt) of finished jobs"),
     ("vidserve_batch_size", "histogram", "model", "requests per transformer forward that a succeeded job ran in"),
     ("vidserve_steps_computed_total", "counter", "model", "denoising steps computed for succeeded jobs"),
@@ -152,6 +160,7 @@ class VidserveCollector(Collector):
                 "started_at IS NOT NULL",
                 DURATION_BUCKETS,
             )
+            yield self._queue_wait(conn)
             yield self._histogram(
                 conn,
                 "vidserve_job_run_seconds",
@@ -221,6 +230,28 @@ class VidserveCollector(Collector):
             for outcome in ("success", "http_error", "network_error"):
                 c.add_metric([outcome], outcomes.get(outcome, 0))
             yield c
+
+    def _queue_wait(self, conn: Any) -> Metric:
+        """Created to started, by model, key class and priority: whether the fair queue serves every class."""
+        key_class = (
+            "CASE WHEN k.id IS NULL THEN 'anonymous' WHEN k.weight > 1 THEN 'heavy' WHEN k.weight < 1 THEN 'light'"
+            " ELSE 'default' END"
+        )
+        priority = " ".join(f"WHEN {number} THEN '{name}'" for name, number in PRIORITIES.items())
+        rows = conn.execute(
+            text(
+                f"SELECT model, key_class, priority, {_histogram_sql('v', DURATION_BUCKETS)} FROM"
+                f" (SELECT j.model, {key_class} AS key_class, CASE j.priority {priority} END AS priority,"
+                " extract(epoch FROM j.started_at - j.created_at) AS v"
+                " FROM jobs j LEFT JOIN api_keys k ON k.id = j.api_key_id WHERE j.started_at IS NOT NULL) AS t"
+                " GROUP BY 1, 2, 3"
+            )
+        ).all()
+        name = "vidserve_job_queue_wait_seconds"
+        h = HistogramMetricFamily(name, _help(name), labels=["model", "key_class", "priority"])
+        for row in rows:
+            h.add_metric([str(x) for x in row[:3]], _buckets(row[2:], DURATION_BUCKETS), float(row[4]))
+        return h
 
     def _histogram(
         self, conn: Any, name: str, labels: list[str], value: str, where: str, buckets: tuple[float, ...]

@@ -15,7 +15,6 @@ import uuid
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, redirect, request
-from sqlalchemy import and_, or_, select
 
 from api import rate_limit
 from api.auth import principal, requires
@@ -33,8 +32,8 @@ from api.validation import (
 )
 from engine.registry import ModelSpec
 from engine.request import InvalidRequest
-from vidserve.db import session_factory
-from vidserve.jobs import JobConflict, JobNotFound, JobQuotaExceeded
+from vidserve.job_view import queue_to_dict
+from vidserve.jobs import JobConflict, JobNotFound, JobQuotaExceeded, QueuePlace
 from vidserve.schema import Job, JobStatus
 
 bp = Blueprint("openai_videos", __name__, url_prefix="/v1/videos")
@@ -115,8 +114,8 @@ def _unix(value: dt.datetime | None) -> int | None:
     return int(value.timestamp()) if value else None
 
 
-def video_object(job: Job) -> dict[str, Any]:
-    """A job as OpenAI's Video object (plus `vidserve_job` with our own view's link)."""
+def video_object(job: Job, place: QueuePlace | None = None) -> dict[str, Any]:
+    """A job as OpenAI's Video object, plus `queue`: a queued job's place (position, estimated start) or null."""
     params = job.params or {}
     fps = int(params.get("fps") or 8)
     error = None
@@ -138,6 +137,7 @@ def video_object(job: Job) -> dict[str, Any]:
         "size": f"{params.get('width')}x{params.get('height')}",
         "remixed_from_video_id": None,
         "error": error,
+        "queue": queue_to_dict(place),
     }
 
 
@@ -252,7 +252,9 @@ def create_video() -> Response:
 @bp.get("/<video_id>")
 @requires("jobs:read")
 def retrieve_video(video_id: str) -> Response:
-    return jsonify(video_object(services().jobs.get(video_id, owner=principal().job_owner)))
+    jobs = services().jobs
+    job = jobs.get(video_id, owner=principal().job_owner)
+    return jsonify(video_object(job, jobs.queue_place(job)))
 
 
 @bp.get("")
@@ -267,29 +269,15 @@ def list_videos() -> Response:
     order = request.args.get("order", "desc")
     if order not in ("asc", "desc"):
         raise OpenAIError(400, "order must be 'asc' or 'desc'.", "order", "invalid_value")
-    q = select(Job).limit(limit + 1)
-    if owner is not None:
-        q = q.where(Job.api_key_id == owner)
-    if order == "desc":
-        q = q.order_by(Job.created_at.desc(), Job.id.desc())
-    else:
-        q = q.order_by(Job.created_at.asc(), Job.id.asc())
+    cursor = None
     after = request.args.get("after")
     if after:
         try:
             anchor = svc.jobs.get(after, owner=owner)
         except JobNotFound:
             raise OpenAIError(400, f"after: no video with id {after!r}.", "after", "invalid_value") from None
-        if order == "desc":
-            q = q.where(
-                or_(Job.created_at < anchor.created_at, and_(Job.created_at == anchor.created_at, Job.id < anchor.id))
-            )
-        else:
-            q = q.where(
-                or_(Job.created_at > anchor.created_at, and_(Job.created_at == anchor.created_at, Job.id > anchor.id))
-            )
-    with session_factory(svc.settings.database_url)() as s:
-        rows = list(s.scalars(q))
+        cursor = (anchor.created_at, anchor.id)
+    rows = svc.jobs.list(limit=limit + 1, after=cursor, order=order, owner=owner)
     page = rows[:limit]
     data = [video_object(job) for job in page]
     return jsonify(
@@ -401,6 +389,15 @@ OPENAPI_SCHEMAS: dict[str, Any] = {
             "error": {
                 "type": ["object", "null"],
                 "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            },
+            "queue": {
+                "type": ["object", "null"],
+                "description": "vidserve's addition, on retrieve: a queued video's place (position: queued jobs "
+                "before it; estimated_start_at: ISO time or null); null otherwise",
+                "properties": {
+                    "position": {"type": "integer", "minimum": 0},
+                    "estimated_start_at": {"type": ["string", "null"], "format": "date-time"},
+                },
             },
         },
     },

@@ -23,7 +23,7 @@ from api.validation import (
 )
 from engine.cache_policy import SETTINGS
 from engine.registry import ModelRegistry, ModelSpec
-from vidserve.jobs import ALL_WEBHOOK_EVENTS
+from vidserve.jobs import ALL_WEBHOOK_EVENTS, PRIORITIES
 from vidserve.schema import DeliveryStatus, JobStatus
 
 bp = Blueprint("openapi", __name__)
@@ -144,6 +144,14 @@ def _job_request_schema(spec: ModelSpec, default: bool = False) -> dict[str, Any
                     "uniqueItems": True,
                     "description": "the events sent to webhook_url (default: every status change); add "
                     "`job.progress` for an event each time progress crosses a tenth",
+                }
+            ),
+            "priority": _nullable(
+                {
+                    "type": "string",
+                    "enum": list(PRIORITIES),
+                    "description": "the queue runs higher priorities first, then shares fairly across API keys "
+                    "(default normal); `high` needs a key with the `jobs:priority` scope (else 403)",
                 }
             ),
         },
@@ -273,6 +281,8 @@ def _schemas(registry: ModelRegistry) -> dict[str, Any]:
                 "webhook_url",
                 "webhook_events",
                 "metadata",
+                "priority",
+                "queue",
             ],
             "properties": {
                 "id": {"type": "string", "format": "uuid"},
@@ -303,6 +313,22 @@ def _schemas(registry: ModelRegistry) -> dict[str, Any]:
                 "webhook_url": {"type": ["string", "null"]},
                 "webhook_events": {"type": ["array", "null"], "items": {"type": "string"}},
                 "metadata": {"type": ["object", "null"]},
+                "priority": {"type": "string", "enum": list(PRIORITIES)},
+                "queue": {
+                    "description": "while queued: how many queued jobs run before this one, and when it may start "
+                    "(from the model's starts in the last 10 minutes; null until there are some); null otherwise",
+                    "oneOf": [
+                        {"type": "null"},
+                        {
+                            "type": "object",
+                            "required": ["position", "estimated_start_at"],
+                            "properties": {
+                                "position": {"type": "integer", "minimum": 0},
+                                "estimated_start_at": nullable_time,
+                            },
+                        },
+                    ],
+                },
             },
         },
         "JobList": {

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +17,8 @@ from engine.registry import ModelRegistry
 from vidserve.job_view import job_to_dict
 from vidserve.jobs import JobStore
 from vidserve.keys import KeyStore
-from vidserve.queue import make_celery, publish_delivery, publish_job
-from vidserve.schema import Job
+from vidserve.queue import announce_delivery, announce_job, make_celery
+from vidserve.schema import Job, JobStatus
 from vidserve.settings import Settings
 from vidserve.storage import VideoStore
 
@@ -45,31 +44,18 @@ class Services:
         jobs = JobStore(
             settings.database_url,
             view=lambda job: job_to_dict(job, presign),
-            publish_delivery=functools.partial(_publish_delivery, celery),
+            publish_delivery=functools.partial(announce_delivery, celery),
         )
         return cls(settings, registry, jobs, videos, celery, KeyStore(settings.database_url))
 
     def view_job(self, job: Job) -> dict[str, Any]:
-        """The public JSON of a job, with a fresh presigned URL when its video exists."""
-        return job_to_dict(job, self.videos.presigned_url if self.videos else None)
+        """The public JSON of a job, with a fresh presigned URL when its video exists and its place while queued."""
+        place = self.jobs.queue_place(job) if job.status == JobStatus.QUEUED else None
+        return job_to_dict(job, self.videos.presigned_url if self.videos else None, place)
 
     def publish(self, job: Job) -> bool:
         """Enqueue a stored job; False when the broker is away (the worker's sweeper publishes it later)."""
-        try:
-            publish_job(self.celery, job.id, job.model)
-            self.jobs.mark_published(job.id)
-        except Exception as e:
-            log.warning("job %s stored but not published (the sweeper will): %s", job.id, e)
-            return False
-        return True
-
-
-def _publish_delivery(celery: Celery, delivery_id: uuid.UUID) -> None:
-    # The delivery row is committed already; a lost message is re-published by the sweeper.
-    try:
-        publish_delivery(celery, delivery_id)
-    except Exception as e:
-        log.warning("webhook delivery %s stored but not published: %s", delivery_id, e)
+        return announce_job(self.celery, self.jobs, job.id, job.model)
 
 
 def services() -> Services:

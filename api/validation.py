@@ -20,7 +20,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from api.errors import InvalidField, MalformedBody
 from api.query import integer_parameter
 from engine.registry import ModelRegistry
-from vidserve.jobs import ALL_WEBHOOK_EVENTS
+from vidserve.jobs import ALL_WEBHOOK_EVENTS, PRIORITIES
 from vidserve.schema import JobStatus
 from vidserve.webhook_urls import UnsafeWebhookURL, check_shape
 
@@ -40,6 +40,7 @@ JOB_FIELDS: dict[str, str] = {
     "webhook_url": "string",
     "webhook_events": "array",
     "metadata": "object",
+    "priority": "string",
 }
 REQUIRED_FIELDS = ("prompt",)
 GENERATION_FIELDS = (
@@ -100,6 +101,7 @@ class JobSubmission:
     webhook_url: str | None
     metadata: dict[str, Any] | None
     webhook_events: list[str] | None = None
+    priority: str = "normal"
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,9 @@ def parse_submission(body: dict[str, Any], registry: ModelRegistry) -> JobSubmis
     webhook_events = values.get("webhook_events")
     if webhook_events is not None:
         _check_webhook_events(webhook_events, webhook_url)
+    priority = values.get("priority", "normal")
+    if priority not in PRIORITIES:
+        raise InvalidField("priority", f"must be one of: {', '.join(PRIORITIES)}")
 
     job_id = uuid.uuid4()
     requested = {name: values[name] for name in GENERATION_FIELDS if name in values}
@@ -211,7 +216,7 @@ def parse_submission(body: dict[str, Any], registry: ModelRegistry) -> JobSubmis
     params = {name: getattr(resolved, name) for name in GENERATION_FIELDS}
     if params["cache"] is None:  # no approximate caching asked for: the params stay as before the field existed
         del params["cache"]
-    return JobSubmission(job_id, values["model"], params, webhook_url, metadata, webhook_events)
+    return JobSubmission(job_id, values["model"], params, webhook_url, metadata, webhook_events, priority)
 
 
 def parse_job_query(args: Mapping[str, str]) -> JobQuery:

@@ -13,7 +13,7 @@ from flask import Blueprint, Response, jsonify
 from api.auth import principal, requires
 from api.errors import DeliveryConflict, DeliveryNotFound, InvalidField
 from api.services import services
-from vidserve.queue import publish_delivery
+from vidserve.queue import announce_delivery
 from vidserve.schema import DeliveryStatus, Job
 from vidserve.webhook_store import DeliveryPending, DeliveryRecord, WebhookStore
 from vidserve.webhook_urls import UnsafeWebhookURL, check_url, parse_networks
@@ -56,10 +56,7 @@ def redeliver(job_id: str, delivery_id: str) -> tuple[Response, int]:
         store.redeliver(record.delivery.id, job.id)
     except DeliveryPending:
         raise DeliveryConflict("the delivery is pending: its next attempt is scheduled already") from None
-    try:
-        publish_delivery(svc.celery, record.delivery.id)
-    except Exception as e:  # the row is pending; the sweeper publishes a delivery whose message was lost
-        log.warning("webhook redelivery %s stored but not published: %s", record.delivery.id, e)
+    announce_delivery(svc.celery, record.delivery.id)  # a lost message: the sweeper re-publishes the pending row
     return jsonify(delivery_to_dict(_delivery(store, job, delivery_id))), 202
 
 

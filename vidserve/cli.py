@@ -143,7 +143,9 @@ def _key_line(key: ApiKey) -> str:
 
 def _cmd_keys_create(args: argparse.Namespace) -> int:
     try:
-        key, token = _key_store().create(args.name, args.scope, args.max_concurrent_jobs, args.rate_limit_per_minute)
+        key, token = _key_store().create(
+            args.name, args.scope, args.max_concurrent_jobs, args.rate_limit_per_minute, weight=args.weight
+        )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -171,6 +173,7 @@ def _key_dict(key: ApiKey) -> dict[str, Any]:
         "scopes": key.scopes,
         "max_concurrent_jobs": key.max_concurrent_jobs,
         "rate_limit_per_minute": key.rate_limit_per_minute,
+        "weight": key.weight,
         "created_at": key.created_at.isoformat(),
         "last_used_at": key.last_used_at.isoformat() if key.last_used_at else None,
         "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
@@ -259,9 +262,16 @@ def build_parser() -> argparse.ArgumentParser:
     create = keys_sub.add_parser("create", help="create a key and print its token (shown only once)")
     create.add_argument("--name", required=True, help="who or what uses the key")
     create.add_argument(
-        "--scope", action="append", required=True, choices=["jobs:read", "jobs:write", "admin"], help="repeatable"
+        "--scope",
+        action="append",
+        required=True,
+        choices=["jobs:read", "jobs:write", "jobs:priority", "admin"],
+        help="repeatable; jobs:priority allows submitting priority high",
     )
     create.add_argument("--max-concurrent-jobs", type=int, help="0: unlimited (default: the deployment's setting)")
+    create.add_argument(
+        "--weight", type=float, default=1.0, help="share of the fair queue against other keys (default 1)"
+    )
     create.add_argument("--rate-limit-per-minute", type=int, help="job submissions per minute (default: setting)")
     create.set_defaults(func=_cmd_keys_create)
     keys_list = keys_sub.add_parser("list", help="every key, without secrets")

@@ -6,6 +6,7 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
+from vidserve.jobs import PRIORITY_NAMES, QueuePlace
 from vidserve.schema import Job, JobStatus
 
 Presign = Callable[[str], tuple[str, dt.datetime]]
@@ -15,7 +16,14 @@ def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def job_to_dict(job: Job, presign: Presign | None) -> dict[str, Any]:
+def queue_to_dict(place: QueuePlace | None) -> dict[str, Any] | None:
+    """A queued job's place: how many queued jobs run before it and when it may start (null: not yet known)."""
+    if place is None:
+        return None
+    return {"position": place.position, "estimated_start_at": _iso(place.estimated_start_at)}
+
+
+def job_to_dict(job: Job, presign: Presign | None, place: QueuePlace | None = None) -> dict[str, Any]:
     output = None
     if job.status == JobStatus.SUCCEEDED and job.output:
         url, expires_at = presign(job.output["key"]) if presign else (None, None)
@@ -40,4 +48,6 @@ def job_to_dict(job: Job, presign: Presign | None) -> dict[str, Any]:
         "webhook_url": job.webhook_url,
         "webhook_events": job.webhook_events,
         "metadata": job.client_metadata,
+        "priority": PRIORITY_NAMES.get(job.priority, "normal"),
+        "queue": queue_to_dict(place),
     }

@@ -3,16 +3,20 @@
 `JobStore` is the only writer of job rows. A change that happens records a timeline event and, when the
 job has a webhook URL, a webhook delivery in the same transaction; `publish_delivery` is called with the
 new delivery ids after commit (the sweeper re-publishes any that were lost in between).
+
+The queue's order lives here too (`claim_next`, `queue_place`): priority first, then weighted fair share
+across API keys, then oldest first; Postgres decides it, never the broker.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import Select, and_, delete, func, literal, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from vidserve.db import session_factory
@@ -33,6 +37,18 @@ PROGRESS_EVENT = "job.progress"
 PROGRESS_WEBHOOK_STEPS = 10
 ALL_WEBHOOK_EVENTS = WEBHOOK_EVENTS | {PROGRESS_EVENT}
 
+# A job's priority on submit, and the number stored (higher runs first).
+PRIORITIES = {"low": 0, "normal": 1, "high": 2}
+PRIORITY_NAMES = {number: name for name, number in PRIORITIES.items()}
+DEFAULT_PRIORITY = PRIORITIES["normal"]
+# Jobs submitted with authentication off share this key in the fair queue: anonymous traffic is one key.
+ANONYMOUS_KEY = uuid.UUID(int=0)
+# The window of recent starts that the queue's start estimate divides by.
+THROUGHPUT_WINDOW = dt.timedelta(minutes=10)
+# How far back a key's service counts against its fair share: the jobs it started within this window (and those
+# still running). Long enough to remember a flood, short enough that yesterday's usage is forgiven.
+FAIR_SHARE_WINDOW = dt.timedelta(minutes=10)
+
 
 class JobNotFound(LookupError):
     pass
@@ -40,6 +56,15 @@ class JobNotFound(LookupError):
 
 class JobConflict(Exception):
     """The job is not in a state that allows the change (e.g. canceling a finished job)."""
+
+
+@dataclass(frozen=True)
+class QueuePlace:
+    """Where a queued job stands: how many queued jobs run before it, and when it may start (None: no recent
+    starts of its model to estimate from)."""
+
+    position: int
+    estimated_start_at: dt.datetime | None
 
 
 class JobQuotaExceeded(Exception):
@@ -83,23 +108,32 @@ class JobStore:
         status: str | None = None,
         model: str | None = None,
         limit: int = 20,
-        before: tuple[dt.datetime, uuid.UUID] | None = None,
+        after: tuple[dt.datetime, uuid.UUID] | None = None,
+        order: str = "desc",
         owner: uuid.UUID | None = None,
     ) -> list[Job]:
-        """Newest first; `before` is the (created_at, id) of the last job of the previous page.
+        """Ordered by (created_at, id), newest first (`order="desc"`) or oldest first (`"asc"`); `after` is the
+        (created_at, id) of the last job of the previous page, so a page starts just past it in that order.
 
         `owner` (an API key id) limits the list to that key's jobs; None lists every job.
         """
-        q = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+        if order not in ("asc", "desc"):
+            raise ValueError(f"order must be asc or desc, not {order!r}")
+        newest_first = order == "desc"
+        q = select(Job).limit(limit)
+        q = q.order_by(*((Job.created_at.desc(), Job.id.desc()) if newest_first else (Job.created_at, Job.id)))
         if owner is not None:
             q = q.where(Job.api_key_id == owner)
         if status:
             q = q.where(Job.status == JobStatus(status))
         if model:
             q = q.where(Job.model == model)
-        if before:
-            at, last_id = before
-            q = q.where(or_(Job.created_at < at, and_(Job.created_at == at, Job.id < last_id)))
+        if after:
+            at, last_id = after
+            if newest_first:
+                q = q.where(or_(Job.created_at < at, and_(Job.created_at == at, Job.id < last_id)))
+            else:
+                q = q.where(or_(Job.created_at > at, and_(Job.created_at == at, Job.id > last_id)))
         with self._sessions() as s:
             return list(s.scalars(q))
 
@@ -120,10 +154,13 @@ class JobStore:
         api_key_id: uuid.UUID | None = None,
         max_active_jobs: int = 0,
         idempotency_record_id: int | None = None,
+        priority: int = DEFAULT_PRIORITY,
+        queued_detail: dict[str, Any] | None = None,
     ) -> Job:
         """Store a queued job; with `max_active_jobs` > 0, JobQuotaExceeded when the key has that many unfinished.
 
         `idempotency_record_id`: the submit's Idempotency-Key record, linked to the job in the same transaction.
+        `queued_detail`: recorded on the timeline's `job.queued` event (e.g. whose retry the job is).
 
         The key's row is locked for the count and the insert, so concurrent submits of one key queue behind
         each other and cannot both take the last slot; counting rows (not a counter) survives any crash.
@@ -140,6 +177,7 @@ class JobStore:
             client_metadata=metadata,
             cancel_requested=False,
             api_key_id=api_key_id,
+            priority=priority,
         )
         with self._sessions() as s, s.begin():
             if api_key_id is not None and max_active_jobs > 0:
@@ -149,7 +187,7 @@ class JobStore:
                     raise JobQuotaExceeded(max_active_jobs)
             s.add(job)
             s.flush()
-            s.add(JobEvent(job_id=job.id, type="job.queued", attempt=0))
+            s.add(JobEvent(job_id=job.id, type="job.queued", attempt=0, detail=queued_detail))
             if idempotency_record_id is not None:
                 s.execute(
                     update(IdempotencyRecord).where(IdempotencyRecord.id == idempotency_record_id).values(job_id=job.id)
@@ -162,23 +200,64 @@ class JobStore:
 
     def claim(self, job_id: uuid.UUID | str, owner: str, lease_seconds: int) -> Job | None:
         """queued -> running for `owner`; None when the job is not queued (a duplicate delivery)."""
-        now = _now()
         return self._transition(
-            job_id,
-            where=[Job.status == JobStatus.QUEUED, Job.cancel_requested.is_(False)],
-            values=dict(
-                status=JobStatus.RUNNING,
-                attempts=Job.attempts + 1,
-                lease_owner=owner,
-                lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
-                released_by=None,
-                started_at=now,
-                progress=0.0,
-                error_code=None,
-                error_message=None,
-            ),
-            event="job.running",
+            job_id, where=_CLAIMABLE, values=_claim_values(owner, lease_seconds), event="job.running"
         )
+
+    def claim_next(self, models: Sequence[str], owner: str, lease_seconds: int) -> Job | None:
+        """queued -> running for `owner`: the first job of `models` in the queue's order; None when none waits.
+
+        The order: higher priority first; then the key furthest below its weighted fair share (its recent
+        service plus its place among its own queued ones, over its weight: `_fair_queue`); then oldest first.
+        The row is locked with SKIP LOCKED, so workers claiming at once take different jobs and never wait.
+        """
+        order = _fair_queue(models).subquery()
+        pick = (
+            select(Job.id)
+            .join(order, order.c.id == Job.id)
+            .where(*_CLAIMABLE)
+            .order_by(*_in_queue_order(order))
+            .limit(1)
+            .with_for_update(of=Job, skip_locked=True)
+        )
+        new_deliveries: list[uuid.UUID] = []
+        with self._sessions() as s, s.begin():
+            job_id = s.scalar(pick)
+            if job_id is None:
+                return None
+            job = s.scalars(
+                update(Job)
+                .where(Job.id == job_id, *_CLAIMABLE)
+                .values(**_claim_values(owner, lease_seconds))
+                .returning(Job),
+                execution_options={"synchronize_session": False},
+            ).one()
+            self._record(s, job, "job.running", None, new_deliveries)
+        self._announce(new_deliveries)
+        return job
+
+    def queue_place(self, job: Job) -> QueuePlace | None:
+        """Where a queued job stands among the queued jobs of its model; None when it is not queued."""
+        if job.status != JobStatus.QUEUED:
+            return None
+        order = _fair_queue([job.model]).subquery()
+        me = select(order).where(order.c.id == job.id).subquery()
+        key = (-order.c.priority, order.c.share, order.c.created_at, order.c.id)
+        mine = (-me.c.priority, me.c.share, me.c.created_at, me.c.id)
+        since = _now() - THROUGHPUT_WINDOW
+        with self._sessions() as s:
+            position = s.scalar(select(func.count()).select_from(order.join(me, tuple_(*key) < tuple_(*mine))))
+            if s.scalar(select(func.count()).select_from(me)) == 0:
+                return None  # claimed or canceled since it was read
+            started, first = s.execute(
+                select(func.count(), func.min(Job.started_at)).where(Job.model == job.model, Job.started_at >= since)
+            ).one()
+        position = int(position or 0)
+        estimate = None
+        if started >= 2:
+            per_second = started / max(1.0, (_now() - first).total_seconds())
+            estimate = _now() + dt.timedelta(seconds=position / per_second)
+        return QueuePlace(position, estimate)
 
     def renew_lease(self, job_id: uuid.UUID | str, owner: str, lease_seconds: int) -> bool | None:
         """Extend the lease; returns the job's cancel flag, or None when `owner` no longer holds it."""
@@ -429,6 +508,62 @@ class JobStore:
         )
         s.add(delivery)
         new_deliveries.append(delivery.id)
+
+
+_CLAIMABLE = (Job.status == JobStatus.QUEUED, Job.cancel_requested.is_(False))
+
+
+def _claim_values(owner: str, lease_seconds: int) -> dict[str, Any]:
+    now = _now()
+    return dict(
+        status=JobStatus.RUNNING,
+        attempts=Job.attempts + 1,
+        lease_owner=owner,
+        lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
+        released_by=None,
+        started_at=now,
+        progress=0.0,
+        error_code=None,
+        error_message=None,
+    )
+
+
+def _fair_queue(models: Sequence[str]) -> Select[Any]:
+    """The claimable jobs of `models`, each with its priority, its key's fair share and its age.
+
+    A job's share is (its key's recent service + its place among the key's queued jobs of its priority) / the
+    key's weight, where recent service counts the key's jobs started within FAIR_SHARE_WINDOW or still running.
+    Taking the smallest share first is start-time fair queuing with jobs as the unit: a key with one job waiting
+    goes before the 100th job of a key that floods whatever their ages, and keys of weights 2 and 1 that both
+    wait get two starts to one.
+    """
+    key = func.coalesce(Job.api_key_id, literal(ANONYMOUS_KEY))
+    since = _now() - FAIR_SHARE_WINDOW
+    served = (
+        select(key.label("key"), func.count().label("jobs"))
+        .where(Job.model.in_(models), or_(Job.status == JobStatus.RUNNING, Job.started_at >= since))
+        .group_by(key)
+        .subquery()
+    )
+    queued = (
+        select(
+            Job.id,
+            Job.priority,
+            Job.created_at,
+            key.label("key"),
+            func.row_number().over(partition_by=(key, Job.priority), order_by=(Job.created_at, Job.id)).label("place"),
+        )
+        .where(*_CLAIMABLE, Job.model.in_(models))
+        .subquery()
+    )
+    share = (func.coalesce(served.c.jobs, 0) + queued.c.place) / func.coalesce(ApiKey.weight, 1.0)
+    return select(queued.c.id, queued.c.priority, queued.c.created_at, share.label("share")).select_from(
+        queued.outerjoin(served, served.c.key == queued.c.key).outerjoin(ApiKey, ApiKey.id == queued.c.key)
+    )
+
+
+def _in_queue_order(order: Any) -> tuple[Any, ...]:
+    return (order.c.priority.desc(), order.c.share, order.c.created_at, order.c.id)
 
 
 def _uuid(value: uuid.UUID | str) -> uuid.UUID:

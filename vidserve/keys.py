@@ -16,7 +16,9 @@ from sqlalchemy import ColumnElement, select
 from vidserve.db import session_factory
 from vidserve.schema import ApiKey
 
-SCOPES = ("jobs:read", "jobs:write", "admin")
+SCOPES = ("jobs:read", "jobs:write", "jobs:priority", "admin")
+# The scope a key needs to submit `priority: high` (an `admin` key has it too).
+PRIORITY_SCOPE = "jobs:priority"
 TOKEN_PREFIX = "vs_"
 # "vs_" and 8 characters of the token: enough to tell keys apart, far too little to guess the rest.
 DISPLAY_PREFIX_CHARS = len(TOKEN_PREFIX) + 8
@@ -51,8 +53,11 @@ class KeyStore:
         scopes: list[str],
         max_concurrent_jobs: int | None = None,
         rate_limit_per_minute: int | None = None,
+        weight: float = 1.0,
     ) -> tuple[ApiKey, str]:
-        """Store a new key; returns it with its token, which is never shown again."""
+        """Store a new key; returns it with its token, which is never shown again.
+
+        `weight`: the key's share of the fair queue against other keys' (2: twice a weight-1 key's)."""
         unknown = sorted(set(scopes) - set(SCOPES))
         if unknown or not scopes:
             raise ValueError(f"scopes must be some of {', '.join(SCOPES)}; got {', '.join(scopes) or 'none'}")
@@ -64,6 +69,8 @@ class KeyStore:
         ):
             if value is not None and value < 0:
                 raise ValueError(f"{label} must be 0 or more")
+        if not weight > 0:
+            raise ValueError("weight must be more than 0")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         key = ApiKey(
             id=uuid.uuid4(),
@@ -73,6 +80,7 @@ class KeyStore:
             scopes=sorted(set(scopes), key=SCOPES.index),
             max_concurrent_jobs=max_concurrent_jobs,
             rate_limit_per_minute=rate_limit_per_minute,
+            weight=weight,
         )
         with self._sessions() as s, s.begin():
             s.add(key)

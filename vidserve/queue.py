@@ -1,16 +1,21 @@
 """The Celery application both sides share: the API publishes by task name, workers consume.
 
-One queue per model (`gen.<model>`) carries job ids; the `webhooks` queue carries delivery ids.
+One queue per model (`gen.<model>`) carries wake-ups (a job id and its model); the `webhooks` queue carries
+delivery ids. `announce_job` and `announce_delivery` are the one way every part publishes from the outbox.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import uuid
 
 from celery import Celery
 
+from vidserve.jobs import JobStore
 from vidserve.settings import Settings
+
+log = logging.getLogger(__name__)
 
 GENERATE_TASK = "worker.tasks.generate"
 DELIVER_WEBHOOK_TASK = "worker.tasks.deliver_webhook"
@@ -49,8 +54,33 @@ def celery_for(redis_url: str) -> Celery:
 
 
 def publish_job(app: Celery, job_id: uuid.UUID | str, model: str) -> None:
-    app.send_task(GENERATE_TASK, args=[str(job_id)], queue=queue_for(model))
+    """One wake-up on the model's queue: the worker that takes it claims the fairest queued job of the model
+    (not necessarily this one), so the broker's FIFO never decides the order."""
+    app.send_task(GENERATE_TASK, args=[str(job_id), model], queue=queue_for(model))
 
 
 def publish_delivery(app: Celery, delivery_id: uuid.UUID | str, countdown: float | None = None) -> None:
     app.send_task(DELIVER_WEBHOOK_TASK, args=[str(delivery_id)], queue=WEBHOOK_QUEUE, countdown=countdown)
+
+
+def announce_job(app: Celery, jobs: JobStore, job_id: uuid.UUID | str, model: str) -> bool:
+    """Publish a stored job's wake-up and set its outbox mark; False (logged) when the broker or the database is
+    away: the job stays queued and unmarked, and a sweeper publishes it later. Never raises."""
+    try:
+        publish_job(app, job_id, model)
+        jobs.mark_published(uuid.UUID(str(job_id)))
+    except Exception as exc:
+        log.warning("job %s stored but not published (the sweeper will): %s", job_id, exc)
+        return False
+    return True
+
+
+def announce_delivery(app: Celery, delivery_id: uuid.UUID | str, countdown: float | None = None) -> bool:
+    """Publish a stored webhook delivery's message; False (logged) when the broker is away: the delivery stays
+    pending and a sweeper re-publishes it. Never raises."""
+    try:
+        publish_delivery(app, delivery_id, countdown=countdown)
+    except Exception as exc:
+        log.warning("webhook delivery %s stored but not published (the sweeper will): %s", delivery_id, exc)
+        return False
+    return True

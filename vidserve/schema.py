@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -71,6 +72,8 @@ class ApiKey(Base):
     max_concurrent_jobs: Mapped[int | None] = mapped_column(Integer)
     # NULL: the rate limiter's default.
     rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer)
+    # The key's weight in the fair queue: a key of weight 2 gets twice the share of a key of weight 1 while both wait.
+    weight: Mapped[float] = mapped_column(Float, nullable=False, default=1.0, server_default="1")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
     last_used_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
@@ -119,10 +122,14 @@ class Job(Base):
     api_key_id: Mapped[uuid.UUID | None] = mapped_column(
         UUID(as_uuid=True), ForeignKey("api_keys.id", ondelete="SET NULL"), index=True
     )
+    # 0 low, 1 normal, 2 high (vidserve.jobs.PRIORITIES): the queue orders by priority before fairness.
+    priority: Mapped[int] = mapped_column(SmallInteger, nullable=False, default=1, server_default="1")
 
     __table_args__ = (
         Index("ix_jobs_created_at_id", "created_at", "id"),
         Index("ix_jobs_status_model", "status", "model"),
+        Index("ix_jobs_queue", "status", "model", "priority", "created_at"),
+        Index("ix_jobs_model_started_at", "model", "started_at"),
     )
 
 

@@ -39,9 +39,9 @@ def _db_retry_countdown(task: Task) -> float:
 
 
 @app.task(name=GENERATE_TASK, bind=True, max_retries=20)
-def generate(self: Task, job_id: str) -> str:
+def generate(self: Task, job_id: str, model: str | None = None) -> str:
     try:
-        outcome = tasks.generate(context.current(), job_id)
+        outcome = tasks.generate(context.current(), job_id, model)
     except OperationalError as exc:
         # Postgres away before the claim: the message comes back later (the claim makes it safe).
         raise self.retry(exc=exc, countdown=_db_retry_countdown(self)) from exc

@@ -5,6 +5,7 @@ Built once per process from the environment (`current()`); tests build their own
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -17,7 +18,7 @@ from celery import Celery
 from engine.registry import ModelRegistry
 from vidserve.job_view import job_to_dict
 from vidserve.jobs import JobStore
-from vidserve.queue import make_celery, publish_delivery
+from vidserve.queue import announce_delivery, make_celery
 from vidserve.settings import Settings
 from vidserve.storage import VideoStore
 from worker.engines import EnginePool
@@ -44,16 +45,10 @@ class WorkerContext:
         videos = VideoStore(settings)
         registry = ModelRegistry.from_file(settings.models_file or None, settings.model_dir)
         served = models if models is not None else (settings.served_models or registry.names())
-
-        def announce(delivery_id: uuid.UUID) -> None:
-            # The delivery row is committed already; a lost message is re-published by the sweeper.
-            try:
-                publish_delivery(celery, delivery_id)
-            except Exception:
-                log.warning("could not publish webhook delivery %s; the sweeper will", delivery_id, exc_info=True)
-
         store = JobStore(
-            settings.database_url, lambda job: job_to_dict(job, videos.presigned_url), publish_delivery=announce
+            settings.database_url,
+            lambda job: job_to_dict(job, videos.presigned_url),
+            publish_delivery=functools.partial(announce_delivery, celery),
         )
         return cls(settings, celery, store, videos, registry, EnginePool(registry, served))
 

@@ -1,7 +1,7 @@
 """Worker liveness in Redis: each worker process writes what it serves and what it is doing under a key with a TTL.
 
 A worker that dies stops refreshing its key and drops out after `TTL_PERIODS` heartbeat periods. The admin
-dashboard and `/metrics` read these keys (`read_heartbeats`); nothing here imports torch unless the worker has.
+dashboard and `/metrics` read these keys (`vidserve.heartbeats`); nothing here imports torch unless the worker has.
 """
 
 from __future__ import annotations
@@ -20,38 +20,11 @@ import redis
 from sqlalchemy import select
 
 from vidserve.db import session_factory
+from vidserve.heartbeats import TTL_PERIODS, heartbeat_key
 from vidserve.schema import Job, JobStatus
 from vidserve.settings import Settings
 
 log = logging.getLogger(__name__)
-
-KEY_PATTERN = "vidserve:worker:{node}"
-# A worker is live while its key exists: it survives two missed heartbeats (a slow step, a GC pause).
-TTL_PERIODS = 3
-
-
-def heartbeat_key(settings: Settings, node: str) -> str:
-    return settings.redis_prefix + KEY_PATTERN.format(node=node)
-
-
-def read_heartbeats(settings: Settings, client: redis.Redis | None = None) -> list[dict[str, Any]]:
-    """Every live worker's last heartbeat, sorted by node name."""
-    own = client is None
-    client = client or redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
-    try:
-        keys = sorted(client.scan_iter(match=heartbeat_key(settings, "*"), count=500))
-        found = []
-        for raw in client.mget(keys) if keys else []:
-            if raw is None:  # expired between SCAN and MGET
-                continue
-            try:
-                found.append(json.loads(raw))
-            except ValueError:
-                continue
-        return sorted(found, key=lambda beat: beat.get("node", ""))
-    finally:
-        if own:
-            client.close()
 
 
 def device_memory() -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ import redis
 from celery import Celery
 
 from vidserve.jobs import JobStore
-from vidserve.queue import publish_delivery, publish_job
+from vidserve.queue import announce_delivery, announce_job
 from vidserve.storage import VideoStore
 
 log = logging.getLogger(__name__)
@@ -59,14 +59,15 @@ class Sweeper:
         if lost:
             log.warning("sweeper: the broker lost its data; re-publishing every queued job")
         jobs, deliveries = self.store.sweep(self.max_attempts, self.republish_after, republish_all=lost)
+        published = 0
         for job in jobs:
-            publish_job(self.celery, job.id, job.model)
-            self.store.mark_published(job.id)
-            log.info("sweeper: published job %s (%s)", job.id, job.model)
-        for delivery_id in deliveries:
-            publish_delivery(self.celery, delivery_id)
-            log.info("sweeper: re-published webhook delivery %s", delivery_id)
-        return SweepReport(len(jobs), len(deliveries), self.delete_orphan_checkpoints())
+            if announce_job(self.celery, self.store, job.id, job.model):
+                published += 1
+                log.info("sweeper: published job %s (%s)", job.id, job.model)
+        redelivered = sum(announce_delivery(self.celery, delivery_id) for delivery_id in deliveries)
+        if redelivered:
+            log.info("sweeper: re-published %d webhook deliveries", redelivered)
+        return SweepReport(published, redelivered, self.delete_orphan_checkpoints())
 
     def delete_orphan_checkpoints(self) -> int:
         """Delete the checkpoints whose job has ended (or is gone); returns how many."""

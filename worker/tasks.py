@@ -1,6 +1,8 @@
 """The generate task: claim a job, run it on the engine, encode, upload, record the outcome.
 
-The claim is a conditional UPDATE with a lease, so a duplicate or re-delivered message does nothing. While
+A message is a wake-up for its model: the slot claims the first queued job of that model in the fair queue's
+order (`JobStore.claim_next`), which may not be the job the message names. The claim is a conditional UPDATE
+with a lease, so a duplicate or re-delivered message does nothing but claim the next waiting job, if any. While
 the engine works, the slot's thread renews the lease, writes progress at most once per tick and reads the
 cancel flag back from that same write. A job is `succeeded` only after its video is in the bucket.
 """
@@ -9,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -28,7 +29,7 @@ from engine.request import (
     RequestCanceled,
 )
 from vidserve.jobs import JobNotFound
-from vidserve.queue import publish_job
+from vidserve.queue import announce_job
 from vidserve.storage import VideoStore
 from worker.checkpoints import JobCheckpoints
 from worker.context import WorkerContext
@@ -106,16 +107,18 @@ class Attempt:
             self.cancel_requested = True
 
 
-def generate(ctx: WorkerContext, job_id: str) -> str:
-    """Run one job start to finish; returns what happened (for logs and tests)."""
-    try:
-        queued = ctx.store.get(job_id)
-    except JobNotFound:
-        log.warning("job %s: no such job, message dropped", job_id)
-        return "skipped"
-    if queued.model not in ctx.engines.models:
+def generate(ctx: WorkerContext, job_id: str, model: str | None = None) -> str:
+    """Take the wake-up for `job_id` of `model`: claim the model's first job in the queue's order and run it start
+    to finish; returns what happened (for logs and tests)."""
+    if model is None:  # a message published before wake-ups named their model
+        try:
+            model = ctx.store.get(job_id).model
+        except JobNotFound:
+            log.warning("job %s: no such job, message dropped", job_id)
+            return "skipped"
+    if model not in ctx.engines.models:
         # Queues are per model, so this is a routing mistake: leave the job for a worker that serves it.
-        log.error("job %s: model %s is not served here; left queued", job_id, queued.model)
+        log.error("job %s: model %s is not served here; left queued", job_id, model)
         return "not_served"
     if ctx.shutting_down.is_set():
         # A message that reached this worker on its way out (the job it just handed back, re-published): claiming
@@ -123,13 +126,13 @@ def generate(ctx: WorkerContext, job_id: str) -> str:
         log.info("job %s: not claimed, this worker is shutting down", job_id)
         return "declined"
     owner = ctx.new_owner()
-    job = ctx.store.claim(job_id, owner, ctx.settings.lease_seconds)
+    job = ctx.store.claim_next([model], owner, ctx.settings.lease_seconds)
     if job is None:
-        # Not queued: another delivery of the same message holds it, or it is finished or canceled.
-        log.info("job %s: not claimable, duplicate or stale delivery ignored", job_id)
+        # Nothing waits: the named job is held by another delivery, finished or canceled, and so are the rest.
+        log.info("wake-up for job %s: no %s job waits; duplicate or stale delivery ignored", job_id, model)
         return "skipped"
     attempt = Attempt(ctx, str(job.id), owner)
-    log.info("job %s: claimed by %s (attempt %d, model %s)", job_id, owner, job.attempts, job.model)
+    log.info("job %s: claimed by %s (attempt %d, model %s, woken by %s)", job.id, owner, job.attempts, model, job_id)
     checkpoints = JobCheckpoints(ctx.videos, attempt.job_id)
     outcome = "lost"
     try:
@@ -251,7 +254,7 @@ def _stopped(attempt: Attempt, model: str) -> str:
         return "lost"
     # Stopped without being asked (shutdown, engine closed): the job is not finished, queue it again.
     if ctx.store.release(attempt.job_id, attempt.owner, "worker shutdown") is not None:
-        _republish(ctx, attempt.job_id, model)
+        announce_job(ctx.celery, ctx.store, attempt.job_id, model)
     log.info("job %s: handed back to the queue", attempt.job_id)
     return "released"
 
@@ -271,14 +274,6 @@ def _hand_back(attempt: Attempt, model: str, attempts: int, code: str, message: 
     # Not re-published at once: the sweeper picks released jobs up after a short delay, a natural backoff.
     log.warning("job %s: handed back to the queue: %s", attempt.job_id, message)
     return "released"
-
-
-def _republish(ctx: WorkerContext, job_id: str, model: str) -> None:
-    try:
-        publish_job(ctx.celery, job_id, model)
-        ctx.store.mark_published(uuid.UUID(job_id))
-    except Exception:
-        log.warning("job %s: re-publish failed; the sweeper will", job_id, exc_info=True)
 
 
 def _store_video(attempt: Attempt, result: GenerationResult) -> tuple[dict[str, Any], dict[str, float]]:

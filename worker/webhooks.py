@@ -1,8 +1,10 @@
 """Webhook delivery: Standard Webhooks signatures and retry schedule, checked destinations, every attempt recorded.
 
-The body (`{type, timestamp, data}`) was fixed when the event happened, so every retry sends the same bytes
-under the same `webhook-id` (the delivery id) and receivers can deduplicate. Each attempt is claimed with a
-conditional UPDATE first, so a duplicate message (the sweeper's re-publish) never sends twice.
+The body (`{type, timestamp, data}`) was fixed when the event happened, so every retry sends the same event
+under the same `webhook-id` (the delivery id) and receivers can deduplicate. One part is made at each attempt:
+a succeeded job's `output.url` and `output.expires_at` are presigned again, so a retry a day later still carries a
+working link (a presigned URL lives `VIDSERVE_URL_TTL_SECONDS`, the retries about 28 hours). Each attempt is
+claimed with a conditional UPDATE first, so a duplicate message (the sweeper's re-publish) never sends twice.
 
 Before every attempt the URL's host is resolved once and every address checked (vidserve.webhook_urls); the
 request then goes to exactly the checked address, and redirects are never followed. Failed attempts are
@@ -30,9 +32,10 @@ from urllib3.exceptions import InvalidHeader
 from urllib3.util.retry import Retry
 
 from vidserve.db import session_factory
-from vidserve.queue import publish_delivery
-from vidserve.schema import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from vidserve.queue import announce_delivery
+from vidserve.schema import DeliveryStatus, Job, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from vidserve.settings import Settings
+from vidserve.storage import VideoStore
 from vidserve.webhook_store import disable_endpoint
 from vidserve.webhook_urls import UnsafeWebhookURL, check_url, parse_networks
 from worker.pinned_http import pinned_session
@@ -110,6 +113,7 @@ class WebhookSender:
         self._sessions = session_factory(settings.database_url)
         self._schedule = schedule
         self._clock = clock
+        self._videos = VideoStore(settings) if settings.s3_endpoint else None
 
     def deliver(self, delivery_id: str | uuid.UUID) -> Outcome:
         """Make one attempt if the delivery is pending and due; record it; schedule the next on failure."""
@@ -117,7 +121,7 @@ class WebhookSender:
         if claimed is None:
             return Outcome("skipped")
         delivery_id, url, payload, attempt = claimed
-        body = encode_body(payload)
+        body = encode_body(self._with_fresh_link(payload))
         headers = {"content-type": "application/json", "user-agent": USER_AGENT}
         headers |= sign(self.settings.webhook_secret, str(delivery_id), body)
 
@@ -146,6 +150,20 @@ class WebhookSender:
             error = f"{type(exc).__name__}: {exc}"[:2000]
         duration_ms = (time.perf_counter() - started) * 1000
         return self._record(delivery_id, url, attempt, status_code, error, duration_ms, wait)
+
+    def _with_fresh_link(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The payload with its video link presigned now (the stored one may have expired); as stored otherwise."""
+        data = payload.get("data") or {}
+        output = data.get("output")
+        if not isinstance(output, dict) or not output.get("url") or self._videos is None:
+            return payload
+        with self._sessions() as s:
+            stored = s.scalar(select(Job.output).where(Job.id == uuid.UUID(str(data.get("id")))))
+        if not stored or not stored.get("key"):
+            return payload  # the job was deleted since: nothing to link to, send the event as it was
+        url, expires_at = self._videos.presigned_url(stored["key"])
+        fresh = {**output, "url": url, "expires_at": expires_at.isoformat()}
+        return {**payload, "data": {**data, "output": fresh}}
 
     def _claim(self, delivery_id: uuid.UUID) -> tuple[uuid.UUID, str, dict[str, Any], int] | None:
         now = self._clock()
@@ -229,10 +247,7 @@ class WebhookSender:
                 log.warning("webhook URL %s answered 410 Gone: disabled, %d pending deliveries failed", url, len(ended))
         log.info("webhook %s attempt %d: %s (%s)", delivery_id, attempt, status, error or status_code)
         if retry_in is not None and self._schedule is not None:
-            try:
-                self._schedule(delivery_id, retry_in)
-            except Exception:
-                log.warning("could not schedule webhook retry %s; the sweeper will", delivery_id, exc_info=True)
+            self._schedule(delivery_id, retry_in)
         return Outcome(status, attempt, status_code, retry_in)
 
     def attempts(self, delivery_id: str | uuid.UUID) -> list[WebhookAttempt]:
@@ -245,6 +260,6 @@ def celery_scheduler(app: Any) -> Any:
     """`schedule` that queues the next attempt as a delayed message on the webhooks queue."""
 
     def schedule(delivery_id: uuid.UUID, countdown: float) -> None:
-        publish_delivery(app, delivery_id, countdown=countdown)
+        announce_delivery(app, delivery_id, countdown=countdown)
 
     return schedule

@@ -17,7 +17,7 @@ from api.metrics import queue_depths, redis_client
 from api.services import Services
 from vidserve.db import get_engine, session_factory
 from vidserve.jobs import JobConflict, JobNotFound
-from vidserve.queue import publish_delivery
+from vidserve.queue import announce_delivery
 from vidserve.schema import Job, JobStatus, WebhookAttempt, WebhookDelivery
 from vidserve.webhook_store import WebhookStore
 
@@ -113,24 +113,33 @@ def cancel_jobs(svc: Services, ids: list[str]) -> tuple[int, list[str]]:
     return done, problems
 
 
-def retry_job(svc: Services, job_id: str) -> Job:
-    """A failed or canceled job runs again as a new job with the same model, parameters (seed included),
-    webhook URL and metadata; the old job stays as it was, so its history is never rewritten."""
+def retry_job(svc: Services, job_id: str, by: str) -> Job:
+    """A failed or canceled job runs again as a new job of the same owner (API key), with the same model,
+    parameters (seed included), priority, webhook URL, webhook events and metadata; the old job stays as it was,
+    so its history is never rewritten. The new job's `job.queued` event names the old job and `by`, the admin
+    credential that asked for the retry, so the owner's timeline says whose retry it is."""
     old = svc.jobs.get(job_id)
     if old.status not in RETRYABLE:
         raise JobConflict(f"job is {old.status.value}; only failed or canceled jobs can be retried")
     new = svc.jobs.create(
-        model=old.model, params=dict(old.params), webhook_url=old.webhook_url, metadata=old.client_metadata
+        model=old.model,
+        params=dict(old.params),
+        webhook_url=old.webhook_url,
+        webhook_events=old.webhook_events,
+        metadata=old.client_metadata,
+        api_key_id=old.api_key_id,
+        priority=old.priority,
+        queued_detail={"retry_of": str(old.id), "retried_by": by},
     )
     svc.publish(new)
     return new
 
 
-def retry_jobs(svc: Services, ids: list[str]) -> tuple[list[Job], list[str]]:
+def retry_jobs(svc: Services, ids: list[str], by: str) -> tuple[list[Job], list[str]]:
     created, problems = [], []
     for job_id in ids:
         try:
-            created.append(retry_job(svc, job_id))
+            created.append(retry_job(svc, job_id, by))
         except (JobConflict, JobNotFound) as e:
             problems.append(f"{job_id}: {e or 'not found'}")
     return created, problems
@@ -144,10 +153,7 @@ def redeliver(svc: Services, delivery_id: str) -> bool:
         return False
     if not WebhookStore(svc.settings.database_url).redeliver(key, force=True):
         return False
-    try:
-        publish_delivery(svc.celery, key)
-    except Exception:  # the sweeper publishes pending deliveries whose message was lost
-        pass
+    announce_delivery(svc.celery, key)
     return True
 
 

@@ -16,7 +16,7 @@ from functools import wraps
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import Blueprint, Response, abort, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, Response, abort, g, jsonify, redirect, render_template, request, url_for
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from api.admin import queries
@@ -24,9 +24,9 @@ from api.errors import RateLimited
 from api.query import integer_parameter, text_parameter
 from api.rate_limit import ADMIN_LOGIN_ATTEMPTS_PER_MINUTE, check_admin_login_rate
 from api.services import services
-from vidserve.jobs import JobConflict, JobNotFound
+from vidserve.heartbeats import read_heartbeats
+from vidserve.jobs import PRIORITY_NAMES, JobConflict, JobNotFound
 from vidserve.schema import JobStatus
-from worker.heartbeat import read_heartbeats
 
 bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates", static_folder="static")
 
@@ -55,14 +55,17 @@ def _authenticated() -> str | None:
     if header.startswith("Bearer "):
         bearer = header[7:].strip()
         if token and hmac.compare_digest(bearer.encode(), token.encode()):
+            g.admin_actor = "admin token"
             return "bearer"
         key = services().keys.verify(bearer)
         if key is not None and "admin" in key.scopes:
+            g.admin_actor = f"admin key {key.id} ({key.name})"
             return "bearer"
     cookie = request.cookies.get(COOKIE)
     if cookie and token:
         try:
             _serializer().loads(cookie, max_age=SESSION_SECONDS)
+            g.admin_actor = "admin dashboard session"
             return "cookie"
         except BadSignature:
             return None
@@ -220,7 +223,7 @@ def bulk() -> Response:
         done, problems = queries.cancel_jobs(svc, ids)
         msg = f"canceled {done} job(s)"
     elif action == "retry":
-        created, problems = queries.retry_jobs(svc, ids)
+        created, problems = queries.retry_jobs(svc, ids, g.admin_actor)
         msg = f"retried {len(created)} job(s) as new jobs"
     else:
         abort(400, "action must be cancel or retry")
@@ -246,6 +249,8 @@ def job_detail(job_id: str) -> Any:
         events=svc.jobs.events(job.id),
         deliveries=queries.deliveries(svc, job.id),
         video_url=video_url,
+        place=svc.jobs.queue_place(job),
+        priority=PRIORITY_NAMES.get(job.priority, "normal"),
         retryable=job.status in queries.RETRYABLE,
         message=request.args.get("msg"),
     )
@@ -275,7 +280,7 @@ def cancel(job_id: str) -> Response:
 def retry(job_id: str) -> Response:
     svc = services()
     try:
-        new = queries.retry_job(svc, job_id)
+        new = queries.retry_job(svc, job_id, g.admin_actor)
     except JobConflict as e:
         return redirect(url_for("admin.job_detail", job_id=job_id, msg=f"not retried: {e}"))
     return redirect(url_for("admin.job_detail", job_id=new.id, msg=f"retry of {job_id}"))

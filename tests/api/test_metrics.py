@@ -106,3 +106,20 @@ def test_a_live_worker_heartbeat_shows_as_worker_liveness(client: FlaskClient, a
     finally:
         beat.stop()  # a clean stop removes the key at once
     assert not any(s.labels.get("node") == node for s in scrape(client).get("vidserve_worker_slots", []))
+
+
+def test_queue_wait_is_counted_by_key_class_and_priority(client: FlaskClient, api_settings: Settings) -> None:
+    labels = {"model": "tiny-wan", "key_class": "anonymous", "priority": "high"}
+    before = scrape(client)
+    waited_before = (
+        value(before, "vidserve_job_queue_wait_seconds_count", **labels)
+        if any(s.labels == labels for s in before.get("vidserve_job_queue_wait_seconds_count", []))
+        else 0
+    )
+    job = client.post("/v1/jobs", json={"prompt": "a heron", "priority": "high"}).get_json()
+    store = JobStore(api_settings.database_url, lambda j: job_to_dict(j, None))
+    assert store.claim(job["id"], f"test/{uuid.uuid4().hex[:8]}", 30) is not None
+
+    after = scrape(client)
+    assert value(after, "vidserve_job_queue_wait_seconds_count", **labels) == waited_before + 1
+    assert value(after, "vidserve_job_queue_wait_seconds_bucket", **labels, le="+Inf") == waited_before + 1

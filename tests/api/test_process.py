@@ -77,7 +77,7 @@ def test_gunicorn_serves_submit_then_get_over_http(gunicorn: tuple[str, int], br
     assert headers["Location"] == f"/v1/jobs/{job['id']}"
     status, _, raw = _request(gunicorn, "GET", headers["Location"])
     assert status == 200 and json.loads(raw)["params"]["seed"] == 3
-    assert broker.find("gen.tiny-wan", job["id"]) == {"task": "worker.tasks.generate", "args": [job["id"]]}
+    assert broker.find("gen.tiny-wan", job["id"]) == {"task": "worker.tasks.generate", "args": [job["id"], "tiny-wan"]}
 
 
 def test_gunicorn_refuses_an_oversized_chunked_body_with_json_413(gunicorn: tuple[str, int], api_settings) -> None:

@@ -33,12 +33,12 @@ def test_submit_answers_202_with_the_queued_job_and_its_location(client: FlaskCl
     assert client.get(response.headers["Location"]).get_json()["id"] == job["id"]
 
 
-def test_submit_publishes_the_job_id_on_the_models_redis_queue(client: FlaskClient, broker) -> None:
+def test_submit_publishes_a_wake_up_naming_job_and_model_on_its_queue(client: FlaskClient, broker) -> None:
     wan = client.post("/v1/jobs", json={"model": "tiny-wan", "prompt": FOX}).get_json()
     ltx = client.post("/v1/jobs", json={"model": "tiny-ltx", "prompt": FOX}).get_json()
 
-    assert broker.find("gen.tiny-wan", wan["id"]) == {"task": "worker.tasks.generate", "args": [wan["id"]]}
-    assert broker.find("gen.tiny-ltx", ltx["id"]) == {"task": "worker.tasks.generate", "args": [ltx["id"]]}
+    assert broker.find("gen.tiny-wan", wan["id"]) == {"task": "worker.tasks.generate", "args": [wan["id"], "tiny-wan"]}
+    assert broker.find("gen.tiny-ltx", ltx["id"]) == {"task": "worker.tasks.generate", "args": [ltx["id"], "tiny-ltx"]}
     assert broker.find("gen.tiny-wan", ltx["id"]) is None
 
 

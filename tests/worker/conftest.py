@@ -1,8 +1,13 @@
-"""Worker pieces run in the test process against the suite's real Postgres, Redis and S3 server."""
+"""Worker pieces run in the test process against the suite's real Postgres, Redis and S3 server.
+
+A worker claims the first waiting job of its model in the fair queue, so each module's worker gets a database of
+its own: jobs that other tests leave queued in the shared one would otherwise be claimed in their place.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,15 +22,29 @@ from service_harness import (
     write_test_registry,
 )
 
+from vidserve import db
 from vidserve.settings import Settings
 from worker.context import WorkerContext
 from worker.step_gate import StepGate
 
 
 @pytest.fixture(scope="module")
-def worker_settings(settings: Settings, model_dir: Path) -> Settings:
+def worker_database(database_url: str) -> Iterator[str]:
+    url = f"{database_url}_worker_{uuid.uuid4().hex[:6]}"
+    db.create_database(url)
+    db.upgrade(url)
+    yield url
+    db.drop_database(url)
+
+
+@pytest.fixture(scope="module")
+def worker_settings(settings: Settings, model_dir: Path, worker_database: str) -> Settings:
     return isolated(
-        settings, model_dir=str(model_dir), models_file=write_test_registry(model_dir), worker_models=SERVED_MODEL
+        settings,
+        database_url=worker_database,
+        model_dir=str(model_dir),
+        models_file=write_test_registry(model_dir),
+        worker_models=SERVED_MODEL,
     )
 
 

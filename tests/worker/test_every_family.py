@@ -20,9 +20,11 @@ SHIPPED = ModelRegistry.from_file(model_dir="unused")
 
 
 @pytest.fixture(scope="module")
-def every_model(settings: Settings, model_dir: Path) -> Iterator[WorkerContext]:
+def every_model(settings: Settings, model_dir: Path, worker_database: str) -> Iterator[WorkerContext]:
     # The shipped engine/models.toml, with the tiny models built for this run.
-    context = WorkerContext.build(isolated(settings, model_dir=str(model_dir), models_file="", worker_models=""))
+    context = WorkerContext.build(
+        isolated(settings, database_url=worker_database, model_dir=str(model_dir), models_file="", worker_models="")
+    )
     context.videos.ensure_bucket()
     yield context
     context.close()

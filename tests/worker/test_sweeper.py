@@ -74,7 +74,7 @@ def test_a_job_that_was_never_published_is_published(
     backdate(settings, job.id, updated_at="1 minute")
 
     assert sweeper.sweep_once().jobs_published >= 1
-    assert queued_messages(settings, queue_for(model)) == [(GENERATE_TASK, [str(job.id)])]
+    assert queued_messages(settings, queue_for(model)) == [(GENERATE_TASK, [str(job.id), model])]
     assert store.get(job.id).published_at is not None
     sweeper.sweep_once()
     assert len(queued_messages(settings, queue_for(model))) == 1  # published once, not on every pass
@@ -96,7 +96,7 @@ def test_an_expired_lease_goes_back_to_the_queue_and_is_published_again(
 
     backdate(settings, job.id, updated_at="1 minute")
     sweeper.sweep_once()
-    assert queued_messages(settings, queue_for(model)) == [(GENERATE_TASK, [str(job.id)])]
+    assert queued_messages(settings, queue_for(model)) == [(GENERATE_TASK, [str(job.id), model])]
 
 
 def test_a_job_whose_workers_keep_dying_fails_after_max_attempts(
