@@ -18,6 +18,7 @@ from engine.request import GenerationRequest, InvalidRequest, ModelUnavailable
 from engine.step_cache import DEFAULT_ROW_ARGS
 
 if TYPE_CHECKING:
+    from engine.packing import PackedForward
     from engine.registry import ModelSpec
     from engine.sequence import Sequence
 
@@ -88,6 +89,22 @@ class FamilyAdapter:
     def text_kv_parts(self, model: torch.nn.Module) -> tuple[torch.nn.Module, list[Any]] | None:
         """For cross-attention families: the text projection and each block's cross-attention (text K/V cache)."""
         return None
+
+    def packed_forward(self, model: torch.nn.Module) -> PackedForward | None:
+        """The family's packed forward over `model` (engine.packing), or None: same-shape groups call diffusers.
+
+        Build it once per model and return the same object: the runner asks at every forward.
+        """
+        return None
+
+    def row_positions(self, seq: Sequence) -> Any:
+        """Position information a packed row needs beyond its latents' shape (`PackedRow.positions`); None here."""
+        return None
+
+    @property
+    def packs(self) -> bool:
+        """Whether every model of this adapter runs packed forwards (one forward per model per iteration)."""
+        return all(self.packed_forward(m) is not None for m in self.models())
 
     # --- loading ---------------------------------------------------------------------------------
 

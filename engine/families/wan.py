@@ -6,11 +6,16 @@ float32 latents from the request's generator, flow-matching timesteps, CFG, then
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 import torch
 from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 
+from engine.attention import cross_attention, self_attention
 from engine.families.base import FamilyAdapter, ModelCall, TextEmbedding, stack_rows, trim_padding
+from engine.packing import PackedForward, PackedRow, PackedState, Segments, block_kv, text_keys
 from engine.request import GenerationRequest
 from engine.sequence import Sequence
 
@@ -32,6 +37,11 @@ class WanAdapter(FamilyAdapter):
         self.dtype = self.experts[0].dtype
         self.spatial_multiple = pipe.vae_scale_factor_spatial * self.patch_size[1]
         self.temporal_factor = pipe.vae_scale_factor_temporal
+        # Image-to-video's extra image K/V and fused projections are not in the packed forward: diffusers serves them.
+        self._packed = {id(m): WanPackedForward(m) for m in self.experts if WanPackedForward.supports(m)}
+
+    def packed_forward(self, model: torch.nn.Module) -> PackedForward | None:
+        return self._packed.get(id(model))
 
     def models(self) -> list[torch.nn.Module]:
         return self.experts
@@ -66,9 +76,10 @@ class WanAdapter(FamilyAdapter):
         hidden = hidden.to(dtype=pipe.text_encoder.dtype, device=self.device)
         out = []
         for row, n in zip(hidden, seq_lens, strict=True):
-            # The pipeline keeps the true tokens and zeroes the padding positions.
+            # The pipeline keeps the true tokens and zeroes the padding positions; the mask marks the true ones.
             padded = torch.cat([row[:n], row.new_zeros(length - int(n), row.size(1))])
-            out.append(TextEmbedding(embeds=padded.unsqueeze(0).to(self.dtype)))
+            true_tokens = (torch.arange(length) < n).unsqueeze(0).to(self.device)
+            out.append(TextEmbedding(embeds=padded.unsqueeze(0).to(self.dtype), mask=true_tokens))
         return out
 
     def prepare_latents(self, request: GenerationRequest, generator: torch.Generator) -> torch.Tensor:
@@ -94,6 +105,9 @@ class WanAdapter(FamilyAdapter):
         return 1
 
     def tokens_per_row(self, seq: Sequence) -> int:
+        packed = self.packed_forward(self.experts[self.expert(seq)])
+        if packed is not None:
+            return packed.tokens(tuple(seq.latents.shape[1:]), seq.cond)
         _, _, f, h, w = seq.latents.shape
         pt, ph, pw = self.patch_size
         return (f // pt) * (h // ph) * (w // pw) + seq.cond.length
@@ -116,3 +130,164 @@ class WanAdapter(FamilyAdapter):
         inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
         video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
         return self.to_frames(video)
+
+
+class WanPackedForward:
+    """WanTransformer3DModel's forward over packed rows, on the model's own modules and weights.
+
+    Follows `WanTransformer3DModel.forward` and `WanTransformerBlock.forward` (Wan 2.1 / 2.2 text-to-video) step by
+    step; what differs is only where a row's own values enter: its timestep modulation is repeated over its own
+    tokens (as Wan 2.2 TI2V's per-token timesteps do), its rotary table comes from its own F x H x W, and attention
+    stays within the row (engine.attention).
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.num_blocks = len(model.blocks)
+        self.patch_size = tuple(model.config.patch_size)
+        self._rope: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @staticmethod
+    def supports(model: torch.nn.Module) -> bool:
+        attentions = [a for block in model.blocks for a in (block.attn1, block.attn2)]
+        return all(a.add_k_proj is None and not getattr(a, "fused_projections", False) for a in attentions)
+
+    # --- text ----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _text_pads(text: TextEmbedding) -> tuple[int, int]:
+        """A prompt's true tokens and zero padding positions (the mask marks the true ones)."""
+        true = text.length if text.mask is None else int(text.mask.sum())
+        return true, text.length - true
+
+    @torch.no_grad()
+    def text_kv(self, text: TextEmbedding) -> dict[str, Any]:
+        """The prompt's projected text and keys' logit bias (`engine.packing.text_keys`).
+
+        The pipeline zero-pads every prompt to max_sequence_length and cross-attention attends over those pads
+        unmasked; every pad has the same key and value, so one pad key whose logit carries log(number of pads)
+        gives the same softmax over the same values, at the cost of one key instead of hundreds.
+        """
+        true, pads = self._text_pads(text)
+        projected = self.model.condition_embedder.text_embedder(text.embeds[:, : true + min(pads, 1)])
+        bias = None
+        if pads > 1:
+            bias = projected.new_zeros(true + 1, dtype=torch.float32)
+            bias[-1] = math.log(pads)
+        return text_keys(projected, bias)
+
+    def tokens(self, latent_shape: tuple[int, ...], text: TextEmbedding) -> int:
+        _, f, h, w = latent_shape[-4:]
+        pt, ph, pw = self.patch_size
+        true, pads = self._text_pads(text)
+        return (f // pt) * (h // ph) * (w // pw) + true + min(pads, 1)
+
+    # --- forward -------------------------------------------------------------------------------------
+
+    def _rotary(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's own rotary tables for one latent shape (they depend on F x H x W only)."""
+        key = tuple(shape[-3:])
+        if key not in self._rope:
+            self._rope[key] = self.model.rope(torch.empty((1, 0, *key), device="meta"))
+        return self._rope[key]
+
+    @torch.no_grad()
+    def embed(self, rows: list[PackedRow]) -> PackedState:
+        model = self.model
+        dtype = model.patch_embedding.weight.dtype
+        embedded: dict[int, torch.Tensor] = {}  # a request's conditional and unconditional rows share latents
+        parts, shapes = [], []
+        for row in rows:
+            latents = row.latents.reshape(1, *row.latents.shape[-4:])
+            if id(row.latents) not in embedded:
+                embedded[id(row.latents)] = model.patch_embedding(latents.to(dtype)).flatten(2).transpose(1, 2)
+            parts.append(embedded[id(row.latents)])
+            shapes.append(tuple(latents.shape[1:]))
+        hidden = torch.cat(parts, dim=1).contiguous() if len(parts) > 1 else parts[0].contiguous()
+        tokens = Segments(tuple(p.shape[1] for p in parts))
+
+        embedder = model.condition_embedder
+        timestep = embedder.timesteps_proj(torch.stack([row.timestep.reshape(()) for row in rows]))
+        time_dtype = next(iter(embedder.time_embedder.parameters())).dtype
+        if timestep.dtype != time_dtype and time_dtype != torch.int8:
+            timestep = timestep.to(time_dtype)
+        temb = embedder.time_embedder(timestep).type_as(hidden)
+        timestep_proj = embedder.time_proj(embedder.act_fn(temb)).unflatten(1, (6, -1))
+
+        rotary = [self._rotary(shape) for shape in shapes]
+        text_kv = [row.text_kv if row.text_kv is not None else self.text_kv(row.text) for row in rows]
+        return PackedState(
+            hidden=hidden,
+            tokens=tokens,
+            shapes=shapes,
+            per_token={
+                "rope_cos": torch.cat([cos for cos, _ in rotary], dim=1),
+                "rope_sin": torch.cat([sin for _, sin in rotary], dim=1),
+            },
+            per_row={"temb": list(temb), "timestep_proj": list(timestep_proj), "text_kv": text_kv},
+        )
+
+    @torch.no_grad()
+    def block(self, index: int, state: PackedState) -> PackedState:
+        block = self.model.blocks[index]
+        tokens, hidden = state.tokens, state.hidden
+        modulation = block.scale_shift_table + torch.stack(state.per_row["timestep_proj"]).float()  # (R, 6, D)
+
+        def per_token(i: int) -> torch.Tensor:  # shift_msa, scale_msa, gate_msa, c_shift, c_scale, c_gate
+            return tokens.expand(modulation[:, i])
+
+        # 1. Self-attention
+        norm = (block.norm1(hidden.float()) * (1 + per_token(1)) + per_token(0)).type_as(hidden)
+        attn = self._self_attention(block.attn1, norm, state)
+        hidden = (hidden.float() + attn * per_token(2)).type_as(hidden)
+        # 2. Cross-attention
+        norm = block.norm2(hidden.float()).type_as(hidden)
+        hidden = hidden + self._cross_attention(block.attn2, norm, state, index)
+        # 3. Feed-forward
+        norm = (block.norm3(hidden.float()) * (1 + per_token(4)) + per_token(3)).type_as(hidden)
+        ff = block.ffn(norm)
+        hidden = (hidden.float() + ff.float() * per_token(5)).type_as(hidden)
+        return PackedState(hidden, tokens, state.shapes, state.per_token, state.per_row)
+
+    def _self_attention(self, attn: Any, x: torch.Tensor, state: PackedState) -> torch.Tensor:
+        query = attn.norm_q(attn.to_q(x)).unflatten(2, (attn.heads, -1))
+        key = attn.norm_k(attn.to_k(x)).unflatten(2, (attn.heads, -1))
+        value = attn.to_v(x).unflatten(2, (attn.heads, -1))
+        cos, sin = state.per_token["rope_cos"], state.per_token["rope_sin"]
+        query, key = _apply_rotary(query, cos, sin), _apply_rotary(key, cos, sin)
+        out = self_attention(query, key, value, state.tokens).flatten(2, 3).type_as(query)
+        return attn.to_out[1](attn.to_out[0](out))
+
+    def _cross_attention(self, attn: Any, x: torch.Tensor, state: PackedState, index: int) -> torch.Tensor:
+        query = attn.norm_q(attn.to_q(x)).unflatten(2, (attn.heads, -1))
+        entries = state.per_row["text_kv"]
+        kv = [block_kv(entry, index, attn) for entry in entries]
+        keys, values = [k for k, _ in kv], [v for _, v in kv]
+        out = cross_attention(query, state.tokens, keys, values, [entry["bias"] for entry in entries])
+        out = out.flatten(2, 3).type_as(query)
+        return attn.to_out[1](attn.to_out[0](out))
+
+    @torch.no_grad()
+    def head(self, state: PackedState) -> list[torch.Tensor]:
+        model, tokens, hidden = self.model, state.tokens, state.hidden
+        temb = torch.stack(state.per_row["temb"])  # (R, D)
+        shift, scale = (model.scale_shift_table.to(temb.device) + temb.unsqueeze(1)).chunk(2, dim=1)
+        shift, scale = tokens.expand(shift[:, 0]), tokens.expand(scale[:, 0])
+        hidden = (model.norm_out(hidden.float()) * (1 + scale) + shift).type_as(hidden)
+        hidden = model.proj_out(hidden)
+        pt, ph, pw = self.patch_size
+        outputs = []
+        for part, (_, f, h, w) in zip(tokens.split(hidden), state.shapes, strict=True):
+            part = part.reshape(1, f // pt, h // ph, w // pw, pt, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
+            outputs.append(part.flatten(6, 7).flatten(4, 5).flatten(2, 3))
+        return outputs
+
+
+def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """WanAttnProcessor's rotary embedding (interleaved pairs), on (1, T, heads, d) with per-token tables."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = cos[..., 0::2], sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(x)

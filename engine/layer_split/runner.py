@@ -23,6 +23,7 @@ from engine.layer_split.stage import StageModel, StageSpec, encode_rope_call, st
 from engine.layer_split.transport import Channel, checked_wait, make_group
 from engine.planner import Batch
 from engine.request import EngineError
+from engine.runner import ForwardResult, guide_rows, packed_rows
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def stage_devices(devices: tuple[str, ...], stages: int) -> tuple[str, ...]:
 
 
 class SplitRunner:
-    """Drop-in for `ModelRunner` over S stages: `run(batch)` and `run_pipelined(batches)`, `close()`."""
+    """The `Runner` over S stages: `run_all(batches)` pipelines them, `run(batch)` runs one, `close()`."""
 
     def __init__(self, adapter: FamilyAdapter, spec: Any, stages: int, start_timeout_s: float = 300.0) -> None:
         if adapter.family not in LAYOUTS:
@@ -73,6 +74,8 @@ class SplitRunner:
             threads=torch.get_num_threads(),
         )
         self.stage0 = StageModel(self.models, self.layout, self.plans, 0, self.devices[0])
+        # Packing families ship a PackedState between stages: one micro-batch holds rows of any shape.
+        self.packed = adapter.packs and self.layout.packed is not None
         self._captured: dict[str, Any] = {}
         self._install_capture()
         self._procs: list[multiprocessing.Process] = []
@@ -196,6 +199,8 @@ class SplitRunner:
 
     def _head(self, tag: int, batch: Batch) -> dict[str, Any]:
         """Stage 0's part of one forward: the model's own embeddings, then its blocks; the message for stage 1."""
+        if self.packed:
+            return self._head_packed(tag, batch)
         call = self.adapter.model_call(batch.seqs)
         index = next(i for i, m in enumerate(self.models) if m is call.model)
         model = call.model
@@ -225,16 +230,29 @@ class SplitRunner:
         }
         return message
 
+    def _head_packed(self, tag: int, batch: Batch) -> dict[str, Any]:
+        """The packed forward's embedding and stage 0's blocks; the PackedState travels on."""
+        index = self.adapter.expert(batch.seqs[0])
+        packed = self.adapter.packed_forward(self.models[index])
+        rows, _ = packed_rows(self.adapter, packed, batch.seqs, reuse_text=True)
+        state = packed.embed(rows)
+        for block in self.plans[index].ranges[0]:
+            state = packed.block(block, state)
+        message = state.to_message()
+        if "text_kv" in message["per_row"]:  # each stage computes its own blocks' text keys from the projection
+            message["per_row"]["text_kv"] = [{**e, "blocks": {}} for e in message["per_row"]["text_kv"]]
+        return {"op": "forward", "tag": tag, "model": index, "packed": message}
+
     @torch.no_grad()
-    def run(self, batch: Batch) -> list[torch.Tensor]:
-        """One forward (a pipeline of one micro-batch); the noise prediction per sequence."""
-        outcome = self.run_pipelined([batch])[0]
+    def run(self, batch: Batch) -> ForwardResult:
+        """One forward (a pipeline of one micro-batch)."""
+        outcome = self.run_all([batch])[0]
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
 
     @torch.no_grad()
-    def run_pipelined(self, batches: list[Batch]) -> list[list[torch.Tensor] | BaseException]:
+    def run_all(self, batches: list[Batch]) -> list[ForwardResult | BaseException]:
         """Every batch's forward with up to S in flight; per batch its predictions, or the error that failed it."""
         if self._broken is not None or self._channel is None:
             log.warning("restarting layer-split stages after: %s", self._broken)
@@ -275,20 +293,26 @@ class SplitRunner:
         self.forwards += len(batches)
         return [self._guide(batch, outputs[tag]) for tag, batch in enumerate(batches)]
 
-    def _guide(self, batch: Batch, output: torch.Tensor) -> list[torch.Tensor]:
-        """Each request's own guidance on its own rows (conditional rows first, then unconditional), as ModelRunner."""
+    def _guide(self, batch: Batch, output: torch.Tensor | list[torch.Tensor]) -> ForwardResult:
+        """Each request's own guidance on its own rows, as ModelRunner (packed: a request's rows are neighbours;
+        otherwise conditional rows first, then unconditional)."""
         seqs = batch.seqs
         n = len(seqs)
         blocks = len(blocks_of(self.models[0], self.layout))
-        batch.reused = [False] * n
-        batch.block_evaluations = [seq.rows * blocks for seq in seqs]
+        if isinstance(output, list):
+            owned, row = [], 0
+            for seq in seqs:
+                owned.append(list(range(row, row + seq.rows)))
+                row += seq.rows
+            preds = guide_rows(self.adapter, seqs, owned, output)
+            return ForwardResult(preds, [False] * n, [seq.rows * blocks for seq in seqs], batch.tokens)
         preds, u = [], n
         for i, seq in enumerate(seqs):
             uncond = None
             if seq.uncond is not None:
                 uncond, u = output[u : u + 1], u + 1
             preds.append(self.adapter.guide(seq, output[i : i + 1], uncond))
-        return preds
+        return ForwardResult(preds, [False] * n, [seq.rows * blocks for seq in seqs], batch.tokens)
 
     # --- measurements ---------------------------------------------------------------------------
 

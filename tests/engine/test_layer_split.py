@@ -93,8 +93,8 @@ def test_wan_split_over_two_processes_equals_one_process(pairs, make_request):
     mixed = _mixed("wan", make_request)
     results = split.generate(mixed)
     _assert_same(single.generate(mixed), results)
-    # The two shapes are two planner groups: both micro-batches went through the pipeline in one iteration.
-    assert results[0].stats.batch_sizes[0] == 2
+    # Wan packs: the requests of two shapes travel through the stages as one packed micro-batch.
+    assert results[0].stats.batch_sizes[0] == 3
 
 
 def test_each_stage_holds_about_half_the_block_parameters(pairs):
