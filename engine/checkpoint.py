@@ -87,6 +87,7 @@ def snapshot(seq: Sequence, adapter: FamilyAdapter, fingerprint: str) -> Checkpo
             "steps_reused": stats.steps_reused,
             "block_evaluations": stats.block_evaluations,
             "batch_sizes": torch.tensor(stats.batch_sizes, dtype=torch.int32),
+            "forward_tokens": torch.tensor(stats.forward_tokens, dtype=torch.int64),
         },
     )
 
@@ -113,6 +114,8 @@ def restore(seq: Sequence, adapter: FamilyAdapter, checkpoint: Checkpoint) -> No
     seq.stats.steps_reused = int(stats["steps_reused"])
     seq.stats.block_evaluations = int(stats["block_evaluations"])
     seq.stats.batch_sizes = [int(n) for n in stats["batch_sizes"].tolist()]
+    if "forward_tokens" in stats:  # absent from checkpoints written before packed forwards
+        seq.stats.forward_tokens = [int(n) for n in stats["forward_tokens"].tolist()]
     seq.stats.resumed_from_step = checkpoint.step
 
 

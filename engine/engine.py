@@ -26,7 +26,7 @@ from engine.families.base import FamilyAdapter, TextEmbedding
 from engine.planner import Batch, Planner
 from engine.registry import ModelSpec
 from engine.request import CheckpointMismatch, EngineError, GenerationRequest, GenerationResult, RequestCanceled
-from engine.runner import ModelRunner
+from engine.runner import ForwardResult, ModelRunner, Runner
 from engine.sequence import CheckpointCallback, ProgressCallback, Sequence, Status
 from engine.step_cache import RequestCache
 
@@ -105,7 +105,9 @@ class Engine:
         self.adapter = adapter or adapter_class(spec.family).load(spec)
         if self.config.vae_tiling:
             self.adapter.enable_vae_tiling()
-        self.planner = Planner(self.adapter, self.config.max_rows, self.config.max_tokens)
+        # The layer split still ships diffusers' block calls between stages: it keeps same-shape groups.
+        self.planner = Planner(self.adapter, self.config.max_rows, self.config.max_tokens, packed=spec.stages == 1)
+        self.runner: Runner
         if spec.stages > 1:
             from engine.layer_split import SplitRunner  # spawns the other stages' processes
 
@@ -197,8 +199,7 @@ class Engine:
             self._lock.notify_all()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
-        if hasattr(self.runner, "close"):
-            self.runner.close()  # layer split: ends every stage process
+        self.runner.close()  # layer split: ends every stage process
         with self._lock:
             for seq in [*self._waiting, *self._running]:
                 if not seq.future.done():
@@ -237,19 +238,14 @@ class Engine:
         for seq in forecast:
             self._advance_one(seq, seq.cache.forecast(seq.step_index), reused=True)
         batches = self.planner.plan([s for s in running if s not in forecast])
-        # A layer-split runner pipelines the iteration's groups through its stages (all in flight at once).
-        pipelined = self.runner.run_pipelined(batches) if hasattr(self.runner, "run_pipelined") else None
-        for i, batch in enumerate(batches):
-            try:
-                noise_preds = self.runner.run(batch) if pipelined is None else pipelined[i]
-                if isinstance(noise_preds, BaseException):
-                    raise noise_preds
-            except Exception as exc:  # e.g. out of memory: fail this forward's requests, keep the others
-                log.exception("forward of %d requests failed", len(batch.seqs))
+        # A layer-split runner pipelines the iteration's forwards through its stages (all in flight at once).
+        for batch, result in zip(batches, self.runner.run_all(batches), strict=True):
+            if isinstance(result, BaseException):  # e.g. out of memory: fail this forward's requests, keep the others
+                log.error("forward of %d requests failed", len(batch.seqs), exc_info=result)
                 for seq in batch.seqs:
-                    self._finish(seq, exc)
+                    self._finish(seq, result)
                 continue
-            self._advance(batch, noise_preds)
+            self._advance(batch, result)
         self._retire()
         self._iteration += 1
 
@@ -330,13 +326,14 @@ class Engine:
         except Exception:  # a caller's callback must not break other requests
             log.exception("progress callback of request %s failed", seq.id)
 
-    def _advance(self, batch: Batch, noise_preds: list[torch.Tensor]) -> None:
-        for i, (seq, noise_pred) in enumerate(zip(batch.seqs, noise_preds, strict=True)):
-            seq.stats.block_evaluations += batch.block_evaluations[i]
+    def _advance(self, batch: Batch, result: ForwardResult) -> None:
+        for i, (seq, noise_pred) in enumerate(zip(batch.seqs, result.noise_preds, strict=True)):
+            seq.stats.block_evaluations += result.block_evaluations[i]
             seq.stats.batch_sizes.append(len(batch.seqs))
+            seq.stats.forward_tokens.append(result.tokens)
             if seq.cache is not None:
                 seq.cache.record(seq.step_index, noise_pred)
-            self._advance_one(seq, noise_pred, reused=batch.reused[i])
+            self._advance_one(seq, noise_pred, reused=result.reused[i])
 
     def _advance_one(self, seq: Sequence, noise_pred: torch.Tensor, reused: bool) -> None:
         """One scheduler step for the request, its noise prediction computed or served from its cache."""

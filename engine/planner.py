@@ -1,7 +1,11 @@
 """Decides, each iteration, which running requests share a transformer forward.
 
-Requests whose adapter group key matches (latent shape, text length, expert) go together, in arrival
-order, until a forward's row or token limit is reached; different groups run one after another.
+Families with a packed forward (engine.packing) put every running request into one forward per model (per
+expert for two-expert Wan), oldest first, until the forward's row or token budget is full; the rest go into
+further forwards of the same iteration. Other families group by their key (latent shape, text length, expert).
+The planner reads only a small duck interface of what it batches: `rows`, plus what the adapter's `expert`,
+`group_key` and `tokens_per_row` read (latents, timestep, cond text), so windows of long requests can be batched
+like requests.
 """
 
 from __future__ import annotations
@@ -20,24 +24,26 @@ class Batch:
     seqs: list[Sequence] = field(default_factory=list)
     rows: int = 0
     tokens: int = 0
-    # Filled by the runner: per sequence, whether its tail blocks came from its first-block cache, and how many
-    # transformer blocks ran for its rows.
-    reused: list[bool] = field(default_factory=list)
-    block_evaluations: list[int] = field(default_factory=list)
 
 
 class Planner:
-    def __init__(self, adapter: FamilyAdapter, max_rows: int, max_tokens: int) -> None:
+    def __init__(self, adapter: FamilyAdapter, max_rows: int, max_tokens: int, packed: bool = True) -> None:
+        """`packed=False` keeps same-shape groups even for a family that packs (the layer-split runner's path)."""
         self.adapter = adapter
         self.max_rows = max_rows
         self.max_tokens = max_tokens
+        self.packed = packed and adapter.packs
+
+    def key(self, seq: Sequence) -> tuple:
+        """Sequences with equal keys may share a forward."""
+        return ("packed", self.adapter.expert(seq)) if self.packed else self.adapter.group_key(seq)
 
     def plan(self, running: list[Sequence]) -> list[Batch]:
         """Every running sequence appears in exactly one batch, so each advances one step per iteration."""
         open_batches: dict[tuple, Batch] = {}
         batches: list[Batch] = []
         for seq in running:
-            key = self.adapter.group_key(seq)
+            key = self.key(seq)
             rows = seq.rows
             tokens = rows * self.adapter.tokens_per_row(seq)
             batch = open_batches.get(key)

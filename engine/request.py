@@ -79,6 +79,8 @@ class RequestStats:
     cache_policy: str = "none"
     block_evaluations: int = 0
     batch_sizes: list[int] = field(default_factory=list)
+    # Per forward the request ran in, the forward's tokens (all its rows' video patches and text keys).
+    forward_tokens: list[int] = field(default_factory=list)
     seconds_queued: float = 0.0
     seconds_running: float = 0.0
     resumed_from_step: int = 0  # the checkpoint's step when the request continued from one, else 0
@@ -94,6 +96,7 @@ class RequestStats:
                 "block_evaluations": self.block_evaluations,
             },
             "batch_sizes": list(self.batch_sizes),
+            "forward_tokens": list(self.forward_tokens),
             "seconds_queued": round(self.seconds_queued, 4),
             "seconds_running": round(self.seconds_running, 4),
             "resumed_from_step": self.resumed_from_step,

@@ -58,6 +58,28 @@ class RequestCache:
         self.model_id = None if state["model"] is None else id(models[state["model"]])
         self.derivatives, self.last_computed = list(state["derivatives"]), state["last_computed"]
 
+    # --- first_block -----------------------------------------------------------------------------------
+
+    def reuses_tail(self, head_residual: torch.Tensor, model_id: int) -> bool:
+        """Whether this step's first-block residual (rows, tokens, D) is close enough to reuse the tail blocks'.
+
+        When the tail must run, the residual is remembered: compared against the last *computed* step, drift over
+        skipped steps adds up and forces a full step, as TeaCache's accumulated distance does.
+        """
+        previous = self.head_residual
+        reuse = False
+        if (
+            previous is not None
+            and self.tail_residual is not None
+            and self.model_id == model_id
+            and previous.shape == head_residual.shape
+        ):
+            change = (head_residual - previous).abs().mean() / previous.abs().mean().clamp_min(1e-12)
+            reuse = bool(change < self.policy.threshold)
+        if not reuse:
+            self.head_residual, self.model_id = head_residual, model_id
+        return reuse
+
     # --- taylorseer ------------------------------------------------------------------------------------
 
     def forecasts(self, step: int) -> bool:
@@ -112,20 +134,7 @@ class ForwardCache:
         for i, (rows, cache) in enumerate(zip(self.rows, self.caches, strict=True)):
             if cache is None or cache.policy.policy != FIRST_BLOCK or self.num_blocks < 2:
                 continue  # a one-block model has no tail to reuse
-            mine = residual[rows]
-            previous = cache.head_residual
-            if (
-                previous is not None
-                and cache.tail_residual is not None
-                and cache.model_id == self.model_id
-                and previous.shape == mine.shape
-            ):
-                change = (mine - previous).abs().mean() / previous.abs().mean().clamp_min(1e-12)
-                self.reused[i] = bool(change < cache.policy.threshold)
-            if not self.reused[i]:
-                # Compared against the last *computed* step, so drift over skipped steps adds up and forces a
-                # full step, as TeaCache's accumulated distance does.
-                cache.head_residual, cache.model_id = mine, self.model_id
+            self.reused[i] = cache.reuses_tail(residual[rows], self.model_id)
         if any(self.reused):
             keep = [r for rows, reused in zip(self.rows, self.reused, strict=True) if not reused for r in rows]
             self.compute_index = torch.tensor(keep, dtype=torch.long, device=block_output.device)

@@ -23,6 +23,7 @@ from engine.layer_split.stage import StageModel, StageSpec, encode_rope_call, st
 from engine.layer_split.transport import Channel, checked_wait, make_group
 from engine.planner import Batch
 from engine.request import EngineError
+from engine.runner import ForwardResult
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def stage_devices(devices: tuple[str, ...], stages: int) -> tuple[str, ...]:
 
 
 class SplitRunner:
-    """Drop-in for `ModelRunner` over S stages: `run(batch)` and `run_pipelined(batches)`, `close()`."""
+    """The `Runner` over S stages: `run_all(batches)` pipelines them, `run(batch)` runs one, `close()`."""
 
     def __init__(self, adapter: FamilyAdapter, spec: Any, stages: int, start_timeout_s: float = 300.0) -> None:
         if adapter.family not in LAYOUTS:
@@ -226,15 +227,15 @@ class SplitRunner:
         return message
 
     @torch.no_grad()
-    def run(self, batch: Batch) -> list[torch.Tensor]:
-        """One forward (a pipeline of one micro-batch); the noise prediction per sequence."""
-        outcome = self.run_pipelined([batch])[0]
+    def run(self, batch: Batch) -> ForwardResult:
+        """One forward (a pipeline of one micro-batch)."""
+        outcome = self.run_all([batch])[0]
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
 
     @torch.no_grad()
-    def run_pipelined(self, batches: list[Batch]) -> list[list[torch.Tensor] | BaseException]:
+    def run_all(self, batches: list[Batch]) -> list[ForwardResult | BaseException]:
         """Every batch's forward with up to S in flight; per batch its predictions, or the error that failed it."""
         if self._broken is not None or self._channel is None:
             log.warning("restarting layer-split stages after: %s", self._broken)
@@ -275,20 +276,18 @@ class SplitRunner:
         self.forwards += len(batches)
         return [self._guide(batch, outputs[tag]) for tag, batch in enumerate(batches)]
 
-    def _guide(self, batch: Batch, output: torch.Tensor) -> list[torch.Tensor]:
+    def _guide(self, batch: Batch, output: torch.Tensor) -> ForwardResult:
         """Each request's own guidance on its own rows (conditional rows first, then unconditional), as ModelRunner."""
         seqs = batch.seqs
         n = len(seqs)
         blocks = len(blocks_of(self.models[0], self.layout))
-        batch.reused = [False] * n
-        batch.block_evaluations = [seq.rows * blocks for seq in seqs]
         preds, u = [], n
         for i, seq in enumerate(seqs):
             uncond = None
             if seq.uncond is not None:
                 uncond, u = output[u : u + 1], u + 1
             preds.append(self.adapter.guide(seq, output[i : i + 1], uncond))
-        return preds
+        return ForwardResult(preds, [False] * n, [seq.rows * blocks for seq in seqs], batch.tokens)
 
     # --- measurements ---------------------------------------------------------------------------
 

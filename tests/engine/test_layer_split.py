@@ -21,7 +21,9 @@ import pytest
 from engine import Engine
 from engine.layer_split import StageFailed
 
-EXACT = 1e-6  # max abs difference on float32 frames in [0, 1]
+# Max abs difference on float32 frames in [0, 1]. One process runs a packing family's packed forward while the
+# split ships diffusers' block calls: equal up to float32 rounding (about 1e-6), the engine's exactness tolerance.
+EXACT = 1e-5
 
 
 def _two_block_variant(source: Path, target: Path) -> Path:

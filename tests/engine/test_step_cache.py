@@ -55,10 +55,10 @@ def test_exact_reuse_gives_the_same_frames_as_no_reuse(family, engines, uncached
         make_request(family, "c", prompt="a red car", negative_prompt="blurry", num_inference_steps=3, seed=3),
     ]
     engine = engines[family]
-    cross = engine.runner.text_kv.get(id(engine.adapter.transformer))
+    cross = engine.adapter.text_kv_parts(engine.adapter.transformer)
     calls = handle = None
     if cross is not None:  # Wan, LTX: the text keys are projected once per request and row, not per step
-        calls, handle = counting(cross.attentions[0].to_k)
+        calls, handle = counting(cross[1][0].to_k)
     try:
         cached = engine.generate(requests)
     finally:
