@@ -7,7 +7,9 @@ blocks (first-block caching) and the layer split can cut between blocks and ship
 
 For the next family author, the rules in one place:
 - A `PackedRow` is one branch of one request: its latents (C, F, H, W) of any shape, its own 0-d timestep, its
-  own `TextEmbedding` and, when the family offers reusable text projections, that row's cached `text_kv`.
+  own `TextEmbedding`, when the family offers reusable text projections that row's cached `text_kv`, and where
+  the latents do not show the row's positions (LTX's are already patchified), `positions` from the adapter's
+  `row_positions`.
 - `embed(rows)` returns a `PackedState` whose `hidden` is (1, T, D): the rows' tokens one after another, in
   row order, with `tokens` their counts. Joint-attention families pack `[text; video]` per row in `hidden`.
 - Whatever else the blocks need goes into `per_token` (tensors laid out like `hidden` along dim 1, e.g. a
@@ -15,7 +17,8 @@ For the next family author, the rules in one place:
   text K/V); `PackedState.select` then keeps any subset of rows without knowing the family.
 - `block(index, state)` returns the state after block `index`; it may only change `hidden` and `per_token`
   (a joint block that updates its text tokens keeps them in `hidden`, or in `per_token`).
-- `head(state)` returns one (1, C, F, H, W) prediction per row, in row order, in the model's output layout.
+- `head(state)` returns one prediction per row, in row order, each shaped as the diffusers model returns it for
+  that row alone ((1, C, F, H, W) for Wan, (1, tokens, C) for LTX).
 - Outputs must equal the diffusers model's forward of each row alone to float32 rounding (the exactness tests
   hold them to 1e-5 on the frames): per-row timestep modulation, per-row positions, per-row text.
 """
@@ -43,6 +46,8 @@ class PackedRow:
     # The family's reusable projections of `text` for this model (`PackedForward.text_kv`), or None: computed in
     # the forward. Exact either way; reuse saves projecting the text again at every step.
     text_kv: Any = None
+    # What places the row's tokens where its latents do not say (`FamilyAdapter.row_positions`), else None.
+    positions: Any = None
 
 
 @dataclass
@@ -103,5 +108,5 @@ class PackedForward(Protocol):
         ...
 
     def head(self, state: PackedState) -> list[torch.Tensor]:
-        """Output norm, projection and unpatchify: one (1, C, F, H, W) prediction per row, in row order."""
+        """Output norm, projection and unpatchify: one prediction per row, in row order, shaped as the model's."""
         ...

@@ -86,11 +86,12 @@ class ModelRunner:
         owned: list[list[int]] = []  # per sequence, its rows
         for seq in seqs:
             mine = []
+            positions = self.adapter.row_positions(seq)
             for role, text in (("cond", seq.cond), ("uncond", seq.uncond)):
                 if text is not None:
                     mine.append(len(rows))
                     kv = self._packed_text_kv(seq, role, packed)
-                    rows.append(PackedRow(latents=seq.latents, timestep=seq.timestep, text=text, text_kv=kv))
+                    rows.append(PackedRow(seq.latents, seq.timestep, text, text_kv=kv, positions=positions))
             owned.append(mine)
 
         state = packed.embed(rows)

@@ -97,6 +97,10 @@ class FamilyAdapter:
         """
         return None
 
+    def row_positions(self, seq: Sequence) -> Any:
+        """Position information a packed row needs beyond its latents' shape (`PackedRow.positions`); None here."""
+        return None
+
     @property
     def packs(self) -> bool:
         """Whether every model of this adapter runs packed forwards (one forward per model per iteration)."""

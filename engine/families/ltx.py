@@ -6,11 +6,16 @@ shift from the video's token count, rope scaled by the frame rate, and a timeste
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
+from diffusers.models.transformers.transformer_ltx import apply_rotary_emb
 from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift, rescale_noise_cfg, retrieve_timesteps
 
+from engine.attention import cross_attention, self_attention
 from engine.families.base import FamilyAdapter, ModelCall, TextEmbedding, stack_rows
+from engine.packing import PackedForward, PackedRow, PackedState, Segments
 from engine.request import GenerationRequest
 from engine.sequence import Sequence
 
@@ -31,6 +36,17 @@ class LTXAdapter(FamilyAdapter):
         self.decode_timestep = float(self.options.get("decode_timestep", 0.0))
         noise_scale = self.options.get("decode_noise_scale")
         self.decode_noise_scale = self.decode_timestep if noise_scale is None else float(noise_scale)
+        self._packed = LTXPackedForward(self.transformer)
+
+    def packed_forward(self, model: torch.nn.Module) -> PackedForward | None:
+        return self._packed if model is self.transformer else None
+
+    def row_positions(self, seq: Sequence) -> tuple:
+        """The latent grid and the rope's interpolation scale (frame rate dependent): packed latents hide both."""
+        pipe = self.pipe
+        ratio = pipe.vae_spatial_compression_ratio
+        scale = (pipe.vae_temporal_compression_ratio / seq.request.fps, ratio, ratio)
+        return (*self.latent_dims(seq.request), scale)
 
     def text_kv_parts(self, model: torch.nn.Module) -> tuple[torch.nn.Module, list] | None:
         return model.caption_projection, [block.attn2 for block in model.transformer_blocks]
@@ -84,7 +100,7 @@ class LTXAdapter(FamilyAdapter):
         return self.latent_dims(seq.request)
 
     def tokens_per_row(self, seq: Sequence) -> int:
-        return seq.latents.shape[1] + seq.cond.length
+        return seq.latents.shape[1] + self._packed.text_keys(seq.cond)
 
     def model_call(self, seqs: list[Sequence]) -> ModelCall:
         pipe = self.pipe
@@ -135,3 +151,111 @@ class LTXAdapter(FamilyAdapter):
             latents = (1 - scale) * latents + scale * noise
         video = vae.decode(latents.to(vae.dtype), timestep, return_dict=False)[0]
         return self.to_frames(video)
+
+
+class LTXPackedForward:
+    """LTXVideoTransformer3DModel's forward over packed rows, on the model's own modules and weights.
+
+    Follows `LTXVideoTransformer3DModel.forward` and `LTXVideoTransformerBlock.forward`; a row's timestep
+    modulation is repeated over its own tokens, its rotary table comes from its own grid and frame rate, and
+    attention stays within the row (engine.attention).
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.num_blocks = len(model.transformer_blocks)
+        self._rope: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @staticmethod
+    def text_keys(text: TextEmbedding) -> int:
+        """Keys a prompt needs: its true tokens. The model masks padding with a -10000 logit bias, whose softmax
+        weight is exactly 0 in float32, so dropping those keys changes nothing (all-padding keeps them all)."""
+        true = int(text.mask.sum())
+        return true if true > 0 else text.length
+
+    @torch.no_grad()
+    def text_kv(self, text: TextEmbedding) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], None]:
+        """Per block the cross-attention (key, value) of the prompt's true tokens, (1, L', heads, d); no bias."""
+        projected = self.model.caption_projection(text.embeds[:, : self.text_keys(text)])
+        kv = []
+        for block in self.model.transformer_blocks:
+            attn = block.attn2
+            key = attn.norm_k(attn.to_k(projected)).unflatten(2, (attn.heads, -1))
+            value = attn.to_v(projected).unflatten(2, (attn.heads, -1))
+            kv.append((key, value))
+        return kv, None
+
+    def tokens(self, latent_shape: tuple[int, ...], text: TextEmbedding) -> int:
+        return latent_shape[-2] + self.text_keys(text)
+
+    def _rotary(self, positions: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if positions not in self._rope:
+            f, h, w, scale = positions
+            self._rope[positions] = self.model.rope(torch.empty((1, 0), device=device), f, h, w, scale)
+        return self._rope[positions]
+
+    @torch.no_grad()
+    def embed(self, rows: list[PackedRow]) -> PackedState:
+        model = self.model
+        parts = [row.latents.reshape(1, *row.latents.shape[-2:]) for row in rows]
+        tokens = Segments(tuple(p.shape[1] for p in parts))
+        latents = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        hidden = model.proj_in(latents.to(model.proj_in.weight.dtype))
+        timestep = torch.stack([row.timestep.reshape(()) for row in rows])
+        temb, embedded_timestep = model.time_embed(timestep, batch_size=len(rows), hidden_dtype=hidden.dtype)
+        rotary = [self._rotary(row.positions, hidden.device) for row in rows]
+        text_kv = [row.text_kv if row.text_kv is not None else self.text_kv(row.text) for row in rows]
+        return PackedState(
+            hidden=hidden,
+            tokens=tokens,
+            shapes=[tuple(p.shape[1:]) for p in parts],
+            per_token={
+                "rope_cos": torch.cat([cos for cos, _ in rotary], dim=1),
+                "rope_sin": torch.cat([sin for _, sin in rotary], dim=1),
+            },
+            per_row={"temb": list(temb), "embedded_timestep": list(embedded_timestep), "text_kv": text_kv},
+        )
+
+    @torch.no_grad()
+    def block(self, index: int, state: PackedState) -> PackedState:
+        block = self.model.transformer_blocks[index]
+        tokens, hidden = state.tokens, state.hidden
+        temb = torch.stack(state.per_row["temb"])
+        ada = block.scale_shift_table[None].to(temb.device) + temb.reshape(
+            len(tokens), block.scale_shift_table.shape[0], -1
+        )
+
+        def per_token(i: int) -> torch.Tensor:  # shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp
+            return tokens.expand(ada[:, i])
+
+        norm = block.norm1(hidden) * (1 + per_token(1)) + per_token(0)
+        hidden = hidden + self._self_attention(block.attn1, norm, state) * per_token(2)
+        hidden = hidden + self._cross_attention(block.attn2, hidden, state, index)
+        norm = block.norm2(hidden) * (1 + per_token(4)) + per_token(3)
+        hidden = hidden + block.ff(norm) * per_token(5)
+        return PackedState(hidden, tokens, state.shapes, state.per_token, state.per_row)
+
+    def _self_attention(self, attn: Any, x: torch.Tensor, state: PackedState) -> torch.Tensor:
+        rotary = (state.per_token["rope_cos"], state.per_token["rope_sin"])
+        query = apply_rotary_emb(attn.norm_q(attn.to_q(x)), rotary).unflatten(2, (attn.heads, -1))
+        key = apply_rotary_emb(attn.norm_k(attn.to_k(x)), rotary).unflatten(2, (attn.heads, -1))
+        value = attn.to_v(x).unflatten(2, (attn.heads, -1))
+        out = self_attention(query, key, value, state.tokens).flatten(2, 3).to(query.dtype)
+        return attn.to_out[1](attn.to_out[0](out))
+
+    def _cross_attention(self, attn: Any, x: torch.Tensor, state: PackedState, index: int) -> torch.Tensor:
+        query = attn.norm_q(attn.to_q(x)).unflatten(2, (attn.heads, -1))
+        rows = state.per_row["text_kv"]
+        keys = [kv[index][0] for kv, _ in rows]
+        values = [kv[index][1] for kv, _ in rows]
+        out = cross_attention(query, state.tokens, keys, values).flatten(2, 3).to(query.dtype)
+        return attn.to_out[1](attn.to_out[0](out))
+
+    @torch.no_grad()
+    def head(self, state: PackedState) -> list[torch.Tensor]:
+        model, tokens = self.model, state.tokens
+        embedded = torch.stack(state.per_row["embedded_timestep"])  # (R, D)
+        shift_scale = model.scale_shift_table[None] + embedded[:, None]  # (R, 2, D)
+        hidden = model.norm_out(state.hidden)
+        hidden = hidden * (1 + tokens.expand(shift_scale[:, 1])) + tokens.expand(shift_scale[:, 0])
+        return tokens.split(model.proj_out(hidden))

@@ -79,26 +79,78 @@ def test_wan_packed_forward_equals_the_diffusers_model_on_each_row_alone(engines
             assert (output - alone).abs().max() <= 1e-5
 
 
+def test_ltx_packed_forward_equals_the_diffusers_model_on_each_row_alone(engines, make_request):
+    adapter = engines["ltx"].adapter
+    model = adapter.transformer
+    packed = adapter.packed_forward(model)
+    texts = adapter.encode_prompts(["a cat", "a red car driving through the rain at night"])
+    generator = torch.Generator().manual_seed(0)
+    requests = [
+        make_request("ltx", "a", num_frames=9, height=32, width=64, fps=8),
+        make_request("ltx", "b", num_frames=17, height=32, width=32, fps=24),
+    ]
+    rows = []
+    for request, text, t in zip(requests, texts, (900.0, 40.0), strict=True):
+        f, h, w = adapter.latent_dims(request)
+        latents = torch.randn(1, f * h * w, model.config.in_channels, generator=generator)
+        seq = type("Row", (), {"request": request})()
+        rows.append(PackedRow(latents, torch.tensor(t), text, positions=adapter.row_positions(seq)))
+    with torch.no_grad():
+        state = packed.embed(rows)
+        for index in range(packed.num_blocks):
+            state = packed.block(index, state)
+        for row, output in zip(rows, packed.head(state), strict=True):
+            f, h, w, scale = row.positions
+            alone = model(
+                hidden_states=row.latents,
+                encoder_hidden_states=row.text.embeds,
+                timestep=row.timestep[None],
+                encoder_attention_mask=row.text.mask,
+                num_frames=f,
+                height=h,
+                width=w,
+                rope_interpolation_scale=scale,
+                return_dict=False,
+            )[0]
+            assert output.shape == alone.shape
+            assert (output - alone).abs().max() <= 1e-5
+
+
 @pytest.fixture(scope="module")
-def wan_pipeline(specs):
-    return load_pipeline(specs["wan"])
+def pipelines(specs):
+    made = {}
+
+    def get(family):
+        if family not in made:
+            made[family] = load_pipeline(specs[family])
+        return made[family]
+
+    return get
 
 
-def _mixed_requests(make_request):
-    """Other frames, sizes, prompt lengths, steps and guidance (with and without CFG)."""
+def _mixed_requests(family, make_request):
+    """Other frames, sizes, prompt lengths, steps, guidance (with and without CFG) and, for LTX, frame rates."""
+    if family == "ltx":
+        return [
+            make_request("ltx", "a", prompt="a cat running on the beach at sunset", num_inference_steps=4, seed=1),
+            make_request("ltx", "b", num_frames=17, prompt="rain", guidance_scale=1.0, num_inference_steps=3, fps=24),
+            make_request("ltx", "c", width=64, negative_prompt="blurry", guidance_scale=3.0, num_inference_steps=5),
+            make_request("ltx", "late", prompt="snow", guidance_scale=2.0, num_inference_steps=4, seed=9, fps=12),
+        ]
     return [
         make_request("wan", "a", prompt="a cat running on the beach at sunset", num_inference_steps=4, seed=1),
         make_request("wan", "b", num_frames=5, height=48, prompt="rain", guidance_scale=1.0, num_inference_steps=3),
         make_request("wan", "c", width=48, negative_prompt="blurry", guidance_scale=3.0, num_inference_steps=5),
+        make_request("wan", "late", num_frames=1, prompt="snow", guidance_scale=2.0, num_inference_steps=4, seed=9),
     ]
 
 
+@pytest.mark.parametrize("family", ["wan", "ltx"])
 def test_requests_of_every_shape_share_one_forward_and_each_equals_diffusers_and_itself_alone(
-    specs, wan_pipeline, make_request
+    family, specs, pipelines, make_request
 ):
-    requests = _mixed_requests(make_request)
-    late = make_request("wan", "late", num_frames=1, prompt="snow", guidance_scale=2.0, num_inference_steps=4, seed=9)
-    engine = Engine(specs["wan"], output="float32", background=False)
+    *requests, late = _mixed_requests(family, make_request)
+    engine = Engine(specs[family], output="float32", background=False)
     try:
         futures = [engine.submit(r) for r in requests]
         engine.step()
@@ -117,7 +169,7 @@ def test_requests_of_every_shape_share_one_forward_and_each_equals_diffusers_and
     assert results[3].stats.batch_sizes == [4, 3, 2, 1]
     assert results[0].stats.forward_tokens[0] > alone[0].stats.forward_tokens[0]
     for request, result, single in zip([*requests, late], results, alone, strict=True):
-        expected = run_pipeline(wan_pipeline, specs["wan"], request)
+        expected = run_pipeline(pipelines(family), specs[family], request)
         assert result.frames.shape == expected.shape
         assert np.abs(result.frames - expected).max() <= TOLERANCE, request.id
         assert np.abs(result.frames - single.frames).max() <= TOLERANCE, request.id
