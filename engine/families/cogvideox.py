@@ -194,6 +194,8 @@ class CogVideoXPackedForward:
     def _row_positions(self, shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
         """A latent shape's video positions: the sin-cos table (n, D) added after patching, or rotary (cos, sin)."""
         if shape not in self._positions:
+            if len(self._positions) >= 64:  # a few shapes are in use at a time; keep memory flat
+                self._positions.pop(next(iter(self._positions)))
             f, _, h, w = shape
             embed = self.model.patch_embed
             if self.model.config.use_rotary_positional_embeddings:
@@ -252,8 +254,9 @@ class CogVideoXPackedForward:
         hidden = torch.cat(parts, dim=1)
         is_text = torch.cat([torch.arange(n, device=device) < t for n, t in zip(lengths, texts, strict=True)])
 
-        time = model.time_proj(torch.stack([row.timestep.reshape(()) for row in rows])).to(dtype)
-        emb = model.time_embedding(time, None)
+        # The schedulers' `scale_model_input` (DDIM, DPM) returns the latents unchanged: nothing to apply here.
+        time_proj = model.time_proj(torch.stack([row.timestep.reshape(()) for row in rows])).to(dtype)
+        emb = model.time_embedding(time_proj, None)
         per_token = {"is_text": is_text.view(1, -1, 1)}
         if rotary:
             # Text tokens get the identity rotation (cos 1, sin 0): x * 1 + y * 0 is x exactly.

@@ -214,6 +214,8 @@ class HunyuanVideoPackedForward:
     def _rotary(self, shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The model's own rotary tables (n, d) for one latent shape (they depend on F x H x W only)."""
         if shape not in self._rope:
+            if len(self._rope) >= 64:  # a few shapes are in use at a time; keep memory flat
+                self._rope.pop(next(iter(self._rope)))
             self._rope[shape] = self.model.rope(torch.empty((1, 0, *shape), device=device))
         return self._rope[shape]
 

@@ -128,7 +128,9 @@ class MochiPackedForward:
     tokens only and each row's text stream, (1, L_row, D_text), travels in `per_row["text"]`; attention joins them
     per row as `[text; video]`. A row's text is its valid prompt tokens only: the model attends to no padding
     (an empty prompt under `force_zeros_for_empty_prompt` has none). Each row keeps its own timestep and pooled-
-    caption conditioning and its own rotary positions.
+    caption conditioning and its own rotary positions. Unlike the contract's other families, the blocks update a
+    `per_row` entry (the text stream cannot live in `hidden` or `per_token`, which share `hidden`'s width); the
+    head reads only the video, so rows that leave after block 0 still end exactly.
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
@@ -160,6 +162,8 @@ class MochiPackedForward:
     def _rotary(self, shape: tuple[int, int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The model's rotary tables (n, heads, d/2) for a (frames, patch rows, patch columns) grid."""
         if shape not in self._rope:
+            if len(self._rope) >= 64:  # a few shapes are in use at a time; keep memory flat
+                self._rope.pop(next(iter(self._rope)))
             model = self.model
             self._rope[shape] = model.rope(model.pos_frequencies, *shape, device=device, dtype=torch.float32)
         return self._rope[shape]
