@@ -189,3 +189,26 @@ def test_what_exceeds_the_token_budget_runs_in_a_further_forward_and_a_larger_re
     assert results[2].stats.batch_sizes == [1, 1, 1]  # the further forward of the same iteration
     assert results[3].stats.batch_sizes == [1, 1, 1] and results[3].stats.forward_tokens == [per_large] * 3
     assert all(t <= budget for r in results[:3] for t in r.stats.forward_tokens)
+
+
+@pytest.mark.parametrize("family", ["wan", "ltx"])
+def test_a_checkpoint_taken_in_a_packed_forward_resumes_among_mates_of_other_shapes(family, specs, make_request):
+    from engine.checkpoint import Checkpoint
+
+    *mates, probe = _mixed_requests(family, make_request)
+    with Engine(specs[family], output="float32", background=False) as engine:
+        alone = engine.generate([probe])[0].frames
+        taken: list[Checkpoint] = []
+        futures = [engine.submit(r) for r in mates[:2]]
+        futures.append(engine.submit(probe, checkpoint_every=2, on_checkpoint=taken.append))
+        while not all(f.done() for f in futures):
+            engine.step()
+    checkpoint = Checkpoint.from_bytes(next(c for c in taken if c.step == 2).to_bytes())
+    assert checkpoint.stats["batch_sizes"].tolist() == [3, 3]  # taken inside packed forwards of three shapes
+    with Engine(specs[family], output="float32", background=False) as engine:
+        futures = [engine.submit(mates[2]), engine.submit(probe, resume_from=checkpoint)]
+        while not all(f.done() for f in futures):
+            engine.step()
+        resumed = futures[1].result()
+    assert resumed.stats.batch_sizes[2:] == [2, 2]  # and resumed inside one with a mate of another shape
+    assert np.abs(resumed.frames - alone).max() <= TOLERANCE
