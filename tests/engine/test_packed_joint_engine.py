@@ -92,3 +92,28 @@ def test_requests_of_every_shape_share_one_forward_and_each_equals_diffusers_and
         assert result.frames.shape == expected.shape == single.frames.shape
         assert np.abs(result.frames - expected).max() <= TOLERANCE, request.id
         assert np.abs(result.frames - single.frames).max() <= TOLERANCE, request.id
+
+
+@pytest.mark.parametrize(
+    "name", ["cogvideox", "mochi", pytest.param("hunyuanvideo-true-cfg", marks=NEEDS_ROW_GUIDANCE)]
+)
+def test_a_checkpoint_taken_in_a_packed_forward_resumes_among_mates_of_other_shapes(name, specs, make_request):
+    from engine.checkpoint import Checkpoint
+
+    *mates, probe = mixed_requests(name, make_request)
+    with Engine(specs[name], output="float32", background=False) as engine:
+        alone = engine.generate([probe])[0].frames
+        taken: list[Checkpoint] = []
+        futures = [engine.submit(r) for r in mates[:2]]
+        futures.append(engine.submit(probe, checkpoint_every=2, on_checkpoint=taken.append))
+        while not all(f.done() for f in futures):
+            engine.step()
+    checkpoint = Checkpoint.from_bytes(next(c for c in taken if c.step == 2).to_bytes())
+    assert checkpoint.stats["batch_sizes"].tolist() == [3, 3]  # taken inside packed forwards of three shapes
+    with Engine(specs[name], output="float32", background=False) as engine:
+        futures = [engine.submit(mates[2]), engine.submit(probe, resume_from=checkpoint)]
+        while not all(f.done() for f in futures):
+            engine.step()
+        resumed = futures[1].result()
+    assert resumed.stats.batch_sizes[2:] == [2, 2]  # and resumed inside one with a mate of another shape
+    assert np.abs(resumed.frames - alone).max() <= TOLERANCE
