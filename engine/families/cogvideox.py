@@ -1,4 +1,4 @@
-"""CogVideoX (1.0 and 1.5) over diffusers' CogVideoXPipeline.
+"""CogVideoX (1.0 and 1.5) over diffusers' CogVideoXPipeline, and its packed forward.
 
 Stages follow `CogVideoXPipeline.__call__`: T5 embeddings padded to the transformer's text length, latents
 laid out (B, F, C, H, W), rotary embeddings per shape, DDIM or DPM steps, optional dynamic CFG.
@@ -7,12 +7,16 @@ laid out (B, F, C, H, W), rotary embeddings per shape, DDIM or DPM steps, option
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers import CogVideoXDPMScheduler
 
+from engine.attention import self_attention
 from engine.families.base import FamilyAdapter, ModelCall, TextEmbedding, stack_rows
+from engine.packing import PackedForward, PackedRow, PackedState, Segments
 from engine.request import GenerationRequest, InvalidRequest
 from engine.sequence import Sequence
 
@@ -33,6 +37,10 @@ class CogVideoXAdapter(FamilyAdapter):
         self.temporal_factor = pipe.vae_scale_factor_temporal
         self.text_dtype = pipe.text_encoder.dtype
         self._rotary: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._packed = CogVideoXPackedForward(self.transformer, pipe) if CogVideoXPackedForward.supports(pipe) else None
+
+    def packed_forward(self, model: torch.nn.Module) -> PackedForward | None:
+        return self._packed if model is self.transformer else None
 
     def check_request(self, request: GenerationRequest) -> None:
         super().check_request(request)
@@ -75,6 +83,8 @@ class CogVideoXAdapter(FamilyAdapter):
         seq.extra["step_kwargs"] = self.pipe.prepare_extra_step_kwargs(seq.generator, 0.0)
 
     def tokens_per_row(self, seq: Sequence) -> int:
+        if self._packed is not None:
+            return self._packed.tokens(tuple(seq.latents.shape[1:]), seq.cond)
         _, f, _, h, w = seq.latents.shape
         p, pt = self.transformer.config.patch_size, self.transformer.config.patch_size_t or 1
         return (f // pt) * (h // p) * (w // p) + seq.cond.length
@@ -141,3 +151,192 @@ class CogVideoXAdapter(FamilyAdapter):
         latents = latents.permute(0, 2, 1, 3, 4)
         latents = 1 / self.pipe.vae_scaling_factor_image * latents
         return self.to_frames(self.vae.decode(latents).sample)
+
+
+class CogVideoXPackedForward:
+    """CogVideoXTransformer3DModel's forward over packed rows, on the model's own modules and weights.
+
+    Follows `CogVideoXTransformer3DModel.forward` and `CogVideoXBlock.forward`. Each row is `[text; video]`, as the
+    model lays it out; the blocks use the same weights for both streams and differ only in their modulation, so
+    every token-wise layer runs once over all rows' tokens and each token takes its row's text or video modulation.
+    A row's positions (sin-cos table or rotary table) come from its own F x H x W; attention stays within the row.
+    Rows keep the model's latent layout: `PackedRow.latents` and `PackedState.shapes` are (F, C, H, W).
+    """
+
+    def __init__(self, model: torch.nn.Module, pipe: Any) -> None:
+        self.model = model
+        self.num_blocks = len(model.transformer_blocks)
+        self.pipe = pipe  # its rotary tables (`_prepare_rotary_positional_embeddings`) take pixel sizes
+        self._positions: dict[tuple[int, ...], tuple[torch.Tensor, ...]] = {}
+
+    @staticmethod
+    def supports(pipe: Any) -> bool:
+        """Text-to-video CogVideoX with diffusers' own attention: no `ofs` (image-to-video) input, no fused QKV."""
+        model = pipe.transformer
+        fused = any(getattr(block.attn1, "fused_projections", False) for block in model.transformer_blocks)
+        return model.ofs_embedding is None and not fused
+
+    def text_kv(self, text: TextEmbedding) -> torch.Tensor:
+        """The prompt through the patch embedder's text projection, (1, L, D): the same at every step."""
+        with torch.no_grad():
+            return self.model.patch_embed.text_proj(text.embeds)
+
+    def tokens(self, latent_shape: tuple[int, ...], text: TextEmbedding) -> int:
+        return self._video_tokens(latent_shape) + text.length
+
+    def _video_tokens(self, latent_shape: tuple[int, ...]) -> int:
+        f, _, h, w = latent_shape[-4:]
+        p, pt = self.model.config.patch_size, self.model.config.patch_size_t or 1
+        return (f // pt) * (h // p) * (w // p)
+
+    # --- forward -------------------------------------------------------------------------------------
+
+    def _row_positions(self, shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+        """A latent shape's video positions: the sin-cos table (n, D) added after patching, or rotary (cos, sin)."""
+        if shape not in self._positions:
+            if len(self._positions) >= 64:  # a few shapes are in use at a time; keep memory flat
+                self._positions.pop(next(iter(self._positions)))
+            f, _, h, w = shape
+            embed = self.model.patch_embed
+            if self.model.config.use_rotary_positional_embeddings:
+                s = self.pipe.vae_scale_factor_spatial
+                self._positions[shape] = tuple(self.pipe._prepare_rotary_positional_embeddings(h * s, w * s, f, device))
+            else:
+                frames = (f - 1) * embed.temporal_compression_ratio + 1
+                if (embed.sample_height, embed.sample_width, embed.sample_frames) == (h, w, frames):
+                    table = embed.pos_embedding
+                else:
+                    table = embed._get_positional_embeddings(h, w, frames, device=device)
+                self._positions[shape] = (table[0, embed.max_text_seq_length :],)
+        return self._positions[shape]
+
+    def _patches(self, latents: torch.Tensor) -> torch.Tensor:
+        """(F, C, H, W) -> (n, C*p*p) (or 1.5's (n, p_t*C*p*p)), in the token order of the patch embedder."""
+        f, c, h, w = latents.shape
+        p, pt = self.model.config.patch_size, self.model.config.patch_size_t
+        if pt is None:  # the stride-p Conv2d, as one matrix product over flattened patches
+            x = latents.reshape(f, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+            return x.reshape(f * (h // p) * (w // p), c * p * p)
+        x = latents.permute(0, 2, 3, 1).reshape(f // pt, pt, h // p, p, w // p, p, c)
+        return x.permute(0, 2, 4, 6, 1, 3, 5).reshape((f // pt) * (h // p) * (w // p), -1)
+
+    def _embed_video(self, patches: torch.Tensor) -> torch.Tensor:
+        proj = self.model.patch_embed.proj
+        if isinstance(proj, torch.nn.Conv2d):
+            return F.linear(patches, proj.weight.reshape(proj.weight.shape[0], -1), proj.bias)
+        return proj(patches)
+
+    @torch.no_grad()
+    def embed(self, rows: list[PackedRow]) -> PackedState:
+        model = self.model
+        dtype = model.patch_embed.text_proj.weight.dtype
+        device = rows[0].latents.device
+        shapes = [tuple(row.latents.shape[-4:]) for row in rows]
+        # A request's conditional and unconditional rows share their latents: patch them once.
+        patches: dict[int, torch.Tensor] = {}
+        for row, shape in zip(rows, shapes, strict=True):
+            patches.setdefault(id(row.latents), self._patches(row.latents.reshape(shape).to(dtype)))
+        firsts = list(patches)
+        video = self._embed_video(torch.cat([patches[k] for k in firsts])).split([patches[k].shape[0] for k in firsts])
+        video_of = dict(zip(firsts, video, strict=True))
+        positions = [self._row_positions(shape, device) for shape in shapes]
+        rotary = model.config.use_rotary_positional_embeddings
+
+        parts, texts, lengths = [], [], []
+        for row, position in zip(rows, positions, strict=True):
+            text = row.text_kv if row.text_kv is not None else self.text_kv(row.text)
+            tokens = video_of[id(row.latents)]
+            if not rotary:
+                tokens = tokens + position[0].to(tokens.dtype)
+            parts += [text, tokens.unsqueeze(0)]
+            texts.append(text.shape[1])
+            lengths.append(text.shape[1] + tokens.shape[0])
+        hidden = torch.cat(parts, dim=1)
+        is_text = torch.cat([torch.arange(n, device=device) < t for n, t in zip(lengths, texts, strict=True)])
+
+        # The schedulers' `scale_model_input` (DDIM, DPM) returns the latents unchanged: nothing to apply here.
+        time_proj = model.time_proj(torch.stack([row.timestep.reshape(()) for row in rows])).to(dtype)
+        emb = model.time_embedding(time_proj, None)
+        per_token = {"is_text": is_text.view(1, -1, 1)}
+        if rotary:
+            # Text tokens get the identity rotation (cos 1, sin 0): x * 1 + y * 0 is x exactly.
+            cos, sin = [], []
+            for t, (row_cos, row_sin) in zip(texts, positions, strict=True):
+                cos += [row_cos.new_ones(t, row_cos.shape[1]), row_cos]
+                sin += [row_sin.new_zeros(t, row_sin.shape[1]), row_sin]
+            per_token["rope_cos"], per_token["rope_sin"] = torch.cat(cos)[None], torch.cat(sin)[None]
+        return PackedState(
+            hidden=hidden,
+            tokens=Segments(tuple(lengths)),
+            shapes=shapes,
+            per_token=per_token,
+            per_row={"emb": list(emb), "text_tokens": texts},
+        )
+
+    def _modulation(self, linear: torch.Tensor, state: PackedState) -> list[torch.Tensor]:
+        """A norm's (R, 6D) projection -> per token (1, T, D) shift, scale and gate: the text half for text tokens."""
+        chunks = linear.chunk(6, dim=1)
+        is_text = state.per_token["is_text"]
+        return [
+            torch.where(is_text, state.tokens.expand(chunks[i + 3]), state.tokens.expand(chunks[i])) for i in range(3)
+        ]
+
+    @torch.no_grad()
+    def block(self, index: int, state: PackedState) -> PackedState:
+        block = self.model.transformer_blocks[index]
+        hidden = state.hidden
+        emb = torch.stack(state.per_row["emb"])
+
+        shift, scale, gate = self._modulation(block.norm1.linear(block.norm1.silu(emb)), state)
+        norm = block.norm1.norm(hidden) * (1 + scale) + shift
+        hidden = hidden + gate * self._attention(block.attn1, norm, state)
+
+        shift, scale, gate = self._modulation(block.norm2.linear(block.norm2.silu(emb)), state)
+        norm = block.norm2.norm(hidden) * (1 + scale) + shift
+        hidden = hidden + gate * block.ff(norm)
+        return PackedState(hidden, state.tokens, state.shapes, state.per_token, state.per_row)
+
+    def _attention(self, attn: Any, x: torch.Tensor, state: PackedState) -> torch.Tensor:
+        """CogVideoXAttnProcessor2_0 over packed rows."""
+        query = attn.to_q(x).unflatten(2, (attn.heads, -1))
+        key = attn.to_k(x).unflatten(2, (attn.heads, -1))
+        value = attn.to_v(x).unflatten(2, (attn.heads, -1))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        if "rope_cos" in state.per_token:
+            cos, sin = state.per_token["rope_cos"], state.per_token["rope_sin"]
+            query, key = _apply_rotary(query, cos, sin), _apply_rotary(key, cos, sin)
+        out = self_attention(query, key, value, state.tokens).flatten(2, 3)
+        return attn.to_out[1](attn.to_out[0](out))
+
+    @torch.no_grad()
+    def head(self, state: PackedState) -> list[torch.Tensor]:
+        model, config = self.model, self.model.config
+        texts = state.per_row["text_tokens"]
+        video = [part[:, t:] for part, t in zip(state.tokens.split(state.hidden), texts, strict=True)]
+        tokens = Segments(tuple(v.shape[1] for v in video))
+        hidden = model.norm_final(torch.cat(video, dim=1))
+        emb = torch.stack(state.per_row["emb"])
+        shift, scale = model.norm_out.linear(model.norm_out.silu(emb)).chunk(2, dim=1)
+        hidden = model.norm_out.norm(hidden) * (1 + tokens.expand(scale)) + tokens.expand(shift)
+        hidden = model.proj_out(hidden)
+        p, pt = config.patch_size, config.patch_size_t
+        outputs = []
+        for part, (f, _, h, w) in zip(tokens.split(hidden), state.shapes, strict=True):
+            if pt is None:
+                out = part.reshape(1, f, h // p, w // p, -1, p, p)
+                out = out.permute(0, 1, 4, 2, 5, 3, 6).flatten(5, 6).flatten(3, 4)
+            else:
+                out = part.reshape(1, (f + pt - 1) // pt, h // p, w // p, -1, pt, p, p)
+                out = out.permute(0, 1, 5, 4, 2, 6, 3, 7).flatten(6, 7).flatten(4, 5).flatten(1, 2)
+            outputs.append(out)
+        return outputs
+
+
+def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """diffusers' `apply_rotary_emb` (interleaved pairs) on (1, T, heads, d) with per-token (1, T, d) tables."""
+    real, imag = x.unflatten(-1, (-1, 2)).unbind(-1)
+    rotated = torch.stack([-imag, real], dim=-1).flatten(3)
+    return (x.float() * cos.unsqueeze(2) + rotated.float() * sin.unsqueeze(2)).to(x.dtype)
