@@ -3,6 +3,9 @@
 Prints a table and `throughput_vs_diffusers[<size>]: <ratio>x` lines; writes a BENCHMARKS.md section and a chart.
 Then step caching on the largest CPU size's Wan mix (`--cached`): cached rows, PSNR/SSIM against the uncached
 frames, and `throughput_vs_diffusers[<size>,cached]: <ratio>x at <psnr> dB`, in a section of its own.
+Last, the mixed-shape mix (`--mixed`, engine.bench.mixed): every family at every size against diffusers one call
+per request and diffusers batched, with each system's time per stage and the transformer's FLOP/s, in a section of
+its own, ending with `throughput_vs_diffusers[<size>,mixed]: <ratio>x` lines.
 """
 
 from __future__ import annotations
@@ -35,6 +38,18 @@ def main(argv: list[str] | None = None) -> int:
         help="step-caching rows on the largest CPU size's Wan mix: with the rest (on), alone (only), or not (off)",
     )
     parser.add_argument(
+        "--mixed",
+        choices=("on", "only", "off"),
+        default="on",
+        help="the mixed-shape mix (16 requests, 12+ shapes) with stage breakdown: with the rest, alone, or not",
+    )
+    parser.add_argument(
+        "--gpu-smoke",
+        action="store_true",
+        help="the --gpu script on the CPU with tiny models only (the tiny Wan stands in for the 1.3B): a test",
+    )
+    parser.add_argument("--note", default="", help="words added to the sections' figure lines (e.g. a busy machine)")
+    parser.add_argument(
         "--demo",
         choices=("on", "off"),
         default="on",
@@ -59,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     diffusers.utils.logging.set_verbosity_error()
     # One thread by default on the CPU: on a small shared machine OpenMP's spinning barriers made two-thread
     # timings of small kernels swing tenfold from run to run, for both systems alike.
+    gpu_script = args.gpu or args.gpu_smoke
     threads = args.threads or (None if args.gpu else 1)
     if threads:
         torch.set_num_threads(threads)
@@ -86,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             options=options,
         )
 
-    sizes = args.sizes.split(",") if not args.gpu else ["tiny"]
-    for size in sizes if args.cached != "only" else []:
+    sizes = args.sizes.split(",") if not gpu_script else ["tiny"]
+    for size in sizes if args.cached != "only" and args.mixed != "only" else []:
         chosen = (
             families if not (args.quick and size == "small") else [f for f in families if f == "wan"] or families[:1]
         )
@@ -101,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             del adapter
 
     cached_rows = []
-    if args.cached != "off" and not args.gpu:
+    if args.cached != "off" and args.mixed != "only" and not gpu_script:
         from engine.bench.cached import compare_cached
 
         size, family = sizes[-1], "wan" if "wan" in families else families[0]
@@ -114,32 +130,76 @@ def main(argv: list[str] | None = None) -> int:
         )
     demo_table = ""
     demo_dir = Path(__file__).resolve().parents[1] / "weights" / "vidserve-shapes"
-    if args.cached != "off" and args.demo == "on" and not args.gpu and (demo_dir / "model_index.json").is_file():
+    if (
+        args.cached != "off"
+        and args.mixed != "only"
+        and args.demo == "on"
+        and not gpu_script
+        and (demo_dir / "model_index.json").is_file()
+    ):
         from engine.bench.cached import compare_demo
 
         print("vidserve-shapes (trained demo model): step caching", flush=True)
         demo_table = compare_demo(ModelRegistry.from_file().get("vidserve-shapes"))
 
-    if args.gpu:
-        from engine.bench.gpu import wan_1_3b_random
-        from engine.families.wan import WanAdapter
+    gpu_size, gpu_adapter, gpu_batch = None, None, {"max_rows": 16, "max_tokens": 64 * 1024, "max_decode_batch": 2}
+    if gpu_script and args.cached != "only":
+        if args.gpu_smoke:
+            gpu_size, gpu_spec = (
+                "smoke",
+                spec_for("wan", str(build_models(Path(args.model_dir) / "tiny", ["wan"])["wan"])),
+            )
+            gpu_adapter = adapter_class("wan").load(gpu_spec)
+        else:
+            from engine.bench.gpu import wan_1_3b_random
+            from engine.families.wan import WanAdapter
 
-        print("wan2.1-1.3b (random weights): building on cuda", flush=True)
-        adapter = WanAdapter(wan_1_3b_random("cuda"))
-        spec = spec_for("wan", "(in memory)", "bfloat16")
-        mix = request_mix("wan", args.requests, gpu=True, steps=(8, 12, 16))
-        batch = {"max_rows": 16, "max_tokens": 64 * 1024, "max_decode_batch": 2}
-        measurements += compare("1.3B", "wan", spec, adapter, mix, warmup_requests(mix), batch, repeats)
+            print("wan2.1-1.3b (random weights): building on cuda", flush=True)
+            gpu_size, gpu_spec = "1.3B", spec_for("wan", "(in memory)", "bfloat16")
+            gpu_adapter = WanAdapter(wan_1_3b_random("cuda"))
+    if gpu_adapter is not None and args.mixed != "only":
+        mix = request_mix("wan", args.requests, gpu=args.gpu, steps=(8, 12, 16))
+        measurements += compare(gpu_size, "wan", gpu_spec, gpu_adapter, mix, warmup_requests(mix), gpu_batch, repeats)
+
+    mixed, peaks = [], {}
+    if args.mixed != "off" and args.cached != "only":
+        from engine.bench.mix import mixed_request_mix
+        from engine.bench.mixed import compare_mixed
+        from engine.bench.run import in_worker_thread
+        from engine.bench.stages import matmul_peak
+
+        for size in sizes:
+            chosen = ([f for f in families if f == "wan"] or families[:1]) if args.quick else families
+            print(f"{size}: mixed shapes ({', '.join(chosen)})", flush=True)
+            paths = build_models(Path(args.model_dir) / size, chosen, size=size)
+            peaks[size] = in_worker_thread(matmul_peak, torch.device(device), torch.float32)
+            for family in chosen:
+                spec = spec_for(family, str(paths[family]))
+                mix = mixed_request_mix(family, args.requests)
+                adapter = adapter_class(family).load(spec)
+                mixed += compare_mixed(size, family, spec, adapter, mix, warmup_requests(mix), repeats=repeats)
+                del adapter
+        if gpu_adapter is not None:
+            print(f"{gpu_size}: mixed shapes (wan)", flush=True)
+            dtype = gpu_adapter.dtype
+            peaks[gpu_size] = in_worker_thread(matmul_peak, torch.device(device), dtype)
+            mix = mixed_request_mix("wan", args.requests, gpu=args.gpu, steps=(6, 8, 10, 12))
+            mixed += compare_mixed(
+                gpu_size, "wan", gpu_spec, gpu_adapter, mix, warmup_requests(mix), gpu_batch, repeats
+            )
 
     elapsed = time.perf_counter() - started
     where = torch.cuda.get_device_name(0) if args.gpu else f"CPU, {torch.get_num_threads()} threads"
-    load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
-    kind = "gpu" if args.gpu else ("cpu-quick" if args.quick else "cpu")
+    load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after" + (
+        f" ({args.note})" if args.note else ""
+    )
+    kind = "gpu" if args.gpu else "gpu-smoke" if args.gpu_smoke else ("cpu-quick" if args.quick else "cpu")
     if measurements:
         print()
         print(report.table(measurements))
         print()
-    print(f"{len(measurements) // 2} comparisons on {where} in {elapsed:.0f} s ({kind}; {load}; best of {repeats})")
+    comparisons = f"{len(measurements) // 2} comparisons and {len(mixed) // 3} mixed"
+    print(f"{comparisons} on {where} in {elapsed:.0f} s ({kind}; {load}; best of {repeats})")
     lines = report.ratio_lines(measurements)
     if cached_rows:
         from engine.bench import cached
@@ -202,6 +262,28 @@ def main(argv: list[str] | None = None) -> int:
         )
         report.write_section(out, kind, f"Engine vs diffusers ({kind})", body)
         print(f"wrote {out} and {chart_path}")
+    if mixed:
+        from engine.bench import mixed as mixed_report
+
+        mixed_table = report.table(mixed)
+        breakdown = mixed_report.breakdown_table(mixed, peaks)
+        mixed_lines = mixed_report.ratio_lines(mixed)
+        print()
+        print(mixed_table)
+        print()
+        print(breakdown)
+        lines = "\n".join(filter(None, [lines, mixed_lines]))
+        if args.output:
+            command = " ".join(["python -m engine.bench", *(argv if argv is not None else sys.argv[1:])])
+            body = mixed_report.section(
+                mixed,
+                peaks,
+                command,
+                f"{where} ({platform.machine()}), torch {torch.__version__}, diffusers {diffusers.__version__}; "
+                f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, {elapsed:.0f} s, {load}, "
+                f"best of {repeats} run(s) each",
+            )
+            report.write_section(Path(args.output), f"{kind}-mixed", f"Mixed shapes ({kind})", body)
     print(lines)
     return 0
 

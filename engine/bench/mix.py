@@ -57,6 +57,48 @@ def request_mix(family: str, n: int = 16, gpu: bool = False, steps: tuple[int, .
     return requests
 
 
+# The mixed-shape mix (issue 12): three or four lengths x four sizes per family, so that 16 requests hold at least
+# 12 distinct (frames, height, width), as real traffic does; valid for each family's frame and size rules.
+MIXED_CPU_SHAPES = {
+    "wan": ((5, 9, 13, 17), ((32, 32), (32, 48), (48, 32), (48, 48))),
+    "cogvideox": ((9, 17, 25), ((32, 32), (32, 48), (48, 32), (48, 48))),
+    "mochi": ((7, 13, 19), ((32, 32), (32, 48), (48, 32), (48, 48))),
+    "hunyuanvideo": ((5, 9, 13, 17), ((32, 32), (32, 48), (48, 32), (48, 48))),
+    "ltx": ((9, 17, 25), ((32, 32), (32, 64), (64, 32), (64, 64))),
+}
+MIXED_GPU_SHAPES = {"wan": ((9, 17, 25, 33), ((256, 256), (256, 384), (384, 256), (320, 320)))}
+# Prompt tails of different lengths, so text lengths differ too (where the family does not pad them all alike).
+PROMPT_TAILS = ["", ", cinematic lighting", ", slow camera pan, soft light, highly detailed, 4k, film grain"]
+
+
+def mixed_request_mix(
+    family: str, n: int = 16, gpu: bool = False, steps: tuple[int, ...] = (3, 4, 5, 6, 8)
+) -> list[GenerationRequest]:
+    """`n` requests of mostly distinct (frames, height, width), steps, guidance and prompt lengths.
+
+    Lengths cycle fastest and sizes next, so the first len(frames) x len(sizes) requests are all distinct; steps
+    and guidance cycle with periods of their own, so requests of one shape rarely share a pipeline call.
+    """
+    frames, sizes = (MIXED_GPU_SHAPES if gpu else MIXED_CPU_SHAPES)[family]
+    requests = []
+    for i in range(n):
+        height, width = sizes[(i // len(frames)) % len(sizes)]
+        requests.append(
+            GenerationRequest(
+                id=f"{family}-mixed-{i:02d}",
+                prompt=PROMPTS[i % len(PROMPTS)] + PROMPT_TAILS[i % len(PROMPT_TAILS)],
+                negative_prompt=NEGATIVE if i % 3 else "",
+                num_frames=frames[i % len(frames)],
+                height=height,
+                width=width,
+                num_inference_steps=steps[i % len(steps)],
+                guidance_scale=1.0 if i % 4 == 3 else 5.0,
+                seed=2000 + i,
+            )
+        )
+    return requests
+
+
 def warmup_requests(mix: list[GenerationRequest]) -> list[GenerationRequest]:
     """One short request per distinct shape and guidance mode, with prompts outside the mix."""
     seen, out = set(), []

@@ -18,6 +18,7 @@ from engine.families.base import FamilyAdapter, ModelCall, TextEmbedding, stack_
 from engine.packing import PackedForward, PackedRow, PackedState, Segments, block_kv, text_keys
 from engine.request import GenerationRequest
 from engine.sequence import Sequence
+from engine.vae import fast_decode
 
 
 class LTXAdapter(FamilyAdapter):
@@ -149,7 +150,8 @@ class LTXAdapter(FamilyAdapter):
             scale = torch.tensor([self.decode_noise_scale] * n, device=latents.device, dtype=latents.dtype)
             scale = scale[:, None, None, None, None]
             latents = (1 - scale) * latents + scale * noise
-        video = vae.decode(latents.to(vae.dtype), timestep, return_dict=False)[0]
+        with fast_decode(vae):  # heavy batch-1 3-D convolutions on oneDNN (engine/vae.py)
+            video = vae.decode(latents.to(vae.dtype), timestep, return_dict=False)[0]
         return self.to_frames(video)
 
 

@@ -18,6 +18,7 @@ from engine.families.base import FamilyAdapter, ModelCall, TextEmbedding, pad_po
 from engine.packing import PackedForward, PackedRow, PackedState, Segments
 from engine.request import GenerationRequest, InvalidRequest
 from engine.sequence import Sequence
+from engine.vae import fast_decode
 
 _THRESHOLD_NOISE = 0.025  # MochiPipeline's fixed schedule parameter
 
@@ -117,7 +118,8 @@ class MochiAdapter(FamilyAdapter):
             latents = latents * std / config.scaling_factor + mean
         else:
             latents = latents / config.scaling_factor
-        return self.to_frames(self.vae.decode(latents, return_dict=False)[0])
+        with fast_decode(self.vae):  # heavy batch-1 3-D convolutions on oneDNN (engine/vae.py)
+            return self.to_frames(self.vae.decode(latents, return_dict=False)[0])
 
 
 class MochiPackedForward:
