@@ -78,10 +78,9 @@ def long_video_scores(
     seam_diffs: list[float] = []
     inner_diffs: list[float] = []
     for video, label in zip(videos, labels, strict=True):
+        starts = range(0, len(video) - window + 1, window - 1)
+        readings = [checker.read(video[start : start + window]) for start in starts]
         frames = checker._as_float_frames(video)
-        readings = [
-            checker.read(frames[start : start + window]) for start in range(0, len(frames) - window + 1, window - 1)
-        ]
         for reading in readings:
             for name, hit in reading.matches(*label).items():
                 hits[name] += int(hit)
