@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -111,7 +111,6 @@ class _Rows:
     weight: torch.Tensor | None = None
     seen: int = 0
     single: torch.Tensor | None = None  # the only window's output, passed through unchanged (bit-exact)
-    text_kv: dict[str, dict] = field(default_factory=dict)
 
 
 class LongVideos:
@@ -122,7 +121,6 @@ class LongVideos:
         self.spec = spec
         self.temporal = adapter.temporal_factor
         self._collecting: dict[int, _Rows] = {}
-        self._text_kv: dict[int, dict[str, dict]] = {}
 
     # --- admission -----------------------------------------------------------------------------------
 
@@ -179,7 +177,7 @@ class LongVideos:
         chunks = len(self._chunks(plan))
         axis = self._axis(request)
         # The clean latents made so far, full length; the continued video's tail first.
-        full = torch.zeros_like(axis.framed(self._noise(seq, plan.total)))
+        full = torch.zeros_like(axis.framed(self._noise(seq, plan.total, torch.Generator().manual_seed(0))))
         if known:
             tail = axis.framed(request.context).narrow(axis.dim, -known, known)
             full.narrow(axis.dim, 0, known).copy_(tail.to(full.dtype))
@@ -496,11 +494,12 @@ class LongVideos:
         if "old_pred_original_sample" in seq.extra:  # CogVideoX's DPM history starts afresh with the chunk
             seq.extra["old_pred_original_sample"] = None
 
-    def _noise(self, seq: Sequence, latent_frames: int) -> torch.Tensor:
+    def _noise(self, seq: Sequence, latent_frames: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The family's initial latents for `latent_frames` frames, from the request's generator unless given."""
         request = replace(
             seq.request, num_frames=self._pixel_frames(latent_frames), long_video=None, segments=(), context=None
         )
-        return self.adapter.prepare_latents(request, seq.generator)
+        return self.adapter.prepare_latents(request, generator or seq.generator)
 
     # --- geometry ------------------------------------------------------------------------------------
 

@@ -208,3 +208,22 @@ def test_segment_prompts_change_the_later_frames_only_where_they_hold(long_engin
     story = engine.generate([replace(base, id="story", segments=((13, "the story turns"),))])[0].frames
     assert np.array_equal(story[:9], plain[:9])  # the first chunk (frames 0-8) runs on the first prompt
     assert not np.allclose(story[13:], plain[13:])
+
+
+def test_colour_matching_gives_later_chunks_the_first_chunks_latent_statistics(long_engines, long_specs, make_request):
+    engine = long_engines["wan"]
+    settings = replace(long_specs["wan"].long_video, method=CONTINUATION, color_match=1.0)
+    request = long_request(long_specs["wan"], "wan", CONTINUATION, make_request, "matched", long_video=settings)
+    plain = engine.generate([replace(request, id="plain", long_video=replace(settings, color_match=0.0))])[0]
+    matched = engine.generate([request])[0]
+
+    def stats(latents, frames):  # per channel over the frames, height and width of (1, C, F, H, W)
+        part = latents[:, :, frames]
+        return part.mean(dim=(0, 2, 3, 4)), part.std(dim=(0, 2, 3, 4))
+
+    # Seven latent frames in chunks at 0, 2 and 4 of three frames: the last chunk's new frames are 5 and 6.
+    first, last = stats(matched.latents, slice(0, 3)), stats(matched.latents, slice(5, 7))
+    for want, have in zip(first, last, strict=True):
+        torch.testing.assert_close(have, want, atol=1e-4, rtol=1e-4)
+    plain_last = stats(plain.latents, slice(5, 7))
+    assert not torch.allclose(plain_last[0], first[0], atol=1e-4)  # unmatched, the statistics differ
