@@ -147,3 +147,21 @@ def test_the_checkpoint_benchmark_writes_its_section(model_dir, tmp_path, capsys
     text = out.read_text()
     assert text.count("<!-- engine-bench:checkpoint -->") == 1 and "## Checkpoint overhead (cpu, Wan)" in text
     assert re.search(r"^\| tiny Wan \| 1 \|", text, re.M) and re.search(r"^\| small Wan \| 1 \|", text, re.M), text
+
+
+def test_the_long_video_benchmark_prints_one_line_per_figure_and_writes_its_section(model_dir, tmp_path, capsys):
+    from engine.bench.long_video import main as long_video_main
+
+    out = tmp_path / "BENCHMARKS.md"
+    args = ["--models", "tiny-wan", "--multiples", "1,2", "--methods", "windows", "--steps", "2"]
+    args += ["--demo-prompts", "1", "--demo-steps", "2", "--demo-frames", "33"]
+    args += ["--model-dir", str(model_dir), "--output", str(out)]
+    assert long_video_main(args) == 0
+    printed = capsys.readouterr().out
+    for multiple in (1, 2):
+        row = rf"^long_video\[tiny-wan,windows,{multiple}x\]: \d+ frames, \d+\.\d+ s/video, peak RSS \d+ MB .*"
+        assert re.search(row + r"\d+\.\d+ forwards/step, cost \d+\.\d+x of forwards x native \(load \d+\.\d\)$",
+                         printed, re.M)  # fmt: skip
+    for figure in ("per-window colour", "per-window shape", "per-window direction", "identity kept", "seam ratio"):
+        assert re.search(rf"^demo_long\[vidserve-shapes,windows,33 frames,1 videos\]: {figure} ", printed, re.M)
+    assert "<!-- engine-bench:long-video -->" in out.read_text()

@@ -191,3 +191,30 @@ def test_engine_serves_the_registered_demo_model_and_its_videos_follow_their_pro
     assert all(r.frames.shape == (9, 32, 32, 3) for r in results)
     result = adherence([r.frames for r in results])
     assert follows_prompts(result), result
+
+
+def _long_clip(spec: clips.ClipSpec, frames: int, jump_at: int | None = None) -> np.ndarray:
+    """A longer clip of the spec (uint8), its shape jumping 6 pixels ahead from frame `jump_at` on (a bad seam)."""
+    colour = np.asarray(clips.COLOURS[spec.colour], dtype=np.float32)
+    dx, dy = clips.DIRECTIONS[spec.direction]
+    video = np.empty((frames, clips.SIZE, clips.SIZE, 3), dtype=np.uint8)
+    for f in range(frames):
+        travel = spec.speed * f + (6.0 if jump_at is not None and f >= jump_at else 0.0)
+        cover = clips._coverage(
+            spec.shape, spec.start[0] + dx * travel, spec.start[1] + dy * travel, spec.size, clips._GRID
+        )
+        video[f] = np.round(cover[..., None] * colour).astype(np.uint8)
+    return video
+
+
+def test_long_video_scores_read_every_window_and_see_a_jump_at_a_seam() -> None:
+    from engine.demo.evaluate import long_video_scores
+
+    spec = clips.ClipSpec("red", "square", "right", size=9.0, speed=0.3, start=(8.0, 16.0))
+    label, seams = ("red", "square", "right"), [9, 17, 25]
+    smooth = long_video_scores([_long_clip(spec, 33)], [label], window=9, seams=seams)
+    assert smooth["windows"] == 4 and smooth["identity"] == 1.0
+    assert smooth["colour"] == smooth["direction"] == 1.0
+    assert 0.5 < smooth["seam_ratio"] < 1.5
+    jumped = long_video_scores([_long_clip(spec, 33, jump_at=17)], [label], window=9, seams=seams)
+    assert jumped["seam_ratio"] > 2.0  # one of three seams carries a 6-pixel jump

@@ -160,3 +160,16 @@ def test_close_ends_every_stage_process(split_specs, make_request):
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+@pytest.mark.parametrize("method", ["windows", "continuation"])
+def test_a_long_request_split_over_two_processes_equals_one_process(method, pairs, make_request):
+    from engine.request import LongVideo
+
+    single, split = pairs["wan"]
+    # 65 frames: 17 latent frames in windows (or chunks) of the tiny model's 9.
+    long = [make_request("wan", "long", num_frames=65, num_inference_steps=3, long_video=LongVideo(method=method))]
+    expected = single.generate(long)
+    results = split.generate(long)
+    _assert_same(expected, results)
+    assert len(results[0].stats.batch_sizes) > 3  # several window (or chunk) forwards went through the stages
