@@ -14,14 +14,17 @@ from typing import Any
 
 from engine.cache_policy import check_model_defaults, parse_cache
 from engine.family_rules import FamilyRules, rules_for
-from engine.request import GenerationRequest, InvalidRequest, ModelUnavailable
+from engine.long_video_settings import default_long_video, parse_long_video, parse_segments
+from engine.request import GenerationRequest, InvalidRequest, LongVideo, ModelUnavailable
 
 DEFAULT_REGISTRY_FILE = Path(__file__).with_name("models.toml")
 
 
 @dataclass(frozen=True)
 class ModelLimits:
-    max_frames: int = 49
+    max_frames: int = 49  # the native window: frames of one transformer forward
+    # Longest request, made from native windows or chunks (engine.long_video); None: the native window.
+    max_long_frames: int | None = None
     max_height: int = 480
     max_width: int = 848
     max_steps: int = 100
@@ -66,6 +69,8 @@ class ModelSpec:
     size_multiple: int | None = None  # overrides the family's spatial multiple
     # Family-specific keyword arguments for the adapter (e.g. HunyuanVideo's prompt template).
     options: dict[str, Any] = field(default_factory=dict)
+    # The registry entry's [long_video] table over the family's default (engine.long_video_settings).
+    long_video_overrides: dict[str, Any] = field(default_factory=dict)
 
     @property
     def stages(self) -> int:
@@ -77,6 +82,21 @@ class ModelSpec:
         base = rules_for(self.family)
         return replace(base, size_multiple=self.size_multiple) if self.size_multiple else base
 
+    @property
+    def window_frames(self) -> int:
+        """The native window: the most frames one transformer forward makes."""
+        return self.limits.max_frames
+
+    @property
+    def max_long_frames(self) -> int:
+        """The longest request this model serves (long videos made from native windows or chunks)."""
+        return max(self.limits.max_long_frames or self.limits.max_frames, self.limits.max_frames)
+
+    @property
+    def long_video(self) -> LongVideo:
+        """The settings a long request gets when it names none, or leaves some out."""
+        return default_long_video(self.family, self.window_frames, self.rules.frame_multiple, self.long_video_overrides)
+
     def public_dict(self) -> dict[str, Any]:
         """What `GET /v1/models` shows."""
         rules = self.rules
@@ -85,14 +105,20 @@ class ModelSpec:
             "family": self.family,
             "limits": {
                 **self.limits.__dict__,
+                "max_long_frames": self.max_long_frames,
+                "window_frames": self.window_frames,
                 "frame_rule": f"{rules.frame_multiple}k+1",
                 "size_multiple": rules.size_multiple,
             },
             "defaults": dict(self.defaults.__dict__),
+            "long_video": self.long_video.as_dict(),
         }
 
-    def resolve(self, request_id: str, params: dict[str, Any]) -> GenerationRequest:
-        """Apply defaults and check every limit; raises `InvalidRequest` naming the field."""
+    def resolve(self, request_id: str, params: dict[str, Any], context: Any = None) -> GenerationRequest:
+        """Apply defaults and check every limit; raises `InvalidRequest` naming the field.
+
+        `context` (extend): the clean latents of the finished video to continue (`GenerationResult.latents`).
+        """
         d, lim, rules = self.defaults, self.limits, self.rules
         prompt = params.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
@@ -103,7 +129,7 @@ class ModelSpec:
                 raise InvalidRequest(name, "must be a string")
             if len(text) > lim.max_prompt_chars:
                 raise InvalidRequest(name, f"must be at most {lim.max_prompt_chars} characters")
-        num_frames = _int(params, "num_frames", d.num_frames, 1, lim.max_frames)
+        num_frames = _int(params, "num_frames", d.num_frames, 1, self.max_long_frames)
         rules.check_frames(num_frames)
         height = _int(params, "height", d.height, 1, lim.max_height)
         width = _int(params, "width", d.width, 1, lim.max_width)
@@ -117,6 +143,8 @@ class ModelSpec:
         cache = None
         if params.get("cache") is not None:
             cache = parse_cache(params["cache"], self.options.get("cache_defaults")).as_dict()
+        segments = parse_segments(params.get("segments"), num_frames, lim.max_prompt_chars)
+        long_video = self._long_video(num_frames, params.get("long_video"), segments, context)
         return GenerationRequest(
             id=request_id,
             prompt=prompt,
@@ -129,13 +157,27 @@ class ModelSpec:
             seed=seed,
             fps=fps,
             cache=cache,
+            long_video=long_video,
+            segments=segments,
+            context=context,
         )
+
+    def _long_video(self, num_frames: int, value: Any, segments: tuple, context: Any) -> LongVideo | None:
+        """Resolved settings when the request is long (or asks for them), so the job records what ran."""
+        if value is None and num_frames <= self.window_frames and not segments and context is None:
+            return None
+        settings = parse_long_video(value or {}, self.long_video, self.window_frames, self.rules.frame_multiple)
+        if context is not None and settings.method != "continuation":
+            if value is not None and "method" in value:
+                raise InvalidRequest("long_video.method", "must be continuation to continue a finished video")
+            settings = replace(settings, method="continuation")
+        return settings
 
     def check_request(self, request: GenerationRequest) -> None:
         """Check an already-built request against this model's limits and family rules (the engine's guard)."""
         lim, rules = self.limits, self.rules
         checks = (
-            ("num_frames", request.num_frames, lim.max_frames),
+            ("num_frames", request.num_frames, self.max_long_frames),
             ("height", request.height, lim.max_height),
             ("width", request.width, lim.max_width),
             ("num_inference_steps", request.num_inference_steps, lim.max_steps),
@@ -151,6 +193,13 @@ class ModelSpec:
         if not isinstance(request.prompt, str) or not request.prompt.strip():
             raise InvalidRequest("prompt", "must be a non-empty string")
         parse_cache(request.cache)
+        if request.long_video is not None:
+            parse_long_video(request.long_video, self.long_video, self.window_frames, rules.frame_multiple)
+        parse_segments(request.segments or None, request.num_frames, lim.max_prompt_chars)
+        if request.num_frames > self.window_frames and request.long_video is None:
+            raise InvalidRequest("num_frames", f"must be at most {self.window_frames} unless long_video is set")
+        if request.context is not None and (request.long_video is None or request.long_video.method != "continuation"):
+            raise InvalidRequest("long_video.method", "must be continuation to continue a finished video")
 
 
 def _int(params: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:
@@ -233,7 +282,9 @@ class ModelRegistry:
                 batch=BatchLimits(**entry.pop("batch", {})),
                 size_multiple=entry.pop("size_multiple", None),
                 options=entry.pop("options", {}),
+                long_video_overrides=entry.pop("long_video", {}),
             )
+            specs[name].long_video.as_dict()  # an invalid [long_video] table fails at load, not at the first request
             rules_for(specs[name].family)
             if "cache_defaults" in specs[name].options:
                 check_model_defaults(specs[name].options["cache_defaults"])
