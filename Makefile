@@ -36,6 +36,7 @@ bench: venv
 	@$(PY) -m engine.bench $(BENCH_ARGS)
 	@$(PY) -m engine.bench.layer_split
 	@$(PY) -m engine.bench.checkpoint
+	@$(PY) -m engine.bench.long_video
 
 bench-quick: venv
 	@$(PY) -m engine.bench --quick

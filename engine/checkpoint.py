@@ -63,7 +63,9 @@ class Checkpoint:
 
 def fingerprint(spec: ModelSpec, request: GenerationRequest) -> str:
     """Everything that shapes a request's denoising: the model and every request field but its id."""
-    fields = {k: v for k, v in dataclasses.asdict(request).items() if k != "id"}
+    fields = {k: v for k, v in dataclasses.asdict(request).items() if k not in ("id", "context")}
+    if request.context is not None:  # a continued video's latents count by value, not by their abbreviated repr
+        fields["context"] = hashlib.sha256(request.context.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
     model = {"name": spec.name, "path": spec.path, "dtype": spec.dtype, "options": spec.options}
     text = json.dumps({"model": model, "request": fields}, sort_keys=True, default=repr)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -80,7 +82,7 @@ def snapshot(seq: Sequence, adapter: FamilyAdapter, fingerprint: str) -> Checkpo
         latents=_to_cpu(seq.latents),
         generator=seq.generator.get_state(),
         scheduler=scheduler,
-        extra={name: _to_cpu(seq.extra.get(name)) for name in adapter.state_extra},
+        extra={name: _to_cpu(seq.extra.get(name)) for name in _extra_names(seq, adapter)},
         cache=None if seq.cache is None else _to_cpu(seq.cache.state(adapter.models())),
         stats={
             "steps_computed": stats.steps_computed,
@@ -103,7 +105,7 @@ def restore(seq: Sequence, adapter: FamilyAdapter, checkpoint: Checkpoint) -> No
         fresh[name] = _to_device(value, target)
     seq.latents = checkpoint.latents.to(device=device, dtype=seq.latents.dtype)
     seq.generator.set_state(checkpoint.generator)  # the same object the family's step kwargs hold
-    for name in adapter.state_extra:
+    for name in _extra_names(seq, adapter):
         seq.extra[name] = _to_device(checkpoint.extra.get(name), device)
     if seq.cache is not None and checkpoint.cache is not None:
         seq.cache.restore(_to_device(checkpoint.cache, device), adapter.models())
@@ -114,6 +116,13 @@ def restore(seq: Sequence, adapter: FamilyAdapter, checkpoint: Checkpoint) -> No
     seq.stats.block_evaluations = int(stats["block_evaluations"])
     seq.stats.batch_sizes = [int(n) for n in stats["batch_sizes"].tolist()]
     seq.stats.resumed_from_step = checkpoint.step
+
+
+def _extra_names(seq: Sequence, adapter: FamilyAdapter) -> tuple[str, ...]:
+    """The family's per-step state, and a long video's (engine.long_video: a continuation's finished chunks)."""
+    from engine.long_video import STATE_EXTRA
+
+    return (*adapter.state_extra, *(name for name in STATE_EXTRA if name in seq.extra))
 
 
 def _to_cpu(value: Any) -> Any:

@@ -23,9 +23,17 @@ from engine.cache_policy import parse_cache
 from engine.checkpoint import Checkpoint
 from engine.families import adapter_class
 from engine.families.base import FamilyAdapter, TextEmbedding
+from engine.long_video import LongVideos, WindowView
 from engine.planner import Batch, Planner
 from engine.registry import ModelSpec
-from engine.request import CheckpointMismatch, EngineError, GenerationRequest, GenerationResult, RequestCanceled
+from engine.request import (
+    CheckpointMismatch,
+    EngineError,
+    FramesCallback,
+    GenerationRequest,
+    GenerationResult,
+    RequestCanceled,
+)
 from engine.runner import ModelRunner
 from engine.sequence import CheckpointCallback, ProgressCallback, Sequence, Status
 from engine.step_cache import RequestCache
@@ -112,6 +120,7 @@ class Engine:
             self.runner = SplitRunner(self.adapter, spec, spec.stages)
         else:
             self.runner = ModelRunner(self.adapter, self.config.text_kv_cache)
+        self.long_videos = LongVideos(self.adapter, spec)
         self._texts = _TextCache(self.config.text_cache_size, (spec.name, spec.path, *self.adapter.text_settings()))
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []
@@ -136,8 +145,13 @@ class Engine:
         checkpoint_every: int = 0,
         on_checkpoint: CheckpointCallback | None = None,
         resume_from: Checkpoint | None = None,
+        on_frames: FramesCallback | None = None,
     ) -> Future:
         """Queue a request; returns a Future of its GenerationResult. Raises InvalidRequest at once.
+
+        `on_frames` streams the finished video: it receives the frames in order, a few at a time, on the loop
+        thread as the VAE decodes them (a long Wan video one latent frame, 4 frames, at a time), all before the
+        future resolves; the result's `frames` is then None, so the video is never held whole.
 
         `on_checkpoint` receives the request's state (an engine.checkpoint.Checkpoint, on CPU) after every
         `checkpoint_every` steps, on the loop thread: it must return quickly. `resume_from` continues the request
@@ -156,6 +170,7 @@ class Engine:
             checkpoint_every=checkpoint_every if on_checkpoint is not None else 0,
             on_checkpoint=on_checkpoint,
             resume_from=resume_from,
+            on_frames=on_frames,
         )
         seq.future.set_running_or_notify_cancel()
         with self._lock:
@@ -216,6 +231,7 @@ class Engine:
         """Registry limits and family rules, then the adapter's own checks; raises InvalidRequest."""
         self.spec.check_request(request)
         self.adapter.check_request(request)
+        self.long_videos.check(request)
 
     def fingerprint(self, request: GenerationRequest) -> str:
         """What a checkpoint of this request on this model carries, so it is never used for another."""
@@ -236,7 +252,9 @@ class Engine:
         forecast = [s for s in running if s.cache is not None and s.cache.forecasts(s.step_index)]
         for seq in forecast:
             self._advance_one(seq, seq.cache.forecast(seq.step_index), reused=True)
-        batches = self.planner.plan([s for s in running if s not in forecast])
+        # Long requests: windowed ones become their windows' rows, continuations get their context frames.
+        rows = self.long_videos.expand([s for s in running if s not in forecast], self._text_of)
+        batches = self.planner.plan(rows)
         # A layer-split runner pipelines the iteration's groups through its stages (all in flight at once).
         pipelined = self.runner.run_pipelined(batches) if hasattr(self.runner, "run_pipelined") else None
         for i, batch in enumerate(batches):
@@ -247,9 +265,11 @@ class Engine:
             except Exception as exc:  # e.g. out of memory: fail this forward's requests, keep the others
                 log.exception("forward of %d requests failed", len(batch.seqs))
                 for seq in batch.seqs:
-                    self._finish(seq, exc)
+                    self._finish(seq.parent if isinstance(seq, WindowView) else seq, exc)
                 continue
             self._advance(batch, noise_preds)
+        for seq, noise_pred in self.long_videos.fused():  # every window ran: one scheduler step on the full latent
+            self._advance_one(seq, noise_pred, reused=False)
         self._retire()
         self._iteration += 1
 
@@ -292,13 +312,23 @@ class Engine:
         for prompt, value in encoded.items():
             self._texts.put(prompt, value)
         for seq in seqs:
-            cond, *uncond = self._prompts_of(seq)
+            cond, *uncond = self._prompts_of(seq)[: 2 if self.adapter.uses_cfg(seq.request) else 1]
             seq.cond = encoded.get(cond) or self._texts.get(cond)
             seq.uncond = (encoded.get(uncond[0]) or self._texts.get(uncond[0])) if uncond else None
 
     def _prompts_of(self, seq: Sequence) -> list[str]:
+        """The prompt, the negative prompt under guidance, then the long video's segment prompts."""
         request = seq.request
-        return [request.prompt, request.negative_prompt] if self.adapter.uses_cfg(request) else [request.prompt]
+        prompts = [request.prompt, request.negative_prompt] if self.adapter.uses_cfg(request) else [request.prompt]
+        return prompts + [prompt for _, prompt in request.segments]
+
+    def _text_of(self, prompt: str) -> TextEmbedding:
+        """An admitted request's prompt (segments included): encoded at admission, so in the cache."""
+        text = self._texts.get(prompt)
+        if text is None:  # evicted by newer prompts since admission
+            text = self.adapter.encode_prompts([prompt])[0]
+            self._texts.put(prompt, text)
+        return text
 
     def _start(self, seq: Sequence) -> None:
         seq.generator = torch.Generator("cpu").manual_seed(seq.request.seed)
@@ -307,6 +337,7 @@ class Engine:
         policy = parse_cache(seq.request.cache, self.spec.options.get("cache_defaults"))
         seq.cache = RequestCache(policy) if policy.approximate else None
         seq.stats.cache_policy = policy.policy
+        self.long_videos.start(seq)  # windows' FreeNoise or the first chunk, before a checkpoint is restored
         seq.status = Status.RUNNING
         seq.started_at = time.perf_counter()
         seq.stats.seconds_queued = seq.started_at - seq.submitted_at
@@ -326,12 +357,15 @@ class Engine:
         if seq.on_progress is None:
             return
         try:
-            seq.on_progress(seq.step_index, seq.num_steps)
+            seq.on_progress(*self.long_videos.progress(seq))
         except Exception:  # a caller's callback must not break other requests
             log.exception("progress callback of request %s failed", seq.id)
 
     def _advance(self, batch: Batch, noise_preds: list[torch.Tensor]) -> None:
         for i, (seq, noise_pred) in enumerate(zip(batch.seqs, noise_preds, strict=True)):
+            if isinstance(seq, WindowView):  # fused with its request's other windows once all have run
+                self.long_videos.collect(seq, noise_pred, batch.block_evaluations[i], len(batch.seqs))
+                continue
             seq.stats.block_evaluations += batch.block_evaluations[i]
             seq.stats.batch_sizes.append(len(batch.seqs))
             if seq.cache is not None:
@@ -342,6 +376,7 @@ class Engine:
         """One scheduler step for the request, its noise prediction computed or served from its cache."""
         self.adapter.scheduler_step(seq, noise_pred)
         seq.step_index += 1
+        self.long_videos.after_step(seq)  # a continuation's chunk that finished is kept, the next begins
         if reused:
             seq.stats.steps_reused += 1
         else:
@@ -353,6 +388,9 @@ class Engine:
     def _retire(self) -> None:
         """Decode finished requests, batched by shape, and resolve their futures."""
         finished = [s for s in self._running if s.done and not s.canceled]
+        for seq in [s for s in finished if self.long_videos.is_long(s) or s.on_frames is not None]:
+            finished.remove(seq)
+            self._stream(seq)
         if not finished:
             return
         groups: dict[tuple, list[Sequence]] = {}
@@ -374,6 +412,23 @@ class Engine:
                 for seq, video in zip(chunk, videos, strict=True):
                     self._finish(seq, video)
 
+    def _stream(self, seq: Sequence) -> None:
+        """Decode one request on its own, handing frames to `on_frames` as they come (long videos stream)."""
+        try:
+            pieces = self.long_videos.decode(seq, seq.latents)
+            if seq.on_frames is None:
+                self._finish(seq, np.concatenate(list(pieces)))
+                return
+            for piece in pieces:
+                seq.on_frames(self._output(piece))
+        except Exception as exc:
+            self._finish(seq, exc)
+            return
+        self._finish(seq, None)
+
+    def _output(self, frames: np.ndarray) -> np.ndarray:
+        return (frames * 255).round().astype(np.uint8) if self.config.output == "uint8" else frames
+
     def _worth_waiting(self, key: tuple, group: list[Sequence]) -> bool:
         """Whether to hold finished videos back an iteration for a same-shape request about to finish."""
         if len(group) >= self.config.max_decode_batch:
@@ -384,22 +439,33 @@ class Engine:
             for s in self._running
         )
 
-    def _finish(self, seq: Sequence, outcome: np.ndarray | BaseException) -> None:
+    def _finish(self, seq: Sequence, outcome: np.ndarray | BaseException | None) -> None:
+        """Resolve the request's future with its frames (None: streamed to `on_frames`) or its error."""
         with self._lock:
             if seq in self._running:
                 self._running.remove(seq)
+        if seq.future.done():  # a long request whose other window failed in the same iteration
+            return
         seq.status = Status.FINISHED
         if seq.started_at:
             seq.stats.seconds_running = time.perf_counter() - seq.started_at
+        latents = None
+        if not isinstance(outcome, BaseException) and seq.latents is not None:
+            latents = seq.latents.detach().to("cpu", copy=True)  # kept by the worker for extend
+        self.long_videos.release(seq)
         # Drop tensors now: a finished request must not pin memory while its caller reads the result.
         seq.latents = seq.scheduler = seq.cond = seq.uncond = seq.generator = seq.cache = seq.resume_from = None
         seq.extra.pop("text_kv", None)
         if isinstance(outcome, BaseException):
             seq.future.set_exception(outcome)
             return
-        if self.config.output == "uint8":
-            outcome = (outcome * 255).round().astype(np.uint8)
-        seq.future.set_result(GenerationResult(request_id=seq.id, frames=outcome, fps=seq.request.fps, stats=seq.stats))
+        if outcome is not None and seq.on_frames is not None:
+            seq.on_frames(self._output(outcome))  # an ordinary request with a stream: its frames in one piece
+            outcome = None
+        frames = None if outcome is None else self._output(outcome)
+        seq.future.set_result(
+            GenerationResult(request_id=seq.id, frames=frames, fps=seq.request.fps, stats=seq.stats, latents=latents)
+        )
 
     # --- the loop ------------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from engine.request import GenerationRequest, GenerationResult, RequestStats
+from engine.request import FramesCallback, GenerationRequest, GenerationResult, RequestStats
 
 ProgressCallback = Callable[[int, int], None]
 CheckpointCallback = Callable[[Any], None]  # receives an engine.checkpoint.Checkpoint
@@ -37,6 +37,7 @@ class Sequence:
     checkpoint_every: int = 0
     on_checkpoint: CheckpointCallback | None = None
     resume_from: Any = None
+    on_frames: FramesCallback | None = None  # streams the decoded frames (GenerationRequest's FramesCallback)
     status: Status = Status.WAITING
     canceled: bool = False
     generator: torch.Generator | None = None

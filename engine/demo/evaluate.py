@@ -66,6 +66,39 @@ def adherence(pipe: object, combos: list[tuple[str, str, str]], seeds_per_combo:
     return result, videos
 
 
+def long_video_scores(
+    videos: list[np.ndarray], labels: list[tuple[str, str, str]], window: int, seams: list[int]
+) -> dict[str, float]:
+    """Adherence of long videos, read window by window (`window` frames, each next one starting where the last
+    ended): per-window colour, shape and direction as prompted; identity (every window of a video reads the
+    same colour and shape); seam ratio: the mean absolute frame difference across `seams` (frame indices where a
+    window or chunk begins) over the median difference between neighbouring frames inside the video."""
+    hits = {"colour": 0, "shape": 0, "direction": 0}
+    windows = identical = 0
+    seam_diffs: list[float] = []
+    inner_diffs: list[float] = []
+    for video, label in zip(videos, labels, strict=True):
+        frames = checker._as_float_frames(video)
+        readings = [
+            checker.read(frames[start : start + window]) for start in range(0, len(frames) - window + 1, window - 1)
+        ]
+        for reading in readings:
+            for name, hit in reading.matches(*label).items():
+                hits[name] += int(hit)
+        windows += len(readings)
+        identical += int(len({(r.colour, r.shape) for r in readings}) == 1)
+        diffs = np.abs(np.diff(frames, axis=0)).mean(axis=(1, 2, 3))
+        seam_diffs += [float(diffs[s - 1]) for s in seams if 0 < s < len(frames)]
+        inner_diffs += [float(d) for i, d in enumerate(diffs) if i + 1 not in seams]
+    scores = {name: hit / max(windows, 1) for name, hit in hits.items()}
+    scores["identity"] = identical / max(len(videos), 1)
+    inner = float(np.median(inner_diffs)) if inner_diffs else 0.0
+    scores["seam_ratio"] = float(np.mean(seam_diffs)) / inner if seam_diffs and inner > 0 else float("nan")
+    scores["windows"] = windows
+    scores["videos"] = len(videos)
+    return scores
+
+
 def sample_grid(videos: list[np.ndarray], captions: list[str], scale: int = GRID_SCALE) -> Image.Image:
     """Rows of frames, one row per video, captioned on the left."""
     n_frames, h, w, _ = videos[0].shape
