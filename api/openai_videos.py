@@ -303,7 +303,7 @@ def create_video() -> Response:
     return jsonify(video_object(job))
 
 
-@bp.post("/extensions")
+@bp.post("/extensions", provide_automatic_options=False)
 @requires("jobs:write")
 @idempotent(rebuild=lambda job: jsonify(video_object(job)))
 def extend_video() -> Response:
@@ -322,6 +322,13 @@ def extend_video() -> Response:
     )
     svc.publish(job)
     return jsonify(video_object(job))
+
+
+@bp.route("/extensions", methods=["OPTIONS"], provide_automatic_options=False)
+@requires("jobs:write")
+def extensions_options() -> Response:
+    # The path also matches `/<video_id>`: Flask's own answer would advertise that rule's GET and DELETE too.
+    return Response(status=200, headers={"Allow": "OPTIONS, POST"})
 
 
 @bp.get("/<video_id>")

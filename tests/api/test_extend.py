@@ -254,3 +254,11 @@ def test_openai_extension_bad_values_are_400_naming_the_param(
 
     assert response.status_code == 400, response.get_json()
     assert openai_error(response)["param"] == param
+
+
+def test_options_on_the_extensions_path_advertises_only_post(client: FlaskClient) -> None:
+    # The path also matches /v1/videos/{video_id}, whose GET and DELETE are not this resource's.
+    response = client.options("/v1/videos/extensions")
+
+    assert response.status_code == 200
+    assert set(response.headers["Allow"].replace(" ", "").split(",")) == {"OPTIONS", "POST"}
