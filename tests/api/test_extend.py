@@ -262,3 +262,17 @@ def test_options_on_the_extensions_path_advertises_only_post(client: FlaskClient
 
     assert response.status_code == 200
     assert set(response.headers["Allow"].replace(" ", "").split(",")) == {"OPTIONS", "POST"}
+
+
+def test_deleting_a_video_deletes_its_kept_latents_too(
+    client: FlaskClient, submit: Submit, store: JobStore, api_settings: Settings
+) -> None:
+    videos = VideoStore(api_settings)
+    job = succeeded_job(submit, store)
+    mp4, latents = VideoStore.key_for(job["id"]), VideoStore.latents_key_for(job["id"])
+    videos.put(mp4, b"mp4 bytes")
+    videos.put(latents, b"latents bytes", "application/octet-stream")
+
+    assert client.delete(f"/v1/videos/{job['id']}").status_code == 200
+
+    assert videos.get_if_exists(mp4) is None and videos.get_if_exists(latents) is None

@@ -6,11 +6,12 @@ latents handed to the engine as context) and makes the new frames, after the ori
 
 from __future__ import annotations
 
+import threading
 import uuid
 from typing import Any
 
 import torch
-from service_harness import SERVED_MODEL
+from service_harness import SERVED_MODEL, wait_until
 
 from vidserve.schema import JobStatus
 from worker import tasks
@@ -82,3 +83,21 @@ def test_an_extension_whose_source_is_gone_fails_with_source_unavailable(ctx: Wo
     for extends in ({"job_id": str(source.id), "include_original": False}, deleted):
         job = run_job(ctx, num_frames=9, extends=extends)
         assert job.status == JobStatus.FAILED and job.error_code == "source_unavailable", job.error_message
+
+
+def test_cancel_of_a_long_job_mid_way_stores_no_video(ctx: WorkerContext) -> None:
+    params = {**PARAMS, "num_frames": 97, "num_inference_steps": 3000}
+    job_id = str(ctx.store.create(model=SERVED_MODEL, params=params).id)
+    outcome: list[str] = []
+    runner = threading.Thread(target=lambda: outcome.append(tasks.generate(ctx, job_id)))
+    runner.start()
+    wait_until(lambda: ctx.store.get(job_id).progress > 0, 120, what="progress")
+
+    ctx.store.cancel(job_id)
+    runner.join(60)
+
+    assert outcome == ["canceled"]
+    job = ctx.store.get(job_id)
+    assert job.status == JobStatus.CANCELED and job.output is None and job.progress < 0.5
+    assert ctx.videos.get_if_exists(ctx.videos.key_for(job_id)) is None
+    assert ctx.videos.get_if_exists(ctx.videos.latents_key_for(job_id)) is None
