@@ -56,6 +56,13 @@ class JobNotSucceeded(ApiError):
     code = "job_not_succeeded"
 
 
+class LatentsUnavailable(ApiError):
+    """The job's video exists but its final latents were not kept, so it cannot be extended."""
+
+    status = 409
+    code = "latents_unavailable"
+
+
 class RateLimited(ApiError):
     """The client sent more job submissions than its per-minute limit; `Retry-After` says when to retry."""
 

@@ -1,4 +1,4 @@
-"""The jobs surface of the REST API: submit, read, list, cancel and download (`/v1/jobs...`).
+"""The jobs surface of the REST API: submit, read, list, cancel, extend and download (`/v1/jobs...`).
 
 Views parse the request, call the job store and render `job_to_dict`; rules live in validation and the store.
 """
@@ -9,6 +9,7 @@ from flask import Blueprint, Response, jsonify, redirect, request, url_for
 
 from api.auth import principal, requires
 from api.errors import Forbidden, JobNotSucceeded, StorageUnavailable
+from api.extension import check_extendable, parse_extension
 from api.idempotency import claimed_record_id, idempotent
 from api.rate_limit import check_submission_rate
 from api.services import services
@@ -49,6 +50,35 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
         webhook_events=submission.webhook_events,
         idempotency_record_id=claimed_record_id(),
         priority=PRIORITIES[submission.priority],
+    )
+    svc.publish(job)
+    return _accepted(job)
+
+
+@bp.post("/<job_id>/extend")
+@requires("jobs:write")
+@idempotent(rebuild=_accepted)
+def extend_job(job_id: str) -> tuple[Response, int, dict[str, str]]:
+    """A new job continuing a finished one of the caller's from its kept final latents."""
+    check_submission_rate()
+    svc = services()
+    caller = principal()
+    source = svc.jobs.get(job_id, owner=caller.job_owner)  # another key's job: 404, as if it did not exist
+    body = parse_json_object(read_body(request))
+    check_extendable(source)
+    submission = parse_extension(body, source, svc.registry)
+    if submission.webhook_url is not None:
+        check_webhook_target(submission.webhook_url)
+    job = svc.jobs.create(
+        api_key_id=caller.api_key_id,
+        max_active_jobs=caller.job_limit(svc.settings.max_concurrent_jobs_per_key),
+        job_id=submission.job_id,
+        model=submission.model,
+        params=submission.params,
+        webhook_url=submission.webhook_url,
+        metadata=submission.metadata,
+        webhook_events=submission.webhook_events,
+        idempotency_record_id=claimed_record_id(),
     )
     svc.publish(job)
     return _accepted(job)

@@ -19,16 +19,18 @@ from flask import Blueprint, Response, jsonify, redirect, request
 from api import rate_limit
 from api.auth import principal, requires
 from api.errors import ApiError, InvalidField, TooManyJobs
+from api.extension import check_extendable, parse_extension
 from api.forms import FORM_MIMETYPES, parse_form
 from api.idempotency import claimed_record_id, idempotent
 from api.query import integer_parameter
 from api.services import services
 from api.validation import (
-    GENERATION_FIELDS,
     PROMPT_CONTROL_CHARACTERS,
     RANDOM_SEED_BOUND,
+    JobSubmission,
     parse_json_object,
     read_body,
+    recorded_params,
 )
 from engine.registry import ModelSpec
 from engine.request import InvalidRequest
@@ -39,6 +41,7 @@ from vidserve.schema import Job, JobStatus
 bp = Blueprint("openai_videos", __name__, url_prefix="/v1/videos")
 
 CREATE_FIELDS = ("prompt", "model", "seconds", "size", "input_reference")
+EXTEND_FIELDS = ("prompt", "seconds", "video")
 STATUS = {
     JobStatus.QUEUED: "queued",
     JobStatus.RUNNING: "in_progress",
@@ -187,25 +190,7 @@ def _resolve_create(body: dict[str, Any]) -> tuple[uuid.UUID, str, dict[str, Any
 
     seconds = body.get("seconds")
     if seconds is not None:
-        try:
-            value = float(seconds) if not isinstance(seconds, bool) else math.nan
-        except (TypeError, ValueError):
-            value = math.nan
-        if not math.isfinite(value) or value <= 0:
-            raise OpenAIError(
-                400, f"Invalid seconds: {seconds!r}; must be a positive number of seconds.", "seconds", "invalid_value"
-            )
-        frames = frames_for_seconds(spec, value, fps)
-        if frames > spec.limits.max_frames:
-            longest = spec.limits.max_frames - (spec.limits.max_frames - 1) % spec.rules.frame_multiple
-            raise OpenAIError(
-                400,
-                f"Invalid seconds: {seconds!r}; {model} makes at most {longest / fps:g} seconds"
-                f" ({longest} frames at {fps} fps).",
-                "seconds",
-                "invalid_value",
-            )
-        requested["num_frames"] = frames
+        requested["num_frames"] = _frames_for_seconds(spec, seconds, fps)
 
     size = body.get("size")
     if size is not None:
@@ -221,9 +206,84 @@ def _resolve_create(body: dict[str, Any]) -> tuple[uuid.UUID, str, dict[str, Any
 
     job_id = uuid.uuid4()
     resolved = spec.resolve(str(job_id), requested)  # InvalidRequest -> 400 naming seconds/size
-    # OpenAI requests carry no step-cache policy: every other generation field, resolved.
-    params = {name: getattr(resolved, name) for name in GENERATION_FIELDS if name != "cache"}
-    return job_id, model, params
+    # Every generation field, resolved (a clip longer than the model's window records its long-video settings).
+    return job_id, model, recorded_params(resolved)
+
+
+def _frames_for_seconds(spec: ModelSpec, seconds: Any, fps: int) -> int:
+    """The frame count a `seconds` value asks of `spec` at `fps`; 400 naming `seconds` when it is not a positive
+    number or longer than the model makes (its long-video limit)."""
+    try:
+        value = float(seconds) if not isinstance(seconds, bool) else math.nan
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise OpenAIError(
+            400, f"Invalid seconds: {seconds!r}; must be a positive number of seconds.", "seconds", "invalid_value"
+        )
+    frames = frames_for_seconds(spec, value, fps)
+    limit = spec.max_long_frames
+    if frames > limit:
+        longest = limit - (limit - 1) % spec.rules.frame_multiple
+        raise OpenAIError(
+            400,
+            f"Invalid seconds: {seconds!r}; {spec.name} makes at most {longest / fps:g} seconds"
+            f" ({longest} frames at {fps} fps).",
+            "seconds",
+            "invalid_value",
+        )
+    return frames
+
+
+def _parse_extension_body() -> dict[str, Any]:
+    """`prompt`, `seconds` and `video` ({"id": ...}) from the SDK's multipart form (`video[id]`) or JSON."""
+    if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        body: dict[str, Any] = {}
+        for name, value in request.form.items():
+            if name == "video[id]":
+                body["video"] = {"id": value}
+            else:
+                body[name] = value
+        if request.files:
+            body["video"] = None  # an uploaded file: refused below, only our own videos can be continued
+            body["video_file"] = True
+        return body
+    try:
+        return parse_json_object(read_body(request))
+    except ApiError as e:
+        raise OpenAIError(400, e.message, None, "invalid_json") from None
+
+
+def _resolve_extension(body: dict[str, Any], owner: uuid.UUID | None) -> JobSubmission:
+    svc = services()
+    if body.pop("video_file", False):
+        raise OpenAIError(
+            400, "video must be {'id': ...} of a completed video; uploads cannot be extended.", "video", "invalid_value"
+        )
+    for name in body:
+        if name not in EXTEND_FIELDS:
+            raise OpenAIError(400, f"Unknown parameter: '{name}'.", name, "unknown_parameter")
+    for name in EXTEND_FIELDS:
+        if body.get(name) is None:
+            raise OpenAIError(400, f"Missing required parameter: '{name}'.", name, "missing_required_parameter")
+    video = body["video"]
+    if not isinstance(video, dict) or set(video) != {"id"} or not isinstance(video["id"], str):
+        message = "video must be an object {'id': ...} naming a completed video."
+        raise OpenAIError(400, message, "video", "invalid_value")
+    try:
+        source = svc.jobs.get(video["id"], owner=owner)
+    except JobNotFound:
+        raise OpenAIError(404, f"No video found with id '{video['id']}'.", "video", "not_found") from None
+    try:
+        check_extendable(source)
+    except ApiError as e:
+        raise OpenAIError(e.status, e.message, "video", e.code) from None
+    spec = svc.registry.get(source.model)
+    frames = _frames_for_seconds(spec, body["seconds"], int(source.params.get("fps") or spec.defaults.fps))
+    try:
+        return parse_extension({"prompt": body["prompt"], "num_frames": frames}, source, svc.registry)
+    except InvalidField as e:
+        raise OpenAIError(400, e.message, _public_param(e.field), "invalid_value") from None
 
 
 # ---- views ---------------------------------------------------------------------------------------------
@@ -247,6 +307,34 @@ def create_video() -> Response:
     )
     svc.publish(job)
     return jsonify(video_object(job))
+
+
+@bp.post("/extensions", provide_automatic_options=False)
+@requires("jobs:write")
+@idempotent(rebuild=lambda job: jsonify(video_object(job)))
+def extend_video() -> Response:
+    """A new video continuing a completed one (`client.videos.extend(prompt, seconds, video={"id": ...})`)."""
+    rate_limit.check_submission_rate()
+    svc = services()
+    caller = principal()
+    submission = _resolve_extension(_parse_extension_body(), caller.job_owner)
+    job = svc.jobs.create(
+        job_id=submission.job_id,
+        model=submission.model,
+        params=submission.params,
+        api_key_id=caller.api_key_id,
+        max_active_jobs=caller.job_limit(svc.settings.max_concurrent_jobs_per_key),
+        idempotency_record_id=claimed_record_id(),
+    )
+    svc.publish(job)
+    return jsonify(video_object(job))
+
+
+@bp.route("/extensions", methods=["OPTIONS"], provide_automatic_options=False)
+@requires("jobs:write")
+def extensions_options() -> Response:
+    # The path also matches `/<video_id>`: Flask's own answer would advertise that rule's GET and DELETE too.
+    return Response(status=200, headers={"Allow": "OPTIONS, POST"})
 
 
 @bp.get("/<video_id>")
@@ -321,6 +409,8 @@ def delete_video(video_id: str) -> Response:
     deleted = svc.jobs.delete(video_id)
     if deleted.output and svc.videos is not None:
         svc.videos.delete(deleted.output["key"])
+        if deleted.output.get("latents_key"):  # kept for extensions; same lifetime as the MP4
+            svc.videos.delete(deleted.output["latents_key"])
     return jsonify(id=str(deleted.id), object="video.deleted", deleted=True)
 
 
@@ -365,9 +455,39 @@ OPENAPI_SCHEMAS: dict[str, Any] = {
             "model": {"type": "string", "description": "a registered model (default: the first in /v1/models)"},
             "seconds": {
                 "type": "string",
-                "description": "clip length; becomes the nearest frame count the model's family makes at its fps",
+                "description": "clip length; becomes the nearest frame count the model's family makes at its fps, "
+                "up to its long-video limit (max_long_frames in /v1/models, at least 20 s)",
             },
             "size": {"type": "string", "pattern": SIZE_PATTERN.pattern, "description": "WIDTHxHEIGHT"},
+        },
+    },
+    "OpenAIVideoExtension": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["prompt", "seconds", "video"],
+        "properties": {
+            "prompt": {"type": "string", "minLength": 1, "pattern": f"^[^{PROMPT_CONTROL_CHARACTERS}]*$"},
+            "seconds": {
+                "type": "string",
+                "description": "length of the new part; the nearest frame count the model makes at the source's fps",
+            },
+            "video": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["id"],
+                "properties": {"id": {"type": "string", "description": "a completed video of this API key"}},
+            },
+        },
+    },
+    "OpenAIVideoExtensionForm": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["prompt", "seconds", "video[id]"],
+        "description": "the `openai` SDK's form: the video reference as the field `video[id]`",
+        "properties": {
+            "prompt": {"type": "string", "minLength": 1, "pattern": f"^[^{PROMPT_CONTROL_CHARACTERS}]*$"},
+            "seconds": {"type": "string"},
+            "video[id]": {"type": "string"},
         },
     },
     "OpenAIVideo": {
@@ -446,6 +566,27 @@ OPENAPI_PATHS: dict[str, Any] = {
             "responses": {
                 "200": _oai_json("one page of videos", "OpenAIVideoList"),
                 "400": _oai_error("a parameter is invalid"),
+            },
+        },
+    },
+    "/v1/videos/extensions": {
+        "post": {
+            "operationId": "openaiExtendVideo",
+            "summary": "OpenAI-compatible: continue a completed video (a new job from its final latents)",
+            "description": "The new video holds the continuation only, at the source's model, size and fps.",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {"schema": {"$ref": "#/components/schemas/OpenAIVideoExtensionForm"}},
+                    "application/json": {"schema": {"$ref": "#/components/schemas/OpenAIVideoExtension"}},
+                },
+            },
+            "responses": {
+                "200": {**_oai_json("the new video, queued", "OpenAIVideo"), "headers": rate_limit.OPENAPI_HEADERS},
+                "400": _oai_error("a parameter is invalid; `param` names it"),
+                "404": _oai_error("no such video (or another API key's)"),
+                "409": _oai_error("the video is not completed, or kept no latents to continue from"),
+                "429": {**_oai_error(rate_limit.RATE_LIMITED_DESCRIPTION), "headers": rate_limit.OPENAPI_429_HEADERS},
             },
         },
     },

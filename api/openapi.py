@@ -12,6 +12,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify
 
 from api import auth, events, metrics, openai_videos, rate_limit
 from api.admin import views as admin_views
+from api.extension import INHERITED_FIELDS
 from api.services import services
 from api.validation import (
     CURSOR_PATTERN,
@@ -22,7 +23,9 @@ from api.validation import (
     WEBHOOK_URL_PATTERN,
 )
 from engine.cache_policy import SETTINGS
+from engine.long_video_settings import MAX_SEGMENTS
 from engine.registry import ModelRegistry, ModelSpec
+from engine.request import CONTINUATION, LONG_VIDEO_METHODS
 from vidserve.jobs import ALL_WEBHOOK_EVENTS, PRIORITIES
 from vidserve.schema import DeliveryStatus, JobStatus
 
@@ -71,7 +74,7 @@ def _job_request_schema(spec: ModelSpec, default: bool = False) -> dict[str, Any
     """The body `spec` accepts: its own limits, frame rule and size multiple, so every valid body is a 202."""
     lim, rules = spec.limits, spec.rules
     size = rules.size_multiple
-    frames = list(range(1, lim.max_frames + 1, rules.frame_multiple))
+    frames = list(range(1, spec.max_long_frames + 1, rules.frame_multiple))
     no_nul = "^[^\\u0000]*$"
     return {
         "type": "object",
@@ -100,7 +103,12 @@ def _job_request_schema(spec: ModelSpec, default: bool = False) -> dict[str, Any
                 }
             ),
             "num_frames": _nullable(
-                {"type": "integer", "enum": frames, "description": f"{rules.frame_multiple}k+1 frames"}
+                {
+                    "type": "integer",
+                    "enum": frames,
+                    "description": f"{rules.frame_multiple}k+1 frames; beyond the native window of "
+                    f"{spec.window_frames} the video is made from native pieces (see long_video)",
+                }
             ),
             "height": _nullable({"type": "integer", "minimum": size, "maximum": lim.max_height, "multipleOf": size}),
             "width": _nullable({"type": "integer", "minimum": size, "maximum": lim.max_width, "multipleOf": size}),
@@ -120,6 +128,8 @@ def _job_request_schema(spec: ModelSpec, default: bool = False) -> dict[str, Any
             ),
             "fps": _nullable({"type": "integer", "minimum": 1, "maximum": 60, "description": "frames per second"}),
             "cache": {"anyOf": [_ref("CachePolicy"), {"type": "null"}]},
+            "long_video": {"anyOf": [_long_video_schema(spec), {"type": "null"}]},
+            "segments": _nullable(_segments_schema(spec)),
             "webhook_url": _nullable(
                 {
                     "type": "string",
@@ -158,6 +168,87 @@ def _job_request_schema(spec: ModelSpec, default: bool = False) -> dict[str, Any
         # Events are sent to the webhook URL, so asking for events needs one.
         "if": {"properties": {"webhook_events": {"type": "array"}}, "required": ["webhook_events"]},
         "then": {"properties": {"webhook_url": {"type": "string"}}, "required": ["webhook_url"]},
+    }
+
+
+def _job_extension_schema(registry: ModelRegistry) -> dict[str, Any]:
+    """`POST /v1/jobs/{id}/extend`: a submit's fields but those the source fixes (model, size, frame rate). The
+    ranges that apply are the source model's; stated here are those of the model with the longest videos."""
+    widest = max(registry, key=lambda spec: spec.max_long_frames, default=None)
+    if widest is None:
+        return {"type": "object"}
+    submit = _job_request_schema(widest)
+    properties = {k: v for k, v in submit["properties"].items() if k not in INHERITED_FIELDS}
+    properties["num_frames"] = _nullable(
+        {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": widest.max_long_frames,
+            "description": "the new frames: the source model's frame rule and long-video limit apply",
+        }
+    )
+    properties["long_video"] = {"anyOf": [_long_video_schema(widest, CONTINUATION), {"type": "null"}]}
+    properties["include_original"] = _nullable(
+        {"type": "boolean", "description": "the new video starts with the source's frames (default false)"}
+    )
+    return {**submit, "required": ["prompt"], "properties": properties}
+
+
+def _long_video_schema(spec: ModelSpec, method: str | None = None) -> dict[str, Any]:
+    """`long_video` for `spec`: the ranges `engine.long_video_settings.parse_long_video` checks; `method` fixes
+    the method (an extension is always a continuation)."""
+    default, multiple = spec.long_video, spec.rules.frame_multiple
+    largest = spec.window_frames - 1 - multiple
+    frames = {"type": "integer", "minimum": multiple, "maximum": largest, "multipleOf": multiple}
+    methods = [method] if method else list(LONG_VIDEO_METHODS)
+    schema: dict[str, Any] = {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "how a video longer than the model's native window is made (settings left out take the "
+        f"model's defaults, {default.as_dict()}): windows (overlapping native windows denoised together, moving "
+        "each step) or continuation (native chunks in turn, each from the previous chunk's clean tail latents)",
+        "properties": {
+            "method": {"type": "string", "enum": methods},
+            "overlap": {**frames, "description": "windows: frames shared by neighbouring windows"},
+            "context_frames": {**frames, "description": "continuation: frames of the previous chunk each starts from"},
+            "color_match": {
+                "type": "number",
+                "minimum": 0,
+                "maximum": 1,
+                "description": "continuation: pull each chunk's colour statistics towards the first chunk's (0: off)",
+            },
+        },
+    }
+    # Colour matching is the continuation's: a positive value needs that method, named unless it is the default.
+    schema["if"] = {"properties": {"color_match": {"exclusiveMinimum": 0}}, "required": ["color_match"]}
+    schema["then"] = {
+        "properties": {"method": {"const": CONTINUATION}},
+        "required": [] if default.method == CONTINUATION else ["method"],
+    }
+    return schema
+
+
+def _segments_schema(spec: ModelSpec) -> dict[str, Any]:
+    return {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": MAX_SEGMENTS,
+        "description": "prompts that take over from a frame on (the story changes); `from_frame` strictly ascending "
+        "and below num_frames; `prompt` holds before the first",
+        "items": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["prompt", "from_frame"],
+            "properties": {
+                "prompt": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": spec.limits.max_prompt_chars,
+                    "pattern": PROMPT_PATTERN,
+                },
+                "from_frame": {"type": "integer", "minimum": 0, "maximum": spec.max_long_frames - 1},
+            },
+        },
     }
 
 
@@ -219,6 +310,7 @@ def _schemas(registry: ModelRegistry) -> dict[str, Any]:
             for spec in registry
         },
         "CachePolicy": _cache_policy_schema(),
+        "JobExtension": _job_extension_schema(registry),
         "MetadataValue": {
             "anyOf": [
                 {"type": ["null", "boolean", "number"]},
@@ -246,8 +338,26 @@ def _schemas(registry: ModelRegistry) -> dict[str, Any]:
                 "fps": {"type": "integer"},
             },
             # `cache` appears only in the params of a job that asked for approximate caching (resolved, defaults
-            # applied), so it is not among the properties every job has.
-            "patternProperties": {"^cache$": _ref("CachePolicy")},
+            # applied), `long_video` and `segments` only in a long one's, `extends` only in an extension's: none is
+            # among the properties every job has.
+            "patternProperties": {
+                "^cache$": _ref("CachePolicy"),
+                "^long_video$": {
+                    "type": "object",
+                    "required": ["method", "overlap", "context_frames", "color_match"],
+                    "description": "the long-video settings the job runs with, defaults applied",
+                },
+                "^segments$": {
+                    "type": "array",
+                    "items": {"type": "object", "required": ["from_frame", "prompt"]},
+                },
+                "^extends$": {
+                    "type": "object",
+                    "required": ["job_id", "include_original"],
+                    "description": "the job this one continues, and whether its video comes first",
+                    "properties": {"job_id": {"type": "string"}, "include_original": {"type": "boolean"}},
+                },
+            },
         },
         "JobOutput": {
             "type": "object",
@@ -390,7 +500,7 @@ def _schemas(registry: ModelRegistry) -> dict[str, Any]:
         },
         "Model": {
             "type": "object",
-            "required": ["name", "family", "limits", "defaults", "default"],
+            "required": ["name", "family", "limits", "defaults", "default", "long_video"],
             "properties": {
                 "name": {"type": "string"},
                 "default": {"type": "boolean", "description": "the model of a job that names none"},
@@ -398,7 +508,12 @@ def _schemas(registry: ModelRegistry) -> dict[str, Any]:
                 "limits": {
                     "type": "object",
                     "properties": {
-                        "max_frames": {"type": "integer"},
+                        "max_frames": {"type": "integer", "description": "the native window (as window_frames)"},
+                        "window_frames": {"type": "integer", "description": "frames one transformer forward makes"},
+                        "max_long_frames": {
+                            "type": "integer",
+                            "description": "the longest video, made from native windows or chunks (long_video)",
+                        },
                         "max_height": {"type": "integer"},
                         "max_width": {"type": "integer"},
                         "max_steps": {"type": "integer"},
@@ -417,6 +532,16 @@ def _schemas(registry: ModelRegistry) -> dict[str, Any]:
                         "num_inference_steps": {"type": "integer"},
                         "guidance_scale": {"type": "number"},
                         "fps": {"type": "integer"},
+                    },
+                },
+                "long_video": {
+                    "type": "object",
+                    "description": "the settings a long request gets for those it leaves out",
+                    "properties": {
+                        "method": {"type": "string", "enum": list(LONG_VIDEO_METHODS)},
+                        "overlap": {"type": "integer"},
+                        "context_frames": {"type": "integer"},
+                        "color_match": {"type": "number"},
                     },
                 },
             },
@@ -465,6 +590,7 @@ def build_openapi(registry: ModelRegistry) -> dict[str, Any]:
             ("CancelJob", "cancelJob"),
             ("GetJobContent", "getJobContent"),
             ("ListJobWebhooks", "listJobWebhooks"),
+            ("ExtendJob", "extendJob"),
         )
     }
     location = {"Location": {"description": "where to find it", "schema": {"type": "string"}}}
@@ -550,6 +676,39 @@ def build_openapi(registry: ModelRegistry) -> dict[str, Any]:
                         "202": _json("the job, canceled or flagged for cancellation", "Job"),
                         "404": not_found,
                         "409": _error("the job has already finished"),
+                        "503": db_down,
+                    },
+                }
+            },
+            "/v1/jobs/{job_id}/extend": {
+                "post": {
+                    "operationId": "extendJob",
+                    "summary": "Continue a finished video: a new job that starts from its final latents",
+                    "description": "The new job has the source's model, size and frame rate (and, unless given, its "
+                    "steps, guidance and negative prompt); its video holds the new frames only, or the original's "
+                    "first with `include_original`. Another API key's job is 404.",
+                    "parameters": [job_id],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("JobExtension")}},
+                    },
+                    "responses": {
+                        "202": {
+                            **_json("the new job, queued", "Job", {**location, **rate_limit.OPENAPI_HEADERS}),
+                            "links": job_links,
+                        },
+                        "400": _error("the body is not a JSON object"),
+                        "404": not_found,
+                        "409": _error(
+                            "the job has not succeeded (`job_not_succeeded`), or kept no latents to continue from "
+                            "(`latents_unavailable`)"
+                        ),
+                        "413": _error("the body is larger than VIDSERVE_MAX_BODY_BYTES"),
+                        "422": _error("a field breaks a rule; `field` and `rule` say which and what"),
+                        "429": {
+                            **_error(rate_limit.RATE_LIMITED_DESCRIPTION),
+                            "headers": rate_limit.OPENAPI_429_HEADERS,
+                        },
                         "503": db_down,
                     },
                 }

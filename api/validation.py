@@ -20,6 +20,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from api.errors import InvalidField, MalformedBody
 from api.query import integer_parameter
 from engine.registry import ModelRegistry
+from engine.request import GenerationRequest
 from vidserve.jobs import ALL_WEBHOOK_EVENTS, PRIORITIES
 from vidserve.schema import JobStatus
 from vidserve.webhook_urls import UnsafeWebhookURL, check_shape
@@ -37,6 +38,8 @@ JOB_FIELDS: dict[str, str] = {
     "seed": "integer",
     "fps": "integer",
     "cache": "object",
+    "long_video": "object",
+    "segments": "array",
     "webhook_url": "string",
     "webhook_events": "array",
     "metadata": "object",
@@ -54,6 +57,8 @@ GENERATION_FIELDS = (
     "seed",
     "fps",
     "cache",
+    "long_video",
+    "segments",
 )
 MAX_WEBHOOK_URL_CHARS = 2048
 # http(s), a host name, IPv4 address or bracketed IPv6 address, an optional port 1-65535, then printable
@@ -175,8 +180,12 @@ def json_depth(value: Any) -> int:
     return deepest
 
 
-def parse_submission(body: dict[str, Any], registry: ModelRegistry) -> JobSubmission:
-    """Check the body's shape and types, then let the model's spec apply its own rules and defaults."""
+def parse_submission(body: dict[str, Any], registry: ModelRegistry, context: Any = None) -> JobSubmission:
+    """Check the body's shape and types, then let the model's spec apply its own rules and defaults.
+
+    `context`: set for an extension (any stand-in for the latents the worker loads), so that the long-video
+    settings are resolved, and recorded, as the continuation they will run as.
+    """
     for name in body:
         if name not in JOB_FIELDS:
             raise InvalidField(name, "unknown field")
@@ -207,16 +216,40 @@ def parse_submission(body: dict[str, Any], registry: ModelRegistry) -> JobSubmis
     priority = values.get("priority", "normal")
     if priority not in PRIORITIES:
         raise InvalidField("priority", f"must be one of: {', '.join(PRIORITIES)}")
+    if "long_video" in values:
+        values["long_video"] = {name: _whole(value) for name, value in values["long_video"].items()}
+    if "segments" in values:
+        _check_segment_prompts(values["segments"])
+        values["segments"] = [_whole_from_frame(segment) for segment in values["segments"]]
 
     job_id = uuid.uuid4()
     requested = {name: values[name] for name in GENERATION_FIELDS if name in values}
     # A job is reproducible: the seed it runs with is always recorded, chosen here when the client gave none.
     requested.setdefault("seed", secrets.randbelow(RANDOM_SEED_BOUND))
-    resolved = registry.get(values["model"]).resolve(str(job_id), requested)
+    resolved = registry.get(values["model"]).resolve(str(job_id), requested, context=context)
+    return JobSubmission(
+        job_id, values["model"], recorded_params(resolved), webhook_url, metadata, webhook_events, priority
+    )
+
+
+def recorded_params(resolved: GenerationRequest) -> dict[str, Any]:
+    """A resolved request as the job's params (JSON), which `ModelSpec.resolve` reads back to the same request.
+
+    `cache`, `long_video` and `segments` appear only when set, so an ordinary job's params stay as they were
+    before those fields existed.
+    """
     params = {name: getattr(resolved, name) for name in GENERATION_FIELDS}
-    if params["cache"] is None:  # no approximate caching asked for: the params stay as before the field existed
+    if params["cache"] is None:
         del params["cache"]
-    return JobSubmission(job_id, values["model"], params, webhook_url, metadata, webhook_events, priority)
+    if resolved.long_video is None:
+        del params["long_video"]
+    else:
+        params["long_video"] = resolved.long_video.as_dict()
+    if not resolved.segments:
+        del params["segments"]
+    else:
+        params["segments"] = [{"from_frame": start, "prompt": prompt} for start, prompt in resolved.segments]
+    return params
 
 
 def parse_job_query(args: Mapping[str, str]) -> JobQuery:
@@ -309,6 +342,26 @@ def _check_webhook_events(events: list[Any], webhook_url: str | None) -> None:
         raise InvalidField("webhook_events", "must not repeat an event")
     if webhook_url is None:
         raise InvalidField("webhook_events", "needs a webhook_url")
+
+
+def _whole(value: Any) -> Any:
+    # JSON has one number type: 8.0 is the integer 8 inside objects too (as for the top-level fields).
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _whole_from_frame(segment: Any) -> Any:
+    if isinstance(segment, dict) and "from_frame" in segment:
+        return {**segment, "from_frame": _whole(segment["from_frame"])}
+    return segment
+
+
+def _check_segment_prompts(segments: list[Any]) -> None:
+    # The shape and ranges are the spec's (`parse_segments`); the text rules every stored prompt obeys are ours.
+    for i, segment in enumerate(segments):
+        prompt = segment.get("prompt") if isinstance(segment, dict) else None
+        if isinstance(prompt, str):
+            _check_text(f"segments[{i}].prompt", prompt)
+            check_prompt_characters(f"segments[{i}].prompt", prompt)
 
 
 def _check_metadata(metadata: dict[str, Any]) -> None:

@@ -177,13 +177,14 @@ class StubDNS:
 
 
 # A registry for the tests: the two tiny models they use, Wan with a step limit high enough that a job can be
-# made to run for many seconds however fast the machine is (what the cancel and restart tests need).
+# made to run for many seconds however fast the machine is (what the cancel and restart tests need), and long
+# videos up to 161 frames (20 s at 8 fps) from its native window of 33.
 TEST_REGISTRY = """
 [models.tiny-wan]
 family = "wan"
 path = "tiny/wan"
 defaults = { num_frames = 9, height = 32, width = 32, num_inference_steps = 4, guidance_scale = 5.0, fps = 8 }
-limits = { max_frames = 33, max_height = 128, max_width = 128, max_steps = 5000 }
+limits = { max_frames = 33, max_long_frames = 161, max_height = 128, max_width = 128, max_steps = 5000 }
 
 [models.tiny-cogvideox]
 family = "cogvideox"

@@ -51,6 +51,11 @@ class VideoStore:
         return f"videos/{job_id}.mp4"
 
     @staticmethod
+    def latents_key_for(job_id: str) -> str:
+        # Beside the MP4 and deleted with it: the clean final latents an extension of the video continues from.
+        return f"videos/{job_id}.latents.pt"
+
+    @staticmethod
     def checkpoint_key(job_id: str) -> str:
         # One object per job, overwritten by each newer checkpoint; deleted when the job ends.
         return f"{CHECKPOINT_PREFIX}{job_id}/state.pt"

@@ -4,18 +4,20 @@ A message is a wake-up for its model: the slot claims the first queued job of th
 order (`JobStore.claim_next`), which may not be the job the message names. The claim is a conditional UPDATE
 with a lease, so a duplicate or re-delivered message does nothing but claim the next waiting job, if any. While
 the engine works, the slot's thread renews the lease, writes progress at most once per tick and reads the
-cancel flag back from that same write. A job is `succeeded` only after its video is in the bucket.
+cancel flag back from that same write. A job is `succeeded` only after its video (and its final latents, kept
+for extensions) is in the bucket. An extension job starts from its source job's kept latents.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import OperationalError
 
@@ -33,9 +35,11 @@ from vidserve.queue import announce_job
 from vidserve.storage import VideoStore
 from worker.checkpoints import JobCheckpoints
 from worker.context import WorkerContext
-from worker.video import encode_mp4
+from worker.latents import LatentsMissing, get_latents, put_latents
+from worker.video import EncodedVideo, FrameStream, encode_mp4, iter_mp4_frames
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # How often a running job's slot wakes to write progress and read the cancel flag: the cancel latency.
 TICK_SECONDS = 0.5
@@ -58,6 +62,10 @@ _io_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="vidserve-upload
 
 class TransientError(Exception):
     """A dependency (Postgres, S3) failed in a way that a later retry may not."""
+
+
+class SourceGone(Exception):
+    """The job an extension continues, or what it kept (latents, MP4), no longer exists."""
 
 
 @dataclass
@@ -148,19 +156,34 @@ def generate(ctx: WorkerContext, job_id: str, model: str | None = None) -> str:
 def _attempt(attempt: Attempt, job: Any, checkpoints: JobCheckpoints) -> str:
     """The claimed job: resolve, run (resuming from its checkpoint), store, record; returns the outcome."""
     ctx, job_id, owner = attempt.ctx, attempt.job_id, attempt.owner
+    params = dict(job.params)
+    extends = params.pop("extends", None)  # an extension's source: not a generation parameter
+    context: Any = None  # an extension's starting latents
+    original: bytes | None = None  # the MP4 an extension that includes its original starts with
+    if extends is not None:
+        try:
+            context, original = _source_of(ctx, extends)
+        except SourceGone as exc:
+            ctx.store.fail(job_id, "source_unavailable", f"the video to extend is gone: {exc}", owner=owner)
+            return "failed"
+        except Exception as exc:  # the store failing: a later attempt may read them
+            return _hand_back(attempt, job.model, job.attempts, "storage_unavailable", f"reading the source: {exc}")
     try:
         spec = ctx.registry.get(job.model)
-        request = spec.resolve(str(job.id), job.params)
+        request = spec.resolve(str(job.id), params, context=context)
         engine = ctx.engines.get(job.model)
     except (InvalidRequest, ModelUnavailable) as exc:
         ctx.store.fail(job_id, exc.code, str(exc), owner=owner)
         return "failed"
+    # A long video's frames go to the encoder as the engine decodes them, never held whole.
+    stream = FrameStream() if request.is_long else None
+    encoding = _encode_in_background(stream, original, request.fps) if stream is not None else None
 
     attempt.request_id = request.id
     # Only a job delivered before can have a checkpoint: a first attempt spares the store a lookup.
     resume = checkpoints.load() if job.attempts > 1 else None
     try:
-        result = _run_engine(attempt, engine, request, checkpoints, resume)
+        result = _run_engine(attempt, engine, request, checkpoints, resume, stream)
     except RequestCanceled:
         return _stopped(attempt, job.model)
     except EngineError as exc:
@@ -180,7 +203,7 @@ def _attempt(attempt: Attempt, job: Any, checkpoints: JobCheckpoints) -> str:
         return _stopped(attempt, job.model)
 
     try:
-        output, timings = _store_video(attempt, result)
+        output, timings = _store_video(attempt, result, original, encoding)
     except TransientError as exc:
         return _hand_back(attempt, job.model, job.attempts, "storage_unavailable", str(exc))
     except ValueError as exc:
@@ -189,6 +212,43 @@ def _attempt(attempt: Attempt, job: Any, checkpoints: JobCheckpoints) -> str:
 
     stats = {**result.stats.as_dict(), **timings, **checkpoints.stats()}
     return _record_success(attempt, output, stats)
+
+
+def _source_of(ctx: WorkerContext, extends: dict[str, Any]) -> tuple[Any, bytes | None]:
+    """An extension's context (its source job's kept final latents) and the source's MP4 when the new video
+    includes it. SourceGone when the source job, or what it kept, was deleted since the extension was accepted."""
+    try:
+        source = ctx.store.get(extends["job_id"])
+    except JobNotFound:
+        raise SourceGone(f"job {extends['job_id']} was deleted") from None
+    if source.output is None or not source.output.get("latents_key"):
+        raise SourceGone(f"job {source.id} kept no latents")
+    try:
+        context = get_latents(ctx.videos, source.output["latents_key"])
+    except LatentsMissing as exc:
+        raise SourceGone(str(exc)) from None
+    if not extends.get("include_original"):
+        return context, None
+    original = ctx.videos.get_if_exists(source.output["key"])
+    if original is None:
+        raise SourceGone(f"no video at {source.output['key']}")
+    return context, original
+
+
+def _encode_in_background(stream: FrameStream, original: bytes | None, fps: int) -> Future[EncodedVideo]:
+    """Encode `stream` (after `original`'s frames) on a thread of its own while the engine decodes into it; a
+    thread per stream, since it waits on the engine for as long as the job runs."""
+    frames: Iterable[Any] = _chain(iter_mp4_frames(original), stream) if original is not None else stream
+    future: Future[EncodedVideo] = Future()
+
+    def encode() -> None:
+        try:
+            future.set_result(encode_mp4(frames, fps))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=encode, name="vidserve-encode", daemon=True).start()
+    return future
 
 
 def _record_success(attempt: Attempt, output: dict[str, Any], stats: dict[str, Any]) -> str:
@@ -218,10 +278,37 @@ def _record_success(attempt: Attempt, output: dict[str, Any], stats: dict[str, A
 
 
 def _run_engine(
-    attempt: Attempt, engine: Any, request: GenerationRequest, checkpoints: JobCheckpoints, resume: Any
+    attempt: Attempt,
+    engine: Any,
+    request: GenerationRequest,
+    checkpoints: JobCheckpoints,
+    resume: Any,
+    stream: FrameStream | None = None,
+) -> GenerationResult:
+    """The engine's result; with `stream`, the frames went into it (closed at the end, aborted on an error)."""
+    try:
+        result = _run_to_result(attempt, engine, request, checkpoints, resume, stream)
+    except BaseException:
+        if stream is not None:
+            stream.abort()
+        raise
+    if stream is not None:
+        stream.close()
+    return result
+
+
+def _run_to_result(
+    attempt: Attempt,
+    engine: Any,
+    request: GenerationRequest,
+    checkpoints: JobCheckpoints,
+    resume: Any,
+    stream: FrameStream | None,
 ) -> GenerationResult:
     every = attempt.ctx.settings.checkpoint_every_steps
     options = dict(on_progress=attempt.on_progress, checkpoint_every=every, on_checkpoint=checkpoints.offer)
+    if stream is not None:
+        options["on_frames"] = stream.put
     try:
         future: Future[GenerationResult] = engine.submit(request, resume_from=resume, **options)
     except CheckpointMismatch as exc:  # the job's parameters or the model changed since: start over
@@ -276,27 +363,27 @@ def _hand_back(attempt: Attempt, model: str, attempts: int, code: str, message: 
     return "released"
 
 
-def _store_video(attempt: Attempt, result: GenerationResult) -> tuple[dict[str, Any], dict[str, float]]:
-    """Encode and upload under the job's deterministic key; retries the upload with backoff."""
+def _store_video(
+    attempt: Attempt,
+    result: GenerationResult,
+    original: bytes | None = None,
+    encoding: Future[EncodedVideo] | None = None,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Encode and upload under the job's deterministic key, with the final latents beside it when the engine
+    returned them; retries the uploads with backoff. `original`: an MP4 whose frames go first (an extension
+    that includes the video it continues). `encoding`: the encoder the frames were streamed into."""
     started = time.perf_counter()
-    video = encode_mp4(result.frames, result.fps)
+    if encoding is not None:
+        video = _awaiting(attempt, encoding)
+    else:
+        frames: Iterable[Any] = result.frames
+        if original is not None:
+            frames = _chain(iter_mp4_frames(original), frames)
+        # Off the slot's thread, which keeps the lease: a long video's encoding may outlast a third of it.
+        video = _maintaining(attempt, lambda: encode_mp4(frames, result.fps))
     encoded = time.perf_counter()
     key = VideoStore.key_for(attempt.job_id)
-    last_error: Exception | None = None
-    for delay in _backoff(STORE_RETRIES):
-        try:
-            _maintaining(attempt, lambda: attempt.ctx.videos.put(key, video.data, video.content_type))
-            last_error = None
-            break
-        except Exception as exc:  # minio raises S3Error, urllib3 errors, OSError: all worth a retry
-            last_error = exc
-            if delay is None:
-                break
-            log.warning("job %s: upload failed (%s), retrying in %.1fs", attempt.job_id, exc, delay)
-            _sleep_maintaining(attempt, delay)
-    if last_error is not None:
-        raise TransientError(f"upload failed: {last_error}")
-    uploaded = time.perf_counter()
+    _retrying(attempt, lambda: attempt.ctx.videos.put(key, video.data, video.content_type), "upload")
     output = {
         "key": key,
         "content_type": video.content_type,
@@ -306,13 +393,41 @@ def _store_video(attempt: Attempt, result: GenerationResult) -> tuple[dict[str, 
         "height": video.height,
         "fps": video.fps,
     }
+    latents = getattr(result, "latents", None)
+    if latents is not None:
+        output |= _retrying(attempt, lambda: put_latents(attempt.ctx.videos, attempt.job_id, latents), "upload")
+    uploaded = time.perf_counter()
     return output, {"seconds_encoding": round(encoded - started, 4), "seconds_uploading": round(uploaded - encoded, 4)}
 
 
-def _maintaining(attempt: Attempt, call: Callable[[], None]) -> None:
+def _chain(*parts: Iterable[Any]) -> Iterable[Any]:
+    for part in parts:
+        yield from part
+
+
+def _retrying(attempt: Attempt, call: Callable[[], T], what: str) -> T:
+    """Run an upload while keeping the lease, retrying with backoff; TransientError when every try failed."""
+    last_error: Exception | None = None
+    for delay in _backoff(STORE_RETRIES):
+        try:
+            return _maintaining(attempt, call)
+        except Exception as exc:  # minio raises S3Error, urllib3 errors, OSError: all worth a retry
+            last_error = exc
+            if delay is None:
+                break
+            log.warning("job %s: %s failed (%s), retrying in %.1fs", attempt.job_id, what, exc, delay)
+            _sleep_maintaining(attempt, delay)
+    raise TransientError(f"{what} failed: {last_error}")
+
+
+def _maintaining(attempt: Attempt, call: Callable[[], T]) -> T:
     """Run a blocking call (an upload: minio retries inside it, a big video takes long) while this thread keeps
     the lease alive; an upload longer than the lease must not let the sweeper hand the job to another worker."""
-    future = _io_pool.submit(call)
+    return _awaiting(attempt, _io_pool.submit(call))
+
+
+def _awaiting(attempt: Attempt, future: Future[T]) -> T:
+    """The future's result, keeping the lease alive while it is not there yet."""
     while True:
         try:
             return future.result(timeout=TICK_SECONDS)

@@ -38,7 +38,14 @@ REGISTRY = """
 family = "wan"
 path = "tiny/wan"
 defaults = { num_frames = 9, height = 32, width = 32, num_inference_steps = 4, guidance_scale = 5.0, fps = 8 }
-limits = { max_frames = 33, max_height = 128, max_width = 128, max_steps = 50, max_prompt_chars = 200 }
+# Long videos up to 161 frames (20 s at 8 fps) from its native window of 33.
+[models.tiny-wan.limits]
+max_frames = 33
+max_long_frames = 161
+max_height = 128
+max_width = 128
+max_steps = 50
+max_prompt_chars = 200
 
 [models.tiny-ltx]
 family = "ltx"

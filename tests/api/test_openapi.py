@@ -83,6 +83,7 @@ def test_the_links_of_a_submitted_job_name_existing_operations(document: dict[st
         "cancelJob",
         "getJobContent",
         "listJobWebhooks",
+        "extendJob",
     }
     assert {link["operationId"] for link in links.values()} <= operation_ids
 
@@ -117,7 +118,11 @@ def test_each_models_body_shape_states_its_own_limits(document: dict[str, Any]) 
     wan = document["components"]["schemas"]["JobRequest.tiny-wan"]["properties"]
 
     assert ltx["num_frames"]["enum"] == [1, 9, 17, 25, 33, None]
-    assert wan["num_frames"]["enum"] == [1, 5, 9, 13, 17, 21, 25, 29, 33, None]
+    # tiny-wan makes long videos up to 161 frames; tiny-ltx (no long-video limit) stops at its window.
+    assert wan["num_frames"]["enum"] == [*range(1, 162, 4), None]
+    overlap = wan["long_video"]["anyOf"][0]["properties"]["overlap"]
+    assert (overlap["minimum"], overlap["maximum"], overlap["multipleOf"]) == (4, 28, 4)
+    assert wan["segments"]["items"]["properties"]["from_frame"]["maximum"] == 160
     assert (ltx["height"]["multipleOf"], ltx["height"]["minimum"], ltx["height"]["maximum"]) == (32, 32, 128)
     assert wan["width"]["multipleOf"] == 16
     assert wan["prompt"]["maxLength"] == 200
@@ -141,6 +146,33 @@ def test_every_body_the_schema_allows_at_its_bounds_is_accepted(client: FlaskCli
     }
 
     assert client.post("/v1/jobs", json=body).status_code == 202
+
+
+def test_a_long_body_at_the_schemas_bounds_is_accepted(client: FlaskClient, document: dict[str, Any]) -> None:
+    wan = document["components"]["schemas"]["JobRequest.tiny-wan"]["properties"]
+    long_video = wan["long_video"]["anyOf"][0]["properties"]
+    body = {
+        "model": "tiny-wan",
+        "prompt": "a red square moving right",
+        "num_frames": wan["num_frames"]["enum"][-2],
+        "long_video": {
+            "method": "continuation",
+            "overlap": long_video["overlap"]["maximum"],
+            "context_frames": long_video["context_frames"]["minimum"],
+            "color_match": long_video["color_match"]["maximum"],
+        },
+        "segments": [
+            {
+                "prompt": "it turns",
+                "from_frame": wan["segments"]["items"]["properties"]["from_frame"]["maximum"],
+            }
+        ],
+    }
+
+    response = client.post("/v1/jobs", json=body)
+
+    assert response.status_code == 202, response.get_json()
+    assert response.get_json()["params"]["long_video"] == body["long_video"]
 
 
 def test_the_job_schema_names_exactly_the_fields_a_job_has(

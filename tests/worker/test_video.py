@@ -1,14 +1,16 @@
-"""MP4 encoding: H.264 in yuv420p with the index first, decoding back to the frames that went in."""
+"""MP4 encoding: H.264 in yuv420p with the index first, decoding back to the frames that went in, whether they
+come as one array or streamed in chunks from another thread."""
 
 from __future__ import annotations
 
 import io
+import threading
 
 import av
 import numpy as np
 import pytest
 
-from worker.video import decode_mp4, encode_mp4
+from worker.video import EncodedVideo, FrameStream, StreamAborted, decode_mp4, encode_mp4
 
 
 def gradient(frames: int, height: int, width: int) -> np.ndarray:
@@ -63,3 +65,41 @@ def test_a_single_frame_makes_a_one_frame_video() -> None:
 def test_malformed_frames_are_rejected(frames: np.ndarray) -> None:
     with pytest.raises(ValueError):
         encode_mp4(frames, fps=8)
+
+
+def test_frames_streamed_in_chunks_encode_like_the_whole_array() -> None:
+    frames = gradient(9, 32, 48)
+    chunks = iter([frames[:1], frames[1:5], frames[5], frames[6:]])  # a streaming decode: 1, 4, single frames
+
+    streamed = encode_mp4(chunks, fps=8)
+
+    assert streamed.num_frames == 9 and decode_mp4(streamed.data).shape == (9, 32, 48, 3)
+    assert streamed.data == encode_mp4(frames, fps=8).data
+
+
+def test_a_frame_stream_is_read_in_order_until_closed_on_another_thread() -> None:
+    frames = gradient(9, 16, 16)
+    stream = FrameStream()
+    encoded: list[EncodedVideo] = []
+    encoder = threading.Thread(target=lambda: encoded.append(encode_mp4(stream, fps=8)))
+    encoder.start()
+    for start in range(0, 9, 4):
+        stream.put(frames[start : start + 4])
+    stream.close()
+    encoder.join(30)
+
+    assert encoded and encoded[0].num_frames == 9
+    assert encoded[0].data == encode_mp4(frames, fps=8).data
+
+
+def test_an_aborted_frame_stream_stops_its_encoder() -> None:
+    stream = FrameStream()
+    stream.put(gradient(4, 16, 16))
+    stream.abort()
+    with pytest.raises(StreamAborted):
+        encode_mp4(stream, fps=8)
+
+
+def test_frames_of_different_sizes_in_one_stream_are_rejected() -> None:
+    with pytest.raises(ValueError):
+        encode_mp4(iter([gradient(2, 16, 16), gradient(2, 16, 32)]), fps=8)
