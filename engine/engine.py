@@ -105,8 +105,7 @@ class Engine:
         self.adapter = adapter or adapter_class(spec.family).load(spec)
         if self.config.vae_tiling:
             self.adapter.enable_vae_tiling()
-        # The layer split still ships diffusers' block calls between stages: it keeps same-shape groups.
-        self.planner = Planner(self.adapter, self.config.max_rows, self.config.max_tokens, packed=spec.stages == 1)
+        self.planner = Planner(self.adapter, self.config.max_rows, self.config.max_tokens)
         self.runner: Runner
         if spec.stages > 1:
             from engine.layer_split import SplitRunner  # spawns the other stages' processes

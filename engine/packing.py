@@ -84,6 +84,48 @@ class PackedState:
         """The same rows with new hidden states, given per row as (1, n_row, D) in row order."""
         return replace(self, hidden=torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
 
+    def to_message(self) -> dict[str, Any]:
+        """Plain containers of tensors, for the layer split's transport."""
+        return {
+            "hidden": self.hidden,
+            "tokens": list(self.tokens.lengths),
+            "shapes": [list(s) for s in self.shapes],
+            "per_token": dict(self.per_token),
+            "per_row": dict(self.per_row),
+        }
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> PackedState:
+        return cls(
+            hidden=message["hidden"],
+            tokens=Segments(tuple(message["tokens"])),
+            shapes=[tuple(s) for s in message["shapes"]],
+            per_token=dict(message["per_token"]),
+            per_row={k: list(v) for k, v in message["per_row"].items()},
+        )
+
+
+def text_keys(projected: torch.Tensor, bias: torch.Tensor | None = None) -> dict[str, Any]:
+    """A cross-attention family's reusable text projections of one prompt (what `PackedForward.text_kv` returns).
+
+    `projected` (1, L', D) is the prompt's projected text, `bias` an optional (L',) logit bias per key; each block's
+    key and value are computed on first use (`block_kv`) and kept, so a request's cached entry serves every step.
+    A plain dict of tensors, so the layer split ships it as it is; a stage computes the blocks it holds.
+    """
+    return {"projected": projected, "bias": bias, "blocks": {}}
+
+
+def block_kv(entry: dict[str, Any], index: int, attn: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block `index`'s cross-attention key and value, (1, L', heads, d), from `text_keys`' entry (diffusers'
+    `Attention` naming: the key normalised across heads before the heads split, as Wan and LTX do)."""
+    kv = entry["blocks"].get(index)
+    if kv is None:
+        projected = entry["projected"]
+        key = attn.norm_k(attn.to_k(projected)).unflatten(2, (attn.heads, -1))
+        value = attn.to_v(projected).unflatten(2, (attn.heads, -1))
+        kv = entry["blocks"][index] = (key, value)
+    return kv
+
 
 class PackedForward(Protocol):
     """A family's transformer forward over packed rows, built on one loaded diffusers model's weights."""

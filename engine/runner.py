@@ -42,6 +42,46 @@ class Runner(Protocol):
     def close(self) -> None: ...
 
 
+def packed_rows(
+    adapter: FamilyAdapter, packed: PackedForward, seqs: list[Sequence], reuse_text: bool
+) -> tuple[list[PackedRow], list[list[int]]]:
+    """The forward's rows (each request's conditional row, then its unconditional one) and, per request, its rows.
+
+    With `reuse_text`, a request's text projections for this model are computed at its first step and kept in
+    `seq.extra["text_kv"]` for every other step (the engine drops them when the request finishes).
+    """
+    rows: list[PackedRow] = []
+    owned: list[list[int]] = []
+    for seq in seqs:
+        mine = []
+        positions = adapter.row_positions(seq)
+        for role, text in (("cond", seq.cond), ("uncond", seq.uncond)):
+            if text is None:
+                continue
+            kv = None
+            if reuse_text:
+                store = seq.extra.setdefault("text_kv", {})
+                key = ("packed", id(packed.model), role)
+                if key not in store:
+                    store[key] = packed.text_kv(text)
+                kv = store[key]
+            mine.append(len(rows))
+            rows.append(PackedRow(seq.latents, seq.timestep, text, text_kv=kv, positions=positions))
+        owned.append(mine)
+    return rows, owned
+
+
+def guide_rows(
+    adapter: FamilyAdapter, seqs: list[Sequence], owned: list[list[int]], outputs: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """Each request's own guidance over its own rows' outputs."""
+    preds = []
+    for seq, mine in zip(seqs, owned, strict=True):
+        uncond = outputs[mine[1]] if len(mine) > 1 else None
+        preds.append(adapter.guide(seq, outputs[mine[0]], uncond))
+    return preds
+
+
 class ModelRunner:
     def __init__(self, adapter: FamilyAdapter, text_kv_cache: bool = True) -> None:
         self.adapter = adapter
@@ -82,18 +122,7 @@ class ModelRunner:
 
     def _run_packed(self, batch: Batch, packed: PackedForward) -> ForwardResult:
         seqs = batch.seqs
-        rows: list[PackedRow] = []
-        owned: list[list[int]] = []  # per sequence, its rows
-        for seq in seqs:
-            mine = []
-            positions = self.adapter.row_positions(seq)
-            for role, text in (("cond", seq.cond), ("uncond", seq.uncond)):
-                if text is not None:
-                    mine.append(len(rows))
-                    kv = self._packed_text_kv(seq, role, packed)
-                    rows.append(PackedRow(seq.latents, seq.timestep, text, text_kv=kv, positions=positions))
-            owned.append(mine)
-
+        rows, owned = packed_rows(self.adapter, packed, seqs, self.text_kv_cache)
         state = packed.embed(rows)
         blocks = packed.num_blocks
         caches = [s.cache if s.cache is not None and s.cache.policy.policy == FIRST_BLOCK else None for s in seqs]
@@ -103,12 +132,7 @@ class ModelRunner:
         else:
             for index in range(blocks):
                 state = packed.block(index, state)
-        outputs = packed.head(state)
-
-        preds = []
-        for seq, mine in zip(seqs, owned, strict=True):
-            uncond = outputs[mine[1]] if len(mine) > 1 else None
-            preds.append(self.adapter.guide(seq, outputs[mine[0]], uncond))
+        preds = guide_rows(self.adapter, seqs, owned, packed.head(state))
         evaluations = [len(mine) * (1 if r else blocks) for mine, r in zip(owned, reused, strict=True)]
         return ForwardResult(preds, reused, evaluations, batch.tokens)
 
@@ -146,16 +170,6 @@ class ModelRunner:
             if cache is not None:
                 cache.tail_residual = (stacked(tail, [position[r] for r in mine]) - stacked(head, mine),)
         return head.with_rows_hidden(parts), reused
-
-    def _packed_text_kv(self, seq: Sequence, role: str, packed: PackedForward) -> object | None:
-        """A request's text projections for this model: computed at its first step, reused at every other."""
-        if not self.text_kv_cache:
-            return None
-        store = seq.extra.setdefault("text_kv", {})
-        key = ("packed", id(packed.model), role)
-        if key not in store:
-            store[key] = packed.text_kv(seq.cond if role == "cond" else seq.uncond)
-        return store[key]
 
     # --- same-shape groups through the diffusers model -------------------------------------------------
 

@@ -15,7 +15,7 @@ from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift, rescale_noise_
 
 from engine.attention import cross_attention, self_attention
 from engine.families.base import FamilyAdapter, ModelCall, TextEmbedding, stack_rows
-from engine.packing import PackedForward, PackedRow, PackedState, Segments
+from engine.packing import PackedForward, PackedRow, PackedState, Segments, block_kv, text_keys
 from engine.request import GenerationRequest
 from engine.sequence import Sequence
 
@@ -174,16 +174,9 @@ class LTXPackedForward:
         return true if true > 0 else text.length
 
     @torch.no_grad()
-    def text_kv(self, text: TextEmbedding) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], None]:
-        """Per block the cross-attention (key, value) of the prompt's true tokens, (1, L', heads, d); no bias."""
-        projected = self.model.caption_projection(text.embeds[:, : self.text_keys(text)])
-        kv = []
-        for block in self.model.transformer_blocks:
-            attn = block.attn2
-            key = attn.norm_k(attn.to_k(projected)).unflatten(2, (attn.heads, -1))
-            value = attn.to_v(projected).unflatten(2, (attn.heads, -1))
-            kv.append((key, value))
-        return kv, None
+    def text_kv(self, text: TextEmbedding) -> dict[str, Any]:
+        """The projected text of the prompt's true tokens (`engine.packing.text_keys`); no bias."""
+        return text_keys(self.model.caption_projection(text.embeds[:, : self.text_keys(text)]))
 
     def tokens(self, latent_shape: tuple[int, ...], text: TextEmbedding) -> int:
         return latent_shape[-2] + self.text_keys(text)
@@ -245,9 +238,9 @@ class LTXPackedForward:
 
     def _cross_attention(self, attn: Any, x: torch.Tensor, state: PackedState, index: int) -> torch.Tensor:
         query = attn.norm_q(attn.to_q(x)).unflatten(2, (attn.heads, -1))
-        rows = state.per_row["text_kv"]
-        keys = [kv[index][0] for kv, _ in rows]
-        values = [kv[index][1] for kv, _ in rows]
+        entries = state.per_row["text_kv"]
+        kv = [block_kv(entry, index, attn) for entry in entries]
+        keys, values = [k for k, _ in kv], [v for _, v in kv]
         out = cross_attention(query, state.tokens, keys, values).flatten(2, 3).to(query.dtype)
         return attn.to_out[1](attn.to_out[0](out))
 

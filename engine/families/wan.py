@@ -15,7 +15,7 @@ from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 
 from engine.attention import cross_attention, self_attention
 from engine.families.base import FamilyAdapter, ModelCall, TextEmbedding, stack_rows, trim_padding
-from engine.packing import PackedForward, PackedRow, PackedState, Segments
+from engine.packing import PackedForward, PackedRow, PackedState, Segments, block_kv, text_keys
 from engine.request import GenerationRequest
 from engine.sequence import Sequence
 
@@ -161,8 +161,8 @@ class WanPackedForward:
         return true, text.length - true
 
     @torch.no_grad()
-    def text_kv(self, text: TextEmbedding) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor | None]:
-        """Per block the cross-attention (key, value), (1, L', heads, d), and the keys' logit bias (or None).
+    def text_kv(self, text: TextEmbedding) -> dict[str, Any]:
+        """The prompt's projected text and keys' logit bias (`engine.packing.text_keys`).
 
         The pipeline zero-pads every prompt to max_sequence_length and cross-attention attends over those pads
         unmasked; every pad has the same key and value, so one pad key whose logit carries log(number of pads)
@@ -174,13 +174,7 @@ class WanPackedForward:
         if pads > 1:
             bias = projected.new_zeros(true + 1, dtype=torch.float32)
             bias[-1] = math.log(pads)
-        kv = []
-        for block in self.model.blocks:
-            attn = block.attn2
-            key = attn.norm_k(attn.to_k(projected)).unflatten(2, (attn.heads, -1))
-            value = attn.to_v(projected).unflatten(2, (attn.heads, -1))
-            kv.append((key, value))
-        return kv, bias
+        return text_keys(projected, bias)
 
     def tokens(self, latent_shape: tuple[int, ...], text: TextEmbedding) -> int:
         _, f, h, w = latent_shape[-4:]
@@ -266,10 +260,10 @@ class WanPackedForward:
 
     def _cross_attention(self, attn: Any, x: torch.Tensor, state: PackedState, index: int) -> torch.Tensor:
         query = attn.norm_q(attn.to_q(x)).unflatten(2, (attn.heads, -1))
-        rows = state.per_row["text_kv"]
-        keys = [kv[index][0] for kv, _ in rows]
-        values = [kv[index][1] for kv, _ in rows]
-        out = cross_attention(query, state.tokens, keys, values, [bias for _, bias in rows])
+        entries = state.per_row["text_kv"]
+        kv = [block_kv(entry, index, attn) for entry in entries]
+        keys, values = [k for k, _ in kv], [v for _, v in kv]
+        out = cross_attention(query, state.tokens, keys, values, [entry["bias"] for entry in entries])
         out = out.flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
 

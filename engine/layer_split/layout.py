@@ -12,6 +12,10 @@ from typing import Any
 
 import torch
 
+from engine.families.ltx import LTXPackedForward
+from engine.families.wan import WanPackedForward
+from engine.packing import PackedForward
+
 # (args, kwargs) of one block call: joint-attention families return (hidden, text) and both travel on.
 BlockCall = tuple[list[Any], dict[str, Any]]
 Tail = Callable[[torch.nn.Module, torch.Tensor, BlockCall, list[Any], tuple[int, ...]], torch.Tensor]
@@ -41,6 +45,8 @@ class Layout:
     # Outputs of head modules the output head needs besides the block arguments: (module, output index).
     extras: tuple[tuple[str, int], ...] = ()
     shared: tuple[str, ...] = ()  # small parameters every stage keeps (positional tables)
+    # The family's packed forward (engine.packing), when it has one: then stages pass a PackedState between blocks.
+    packed: Callable[[torch.nn.Module], PackedForward] | None = None
 
 
 def _wan_tail(model, hidden, call, extras, shape):
@@ -106,14 +112,24 @@ def _ltx_tail(model, hidden, call, extras, shape):
 
 
 LAYOUTS: dict[str, Layout] = {
-    "wan": Layout(("blocks",), ("norm_out", "proj_out", "scale_shift_table"), _wan_tail, (("condition_embedder", 0),)),
+    "wan": Layout(
+        ("blocks",),
+        ("norm_out", "proj_out", "scale_shift_table"),
+        _wan_tail,
+        (("condition_embedder", 0),),
+        packed=WanPackedForward,
+    ),
     "cogvideox": Layout(("transformer_blocks",), ("norm_final", "norm_out", "proj_out"), _cogvideox_tail),
     "hunyuanvideo": Layout(
         ("transformer_blocks", "single_transformer_blocks"), ("norm_out", "proj_out"), _hunyuan_tail
     ),
     "mochi": Layout(("transformer_blocks",), ("norm_out", "proj_out"), _mochi_tail, shared=("pos_frequencies",)),
     "ltx": Layout(
-        ("transformer_blocks",), ("norm_out", "proj_out", "scale_shift_table"), _ltx_tail, (("time_embed", 1),)
+        ("transformer_blocks",),
+        ("norm_out", "proj_out", "scale_shift_table"),
+        _ltx_tail,
+        (("time_embed", 1),),
+        packed=LTXPackedForward,
     ),
 }
 

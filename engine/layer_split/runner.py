@@ -23,7 +23,7 @@ from engine.layer_split.stage import StageModel, StageSpec, encode_rope_call, st
 from engine.layer_split.transport import Channel, checked_wait, make_group
 from engine.planner import Batch
 from engine.request import EngineError
-from engine.runner import ForwardResult
+from engine.runner import ForwardResult, guide_rows, packed_rows
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,8 @@ class SplitRunner:
             threads=torch.get_num_threads(),
         )
         self.stage0 = StageModel(self.models, self.layout, self.plans, 0, self.devices[0])
+        # Packing families ship a PackedState between stages: one micro-batch holds rows of any shape.
+        self.packed = adapter.packs and self.layout.packed is not None
         self._captured: dict[str, Any] = {}
         self._install_capture()
         self._procs: list[multiprocessing.Process] = []
@@ -197,6 +199,8 @@ class SplitRunner:
 
     def _head(self, tag: int, batch: Batch) -> dict[str, Any]:
         """Stage 0's part of one forward: the model's own embeddings, then its blocks; the message for stage 1."""
+        if self.packed:
+            return self._head_packed(tag, batch)
         call = self.adapter.model_call(batch.seqs)
         index = next(i for i, m in enumerate(self.models) if m is call.model)
         model = call.model
@@ -225,6 +229,19 @@ class SplitRunner:
             "shape": tuple(latent.shape),
         }
         return message
+
+    def _head_packed(self, tag: int, batch: Batch) -> dict[str, Any]:
+        """The packed forward's embedding and stage 0's blocks; the PackedState travels on."""
+        index = self.adapter.expert(batch.seqs[0])
+        packed = self.adapter.packed_forward(self.models[index])
+        rows, _ = packed_rows(self.adapter, packed, batch.seqs, reuse_text=True)
+        state = packed.embed(rows)
+        for block in self.plans[index].ranges[0]:
+            state = packed.block(block, state)
+        message = state.to_message()
+        if "text_kv" in message["per_row"]:  # each stage computes its own blocks' text keys from the projection
+            message["per_row"]["text_kv"] = [{**e, "blocks": {}} for e in message["per_row"]["text_kv"]]
+        return {"op": "forward", "tag": tag, "model": index, "packed": message}
 
     @torch.no_grad()
     def run(self, batch: Batch) -> ForwardResult:
@@ -276,11 +293,19 @@ class SplitRunner:
         self.forwards += len(batches)
         return [self._guide(batch, outputs[tag]) for tag, batch in enumerate(batches)]
 
-    def _guide(self, batch: Batch, output: torch.Tensor) -> ForwardResult:
-        """Each request's own guidance on its own rows (conditional rows first, then unconditional), as ModelRunner."""
+    def _guide(self, batch: Batch, output: torch.Tensor | list[torch.Tensor]) -> ForwardResult:
+        """Each request's own guidance on its own rows, as ModelRunner (packed: a request's rows are neighbours;
+        otherwise conditional rows first, then unconditional)."""
         seqs = batch.seqs
         n = len(seqs)
         blocks = len(blocks_of(self.models[0], self.layout))
+        if isinstance(output, list):
+            owned, row = [], 0
+            for seq in seqs:
+                owned.append(list(range(row, row + seq.rows)))
+                row += seq.rows
+            preds = guide_rows(self.adapter, seqs, owned, output)
+            return ForwardResult(preds, [False] * n, [seq.rows * blocks for seq in seqs], batch.tokens)
         preds, u = [], n
         for i, seq in enumerate(seqs):
             uncond = None

@@ -19,6 +19,7 @@ import torch
 from engine.layer_split.checkpoint import SplitPlan, load_stage, resident_bytes
 from engine.layer_split.layout import LAYOUTS, BlockCall, Layout, blocks_of
 from engine.layer_split.transport import Channel, make_group
+from engine.packing import PackedState
 
 ROPE = "<rope: recomputed from the shape header>"  # stands in for rotary tables in a block call on the wire
 
@@ -77,8 +78,22 @@ class StageModel:
         self.models, self.layout, self.plans, self.stage = models, layout, plans, stage
         self.device = torch.device(device)
         self.blocks = [blocks_of(m, layout) for m in models]
+        self.packed = [layout.packed(m) for m in models] if layout.packed is not None else None
         self.last = stage == len(plans[0].ranges) - 1
         self.busy_s = 0.0
+
+    @torch.no_grad()
+    def run_packed(self, message: dict[str, Any]) -> dict[str, Any] | list[torch.Tensor]:
+        """This stage's blocks over a received PackedState; the message on, or each row's output on the last."""
+        start = time.perf_counter()
+        index = message["model"]
+        packed = self.packed[index]
+        state = PackedState.from_message(message["packed"])
+        for block in self.plans[index].ranges[self.stage]:
+            state = packed.block(block, state)
+        out = packed.head(state) if self.last else {**message, "packed": state.to_message()}
+        self.busy_s += time.perf_counter() - start
+        return out
 
     @torch.no_grad()
     def run(self, message: dict[str, Any]) -> dict[str, Any] | torch.Tensor:
@@ -168,7 +183,7 @@ def stage_main(rank: int, world: int, port: int, spec: StageSpec) -> None:
         message = channel.recv(rank - 1)
         op = message["op"]
         if op == "forward":
-            result = stage.run(message)
+            result = stage.run_packed(message) if "packed" in message else stage.run(message)
             if stage.last:
                 channel.send({"op": "output", "tag": message["tag"], "output": result}, 0)
             else:
