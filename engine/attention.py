@@ -5,10 +5,11 @@ shape) into one sequence; attention must still see only each row's own tokens. `
 tokens lie; `self_attention` is block-diagonal over them and `cross_attention` gives each row its own keys.
 
 Kernels. CPU: one SDPA call per run of equal-length neighbouring rows (a request's conditional and unconditional
-rows are neighbours of equal length). Measured on this 2-core CPU (16 rows of 20-96 tokens, 6 heads x 48, torch
-2.13): per-row SDPA 1.0x, a dense block-diagonal mask 0.55x the time at this size but quadratic in all tokens
-(10k tokens: a 100M-entry mask), torch.nested jagged SDPA 7x slower, FlexAttention without compile 4x slower
-(it materialises the full score matrix). Per-row SDPA also gives bit-for-bit the numbers of a request run alone.
+rows are neighbours of equal length). Measured on the 2-core CPU (16 rows of 20-96 tokens, 6 heads x 48, torch
+2.13, a busy machine: load average 11): against per-row SDPA, a dense block-diagonal mask took 0.55x the time at
+this size but grows with the square of all tokens (10k tokens: a 100M-entry mask), torch.nested jagged SDPA 7x
+and FlexAttention without compile 4x (it materialises the full score matrix). Per-row SDPA also gives the
+numbers of a request run alone, bit for bit.
 CUDA: FlashAttention's varlen kernel when `flash_attn` is importable and the dtype is half precision, else the
 per-row SDPA calls.
 """

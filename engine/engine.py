@@ -206,7 +206,8 @@ class Engine:
         requests = list(requests)
         for request in requests:
             self.check(request)  # all or nothing: reject before any of them computes
-        futures = [self.submit(r) for r in requests]
+        with self._lock:  # re-entrant: the loop cannot start an iteration between two of these submits
+            futures = [self.submit(r) for r in requests]
         if not self.config.background:
             while not all(f.done() for f in futures):
                 self.step()

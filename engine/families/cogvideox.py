@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import CogVideoXDPMScheduler
+from diffusers.models.embeddings import get_3d_rotary_pos_embed
+from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
 
 from engine.attention import self_attention
 from engine.families.base import FamilyAdapter, ModelCall, TextEmbedding, stack_rows
@@ -37,7 +39,8 @@ class CogVideoXAdapter(FamilyAdapter):
         self.temporal_factor = pipe.vae_scale_factor_temporal
         self.text_dtype = pipe.text_encoder.dtype
         self._rotary: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._packed = CogVideoXPackedForward(self.transformer, pipe) if CogVideoXPackedForward.supports(pipe) else None
+        supported = CogVideoXPackedForward.supports(self.transformer)
+        self._packed = CogVideoXPackedForward(self.transformer) if supported else None
 
     def packed_forward(self, model: torch.nn.Module) -> PackedForward | None:
         return self._packed if model is self.transformer else None
@@ -163,16 +166,14 @@ class CogVideoXPackedForward:
     Rows keep the model's latent layout: `PackedRow.latents` and `PackedState.shapes` are (F, C, H, W).
     """
 
-    def __init__(self, model: torch.nn.Module, pipe: Any) -> None:
+    def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
         self.num_blocks = len(model.transformer_blocks)
-        self.pipe = pipe  # its rotary tables (`_prepare_rotary_positional_embeddings`) take pixel sizes
         self._positions: dict[tuple[int, ...], tuple[torch.Tensor, ...]] = {}
 
     @staticmethod
-    def supports(pipe: Any) -> bool:
+    def supports(model: torch.nn.Module) -> bool:
         """Text-to-video CogVideoX with diffusers' own attention: no `ofs` (image-to-video) input, no fused QKV."""
-        model = pipe.transformer
         fused = any(getattr(block.attn1, "fused_projections", False) for block in model.transformer_blocks)
         return model.ofs_embedding is None and not fused
 
@@ -199,8 +200,7 @@ class CogVideoXPackedForward:
             f, _, h, w = shape
             embed = self.model.patch_embed
             if self.model.config.use_rotary_positional_embeddings:
-                s = self.pipe.vae_scale_factor_spatial
-                self._positions[shape] = tuple(self.pipe._prepare_rotary_positional_embeddings(h * s, w * s, f, device))
+                self._positions[shape] = self._rotary(f, h, w, device)
             else:
                 frames = (f - 1) * embed.temporal_compression_ratio + 1
                 if (embed.sample_height, embed.sample_width, embed.sample_frames) == (h, w, frames):
@@ -209,6 +209,27 @@ class CogVideoXPackedForward:
                     table = embed._get_positional_embeddings(h, w, frames, device=device)
                 self._positions[shape] = (table[0, embed.max_text_seq_length :],)
         return self._positions[shape]
+
+    def _rotary(self, frames: int, height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rotary tables `CogVideoXPipeline._prepare_rotary_positional_embeddings` gives a latent grid."""
+        config = self.model.config
+        p, pt = config.patch_size, config.patch_size_t
+        grid = (height // p, width // p)
+        base_height, base_width = config.sample_height // p, config.sample_width // p
+        if pt is None:  # CogVideoX 1.0: the grid cropped into the base grid
+            crops = get_resize_crop_region_for_grid(grid, base_width, base_height)
+            tables = get_3d_rotary_pos_embed(config.attention_head_dim, crops, grid, frames, device=device)
+        else:  # CogVideoX 1.5: a slice of the base grid, time in patches of p_t
+            tables = get_3d_rotary_pos_embed(
+                config.attention_head_dim,
+                None,
+                grid,
+                (frames + pt - 1) // pt,
+                grid_type="slice",
+                max_size=(base_height, base_width),
+                device=device,
+            )
+        return tuple(tables)
 
     def _patches(self, latents: torch.Tensor) -> torch.Tensor:
         """(F, C, H, W) -> (n, C*p*p) (or 1.5's (n, p_t*C*p*p)), in the token order of the patch embedder."""

@@ -12,7 +12,9 @@ from typing import Any
 
 import torch
 
+from engine.families.cogvideox import CogVideoXPackedForward
 from engine.families.ltx import LTXPackedForward
+from engine.families.mochi import MochiPackedForward
 from engine.families.wan import WanPackedForward
 from engine.packing import PackedForward
 
@@ -119,11 +121,22 @@ LAYOUTS: dict[str, Layout] = {
         (("condition_embedder", 0),),
         packed=WanPackedForward,
     ),
-    "cogvideox": Layout(("transformer_blocks",), ("norm_final", "norm_out", "proj_out"), _cogvideox_tail),
+    "cogvideox": Layout(
+        ("transformer_blocks",),
+        ("norm_final", "norm_out", "proj_out"),
+        _cogvideox_tail,
+        packed=CogVideoXPackedForward,
+    ),
     "hunyuanvideo": Layout(
         ("transformer_blocks", "single_transformer_blocks"), ("norm_out", "proj_out"), _hunyuan_tail
     ),
-    "mochi": Layout(("transformer_blocks",), ("norm_out", "proj_out"), _mochi_tail, shared=("pos_frequencies",)),
+    "mochi": Layout(
+        ("transformer_blocks",),
+        ("norm_out", "proj_out"),
+        _mochi_tail,
+        shared=("pos_frequencies",),
+        packed=MochiPackedForward,
+    ),
     "ltx": Layout(
         ("transformer_blocks",),
         ("norm_out", "proj_out", "scale_shift_table"),

@@ -135,15 +135,17 @@ def test_a_model_directory_that_is_missing_raises_model_unavailable(specs, tmp_p
 
 
 def test_a_forward_that_fails_fails_only_the_requests_it_held(specs, make_request):
-    with Engine(specs["wan"], background=False) as fresh:
-        original = fresh.adapter.model_call
+    # max_rows=2: each guided request fills a packed forward of its own.
+    with Engine(specs["wan"], background=False, max_rows=2) as fresh:
+        packed = fresh.adapter.packed_forward(fresh.adapter.transformer)
+        original = packed.embed
 
-        def fail_wide_videos(seqs):
-            if seqs[0].request.width == 48:
+        def fail_wide_videos(rows):
+            if rows[0].latents.shape[-1] == 48 // fresh.adapter.pipe.vae_scale_factor_spatial:
                 raise RuntimeError("out of memory")
-            return original(seqs)
+            return original(rows)
 
-        fresh.adapter.model_call = fail_wide_videos
+        packed.embed = fail_wide_videos
         wide = fresh.submit(make_request("wan", "wide", width=48))
         narrow = fresh.submit(make_request("wan", "narrow"))
         while not (wide.done() and narrow.done()):

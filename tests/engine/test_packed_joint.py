@@ -93,7 +93,7 @@ def test_cogvideox_rows_of_different_shapes_equal_the_transformer_alone(variant,
                 rotary = pipe._prepare_rotary_positional_embeddings(h * s, w * s, f, x.device)
             kwargs = dict(encoder_hidden_states=text.embeds, timestep=timesteps[i : i + 1], image_rotary_emb=rotary)
             expected.append(model(hidden_states=x, **kwargs, return_dict=False)[0])
-        packed = CogVideoXPackedForward(model, pipe)
+        packed = CogVideoXPackedForward(model)
         rows = [PackedRow(x, timesteps[i], text) for i, (x, text) in enumerate(zip(latents, texts, strict=True))]
         outputs = run_packed(packed, rows)
     finally:
