@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -274,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         print(breakdown)
         lines = "\n".join(filter(None, [lines, mixed_lines]))
         if args.output:
-            command = " ".join(["python -m engine.bench", *(argv if argv is not None else sys.argv[1:])])
+            command = "python -m engine.bench " + shlex.join(argv if argv is not None else sys.argv[1:])
             body = mixed_report.section(
                 mixed,
                 peaks,
