@@ -69,6 +69,8 @@ def extend_job(job_id: str) -> tuple[Response, int, dict[str, str]]:
     submission = parse_extension(body, source, svc.registry)
     if submission.webhook_url is not None:
         check_webhook_target(submission.webhook_url)
+    if submission.priority == "high" and not caller.allows(PRIORITY_SCOPE):
+        raise Forbidden(PRIORITY_SCOPE, field="priority")
     job = svc.jobs.create(
         api_key_id=caller.api_key_id,
         max_active_jobs=caller.job_limit(svc.settings.max_concurrent_jobs_per_key),
@@ -79,6 +81,7 @@ def extend_job(job_id: str) -> tuple[Response, int, dict[str, str]]:
         metadata=submission.metadata,
         webhook_events=submission.webhook_events,
         idempotency_record_id=claimed_record_id(),
+        priority=PRIORITIES[submission.priority],
     )
     svc.publish(job)
     return _accepted(job)

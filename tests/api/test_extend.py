@@ -276,3 +276,25 @@ def test_deleting_a_video_deletes_its_kept_latents_too(
     assert client.delete(f"/v1/videos/{job['id']}").status_code == 200
 
     assert videos.get_if_exists(mp4) is None and videos.get_if_exists(latents) is None
+
+
+def test_an_extension_takes_a_priority_and_high_needs_the_priority_scope(
+    auth_client: FlaskClient, make_key: MakeKey, store: JobStore
+) -> None:
+    plain, trusted = make_key(), make_key("jobs:read", "jobs:write", "jobs:priority")
+    created = auth_client.post("/v1/jobs", json={"model": "tiny-wan", "prompt": "mine"}, headers=trusted.headers)
+    job_id = created.get_json()["id"]
+    finish(store, job_id)
+    path = f"/v1/jobs/{job_id}/extend"
+
+    low = auth_client.post(path, json={"prompt": "more", "priority": "low"}, headers=trusted.headers)
+    high = auth_client.post(path, json={"prompt": "more", "priority": "high"}, headers=trusted.headers)
+
+    assert low.status_code == 202 and low.get_json()["priority"] == "low"
+    assert high.status_code == 202 and high.get_json()["priority"] == "high"
+    plain_job = auth_client.post("/v1/jobs", json={"model": "tiny-wan", "prompt": "x"}, headers=plain.headers)
+    plain_id = plain_job.get_json()["id"]
+    finish(store, plain_id)
+    body = {"prompt": "more", "priority": "high"}
+    refused = auth_client.post(f"/v1/jobs/{plain_id}/extend", json=body, headers=plain.headers)
+    assert refused.status_code == 403 and error(refused)["field"] == "priority"
