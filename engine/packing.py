@@ -48,6 +48,8 @@ class PackedRow:
     text_kv: Any = None
     # What places the row's tokens where its latents do not say (`FamilyAdapter.row_positions`), else None.
     positions: Any = None
+    # The request's guidance scale, for families whose transformer embeds it (guidance-distilled HunyuanVideo).
+    guidance: float | None = None
 
 
 @dataclass

@@ -66,7 +66,16 @@ def packed_rows(
                     store[key] = packed.text_kv(text)
                 kv = store[key]
             mine.append(len(rows))
-            rows.append(PackedRow(seq.latents, seq.timestep, text, text_kv=kv, positions=positions))
+            rows.append(
+                PackedRow(
+                    seq.latents,
+                    seq.timestep,
+                    text,
+                    text_kv=kv,
+                    positions=positions,
+                    guidance=seq.request.guidance_scale,
+                )
+            )
         owned.append(mine)
     return rows, owned
 

@@ -7,7 +7,7 @@ a CLIP pooled vector, linear sigmas, and the guidance scale fed to the transform
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -140,14 +140,8 @@ class HunyuanVideoAdapter(FamilyAdapter):
 
 
 def _packs(model: torch.nn.Module) -> bool:
-    """Whether the engine can serve this transformer packed.
-
-    Text-to-video only (no image condition), and the guidance-distilled model needs each row's guidance scale,
-    which a `PackedRow` carries only once the contract has its `guidance` field.
-    """
-    if model.config.image_condition_type is not None:
-        return False
-    return model.time_text_embed.guidance_embedder is None or "guidance" in {f.name for f in fields(PackedRow)}
+    """Whether the engine can serve this transformer packed: text-to-video only (no image condition)."""
+    return model.config.image_condition_type is None
 
 
 @dataclass
@@ -278,7 +272,7 @@ class HunyuanVideoPackedForward:
         guidance = None
         if model.time_text_embed.guidance_embedder is not None:
             # The pipeline embeds its guidance scale x 1000, in the transformer's dtype.
-            scales = [getattr(row, "guidance", None) for row in rows]
+            scales = [row.guidance for row in rows]
             if any(scale is None for scale in scales):
                 raise ValueError("HunyuanVideo's guidance-distilled transformer needs each row's guidance scale")
             guidance = torch.tensor(scales, dtype=pooled.dtype, device=pooled.device) * 1000.0

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from engine.families.cogvideox import CogVideoXPackedForward
+from engine.families.hunyuanvideo import HunyuanVideoPackedForward
 from engine.families.ltx import LTXPackedForward
 from engine.families.mochi import MochiPackedForward
 from engine.families.wan import WanPackedForward
@@ -128,7 +129,10 @@ LAYOUTS: dict[str, Layout] = {
         packed=CogVideoXPackedForward,
     ),
     "hunyuanvideo": Layout(
-        ("transformer_blocks", "single_transformer_blocks"), ("norm_out", "proj_out"), _hunyuan_tail
+        ("transformer_blocks", "single_transformer_blocks"),
+        ("norm_out", "proj_out"),
+        _hunyuan_tail,
+        packed=HunyuanVideoPackedForward,
     ),
     "mochi": Layout(
         ("transformer_blocks",),

@@ -17,10 +17,6 @@ TOLERANCE = 1e-5  # float32, max abs difference on decoded frames in [0, 1]
 # Per family: a second frame count and size that its rules allow.
 OTHER_FRAMES = {"cogvideox": 17, "mochi": 13, "hunyuanvideo": 5}
 
-# The guidance-distilled HunyuanVideo embeds each request's guidance scale: a packed row must carry it, and
-# `PackedRow` has no such field yet (engine/packing.py), so its adapter keeps same-shape groups until it does.
-NEEDS_ROW_GUIDANCE = pytest.mark.xfail(strict=True, reason="PackedRow carries no guidance scale yet")
-
 
 def family_of(name: str) -> str:
     return name.split("-")[0]  # "cogvideox-dpm" and "hunyuanvideo-true-cfg" are variants of their family
@@ -55,8 +51,8 @@ def mixed_requests(name: str, make_request) -> list:
         "cogvideox",
         "cogvideox-dpm",  # CogVideoX 1.5's DPM scheduler and dynamic CFG
         "mochi",
-        pytest.param("hunyuanvideo", marks=NEEDS_ROW_GUIDANCE),
-        pytest.param("hunyuanvideo-true-cfg", marks=NEEDS_ROW_GUIDANCE),  # unconditional rows too
+        "hunyuanvideo",
+        "hunyuanvideo-true-cfg",  # unconditional rows too
     ],
 )
 def test_requests_of_every_shape_share_one_forward_and_each_equals_diffusers_and_itself_alone(
@@ -94,9 +90,7 @@ def test_requests_of_every_shape_share_one_forward_and_each_equals_diffusers_and
         assert np.abs(result.frames - single.frames).max() <= TOLERANCE, request.id
 
 
-@pytest.mark.parametrize(
-    "name", ["cogvideox", "mochi", pytest.param("hunyuanvideo-true-cfg", marks=NEEDS_ROW_GUIDANCE)]
-)
+@pytest.mark.parametrize("name", ["cogvideox", "mochi", "hunyuanvideo-true-cfg"])
 def test_a_checkpoint_taken_in_a_packed_forward_resumes_among_mates_of_other_shapes(name, specs, make_request):
     from engine.checkpoint import Checkpoint
 
