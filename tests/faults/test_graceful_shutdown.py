@@ -20,7 +20,6 @@ from conftest import (
     wait_held,
     wait_terminal,
 )
-from service_harness import wait_until
 
 from vidserve.processes import ManagedProcess
 
@@ -52,7 +51,8 @@ def test_sigterm_finishes_short_jobs_and_hands_back_long_ones(
     assert GRACE_SECONDS - 0.5 < took < GRACE_SECONDS + 15, took  # waited for the grace period, not forever
 
     start_worker(faults, processes, gated_settings(faults))
-    wait_until(lambda: job(faults, long)["attempts"] == 2, 60, interval=0.1, what="the next worker to take it")
+    wait_held(faults, [long], STEPS)  # the next worker took it and holds it at the gate again
+    assert job(faults, long)["attempts"] == 2
     assert requests.post(f"{faults.api_url}/v1/jobs/{long}/cancel", timeout=30).status_code == 202
-    assert wait_terminal(faults, [long], timeout=30)[long]["status"] == "canceled"
+    assert wait_terminal(faults, [long], timeout=120)[long]["status"] == "canceled"
     assert event_types(faults, long) == ["job.queued", "job.running", "job.requeued", "job.running", "job.canceled"]
