@@ -268,10 +268,20 @@ def processes(faults: Services) -> Iterator[list[ManagedProcess]]:
     """Workers a test starts; whatever is left is stopped (SIGTERM, then SIGKILL) at its end."""
     started: list[ManagedProcess] = []
     yield started
+    # What a test leaves unfinished (a job still held at the gate, handed back, queued) must not take the next
+    # test's worker slots: cancel it before the workers stop (they see the flag) and once more after.
+    _cancel_unfinished(faults.store)
     for proc in started:
         proc.terminate()
     for proc in started:
         proc.stop(timeout=30)
+    _cancel_unfinished(faults.store)
+
+
+def _cancel_unfinished(store: JobStore) -> None:
+    for status in ("queued", "running"):
+        for row in store.list(status=status, limit=500):
+            store.cancel(row.id)
 
 
 def start_worker(

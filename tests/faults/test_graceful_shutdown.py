@@ -20,7 +20,6 @@ from conftest import (
     wait_held,
     wait_terminal,
 )
-from service_harness import wait_until
 
 from vidserve.processes import ManagedProcess
 
@@ -41,7 +40,8 @@ def test_sigterm_finishes_short_jobs_and_hands_back_long_ones(
     first.terminate()  # SIGTERM: Celery's warm shutdown
     for job_id in short:
         faults.gate.release(job_id)  # they finish within the grace period
-    assert first.process.wait(GRACE_SECONDS + 20) == 0
+    # The bound is generous (a loaded machine stops slowly); what matters is the grace period's lower bound below.
+    assert first.process.wait(GRACE_SECONDS + 60) == 0
     took = time.monotonic() - asked
 
     done = wait_terminal(faults, short, timeout=5)
@@ -49,10 +49,11 @@ def test_sigterm_finishes_short_jobs_and_hands_back_long_ones(
     handed_back = job(faults, long)
     assert handed_back["status"] == "queued", handed_back
     assert faults.store.events(long)[-1].detail == {"reason": "worker shutdown"}
-    assert GRACE_SECONDS - 0.5 < took < GRACE_SECONDS + 15, took  # waited for the grace period, not forever
+    assert GRACE_SECONDS - 0.5 < took < GRACE_SECONDS + 60, took  # waited for the grace period, not forever
 
     start_worker(faults, processes, gated_settings(faults))
-    wait_until(lambda: job(faults, long)["attempts"] == 2, 60, interval=0.1, what="the next worker to take it")
+    wait_held(faults, [long], STEPS)  # the next worker took it and holds it at the gate again
+    assert job(faults, long)["attempts"] == 2
     assert requests.post(f"{faults.api_url}/v1/jobs/{long}/cancel", timeout=30).status_code == 202
-    assert wait_terminal(faults, [long], timeout=30)[long]["status"] == "canceled"
+    assert wait_terminal(faults, [long], timeout=120)[long]["status"] == "canceled"
     assert event_types(faults, long) == ["job.queued", "job.running", "job.requeued", "job.running", "job.canceled"]
