@@ -53,7 +53,7 @@ def stack(e2e_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> I
     finally:
         for proc in started:
             proc.terminate()
-        codes = {proc.name: proc.stop() for proc in started}
+        codes = {proc.name: proc.stop(timeout=60) for proc in started}
     # A clean stop is part of the contract: Ctrl-C / SIGTERM must not leave a crashed worker behind.
     assert all(code == 0 for name, code in codes.items() if name != "api"), codes
 
