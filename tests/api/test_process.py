@@ -39,7 +39,8 @@ def gunicorn(api_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 90  # a deadline, not a wait: two gunicorn workers start slowly under load
+        # Two gunicorn workers importing the app: seconds on a quiet machine, more than 20 s under heavy load.
+        deadline = time.monotonic() + 90
         while True:
             assert process.poll() is None, log.read_text()
             try:
