@@ -6,6 +6,7 @@ their own process groups against the suite's Postgres database, Redis DB and S3 
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
 import json
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from vidserve.jobs import JobStore
 from vidserve.processes import ManagedProcess, vidserve_command
@@ -333,3 +335,14 @@ def require(available: bool, what: str) -> None:
     if os.environ.get("VIDSERVE_REQUIRE_ALL") == "1":
         pytest.fail(f"{what} (VIDSERVE_REQUIRE_ALL=1: required here)", pytrace=False)
     pytest.skip(what)
+
+
+def queued_messages(settings: Settings, queue: str) -> list[tuple[str, list[str]]]:
+    """(task name, args) of every message waiting in a Celery queue on Redis."""
+    client = redis.Redis.from_url(settings.redis_url)
+    messages = []
+    for raw in client.lrange(settings.redis_prefix + queue, 0, -1):
+        envelope = json.loads(raw)
+        args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+        messages.append((envelope["headers"]["task"], args))
+    return messages

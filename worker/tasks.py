@@ -32,6 +32,7 @@ from engine.request import (
 )
 from vidserve.jobs import JobNotFound
 from vidserve.queue import announce_job
+from vidserve.schema import JobStatus
 from vidserve.storage import VideoStore
 from worker.checkpoints import JobCheckpoints
 from worker.context import WorkerContext
@@ -141,6 +142,8 @@ def generate(ctx: WorkerContext, job_id: str, model: str | None = None) -> str:
         return "skipped"
     attempt = Attempt(ctx, str(job.id), owner)
     log.info("job %s: claimed by %s (attempt %d, model %s, woken by %s)", job.id, owner, job.attempts, model, job_id)
+    if str(job.id) != str(job_id):
+        _pass_on_wake_up(ctx, job_id, model)
     checkpoints = JobCheckpoints(ctx.videos, attempt.job_id)
     outcome = "lost"
     try:
@@ -151,6 +154,20 @@ def generate(ctx: WorkerContext, job_id: str, model: str | None = None) -> str:
             checkpoints.discard()
         else:  # handed back or taken over: the next attempt resumes from the checkpoint
             checkpoints.close()
+
+
+def _pass_on_wake_up(ctx: WorkerContext, job_id: str, model: str) -> None:
+    """This wake-up went to a fairer job: publish a new one for the job it named, if that job still waits.
+
+    Without it a queued job whose wake-up was spent on another job waits for the other job's own message, and
+    that message may be gone (consumed by a worker that stopped, or declined on the way out): the job would stay
+    queued with nothing left to wake a worker for it. A spare wake-up finds nothing to claim and is dropped.
+    """
+    try:
+        if ctx.store.get(job_id).status == JobStatus.QUEUED:
+            announce_job(ctx.celery, ctx.store, job_id, model)
+    except JobNotFound:
+        pass
 
 
 def _attempt(attempt: Attempt, job: Any, checkpoints: JobCheckpoints) -> str:

@@ -12,8 +12,9 @@ import uuid
 from typing import Any
 
 import pytest
-from service_harness import LONG_JOB, SERVED_MODEL, UNSERVED_MODEL, wait_until
+from service_harness import LONG_JOB, SERVED_MODEL, UNSERVED_MODEL, queued_messages, wait_until
 
+from vidserve.queue import GENERATE_TASK, queue_for
 from vidserve.schema import JobStatus
 from worker import tasks
 from worker.context import WorkerContext
@@ -72,6 +73,21 @@ def test_a_worker_shutting_down_declines_a_new_job_and_leaves_it_queued(ctx: Wor
     job = ctx.store.get(job_id)
     assert job.status == JobStatus.QUEUED and job.attempts == 0 and job.lease_owner is None
     assert events(ctx, job_id) == ["job.queued"]
+    ctx.store.cancel(job_id)  # the fair queue would hand it to the next test's wake-up
+
+
+def test_a_wake_up_spent_on_a_fairer_job_is_passed_on_to_the_job_it_named(ctx: WorkerContext) -> None:
+    # The older job is first in the fair order; its own message is gone (e.g. taken by a worker that stopped).
+    older = create_job(ctx, prompt="a dog in the snow")
+    named = create_job(ctx, prompt="a cat in the rain")
+    queue = queue_for(SERVED_MODEL)
+    before = queued_messages(ctx.settings, queue)
+    assert tasks.generate(ctx, named) == "succeeded"
+    assert ctx.store.get(older).status == JobStatus.SUCCEEDED
+    assert ctx.store.get(named).status == JobStatus.QUEUED
+    assert queued_messages(ctx.settings, queue)[len(before) :] == [(GENERATE_TASK, [named, SERVED_MODEL])]
+    assert tasks.generate(ctx, named) == "succeeded"  # that wake-up runs it
+    assert ctx.store.get(named).status == JobStatus.SUCCEEDED
 
 
 def test_a_message_for_an_unknown_job_is_dropped(ctx: WorkerContext) -> None:

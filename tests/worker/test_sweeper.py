@@ -5,15 +5,13 @@ Messages land in the suite's real Redis DB; the test reads them back from the qu
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import json
 import uuid
 from collections.abc import Iterator
 
 import pytest
 import redis
-from service_harness import isolated, wait_until
+from service_harness import isolated, queued_messages, wait_until
 from sqlalchemy import text, update
 
 from vidserve.db import session_factory
@@ -47,17 +45,6 @@ def sweeper(settings: Settings, store: JobStore) -> Iterator[Sweeper]:
     celery = make_celery(settings)
     yield Sweeper(store, celery, interval=0.1, max_attempts=2)
     celery.close()
-
-
-def queued_messages(settings: Settings, queue: str) -> list[tuple[str, list[str]]]:
-    """(task name, args) of every message waiting in a Celery queue on Redis."""
-    client = redis.Redis.from_url(settings.redis_url)
-    messages = []
-    for raw in client.lrange(settings.redis_prefix + queue, 0, -1):
-        envelope = json.loads(raw)
-        args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
-        messages.append((envelope["headers"]["task"], args))
-    return messages
 
 
 def backdate(settings: Settings, job_id: uuid.UUID, **columns: str) -> None:
