@@ -13,7 +13,14 @@ from api.extension import check_extendable, parse_extension
 from api.idempotency import claimed_record_id, idempotent
 from api.rate_limit import check_submission_rate
 from api.services import services
-from api.validation import encode_cursor, parse_job_query, parse_json_object, parse_submission, read_body
+from api.validation import (
+    JobSubmission,
+    encode_cursor,
+    parse_job_query,
+    parse_json_object,
+    parse_submission,
+    read_body,
+)
 from api.webhooks import check_webhook_target
 from vidserve.jobs import PRIORITIES
 from vidserve.keys import PRIORITY_SCOPE
@@ -27,14 +34,10 @@ def _accepted(job: Job) -> tuple[Response, int, dict[str, str]]:
     return jsonify(services().view_job(job)), 202, {"Location": url_for("jobs.get_job", job_id=job.id)}
 
 
-@bp.post("")
-@requires("jobs:write")
-@idempotent(rebuild=_accepted)
-def submit_job() -> tuple[Response, int, dict[str, str]]:
-    check_submission_rate()
+def _accept(submission: JobSubmission) -> tuple[Response, int, dict[str, str]]:
+    """Store a checked submission (a new job or an extension) for the caller and publish its wake-up."""
     svc = services()
     caller = principal()
-    submission = parse_submission(parse_json_object(read_body(request)), svc.registry)
     if submission.webhook_url is not None:
         check_webhook_target(submission.webhook_url)
     if submission.priority == "high" and not caller.allows(PRIORITY_SCOPE):
@@ -53,6 +56,14 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     )
     svc.publish(job)
     return _accepted(job)
+
+
+@bp.post("")
+@requires("jobs:write")
+@idempotent(rebuild=_accepted)
+def submit_job() -> tuple[Response, int, dict[str, str]]:
+    check_submission_rate()
+    return _accept(parse_submission(parse_json_object(read_body(request)), services().registry))
 
 
 @bp.post("/<job_id>/extend")
@@ -62,29 +73,10 @@ def extend_job(job_id: str) -> tuple[Response, int, dict[str, str]]:
     """A new job continuing a finished one of the caller's from its kept final latents."""
     check_submission_rate()
     svc = services()
-    caller = principal()
-    source = svc.jobs.get(job_id, owner=caller.job_owner)  # another key's job: 404, as if it did not exist
+    source = svc.jobs.get(job_id, owner=principal().job_owner)  # another key's job: 404, as if it did not exist
     body = parse_json_object(read_body(request))
     check_extendable(source)
-    submission = parse_extension(body, source, svc.registry)
-    if submission.webhook_url is not None:
-        check_webhook_target(submission.webhook_url)
-    if submission.priority == "high" and not caller.allows(PRIORITY_SCOPE):
-        raise Forbidden(PRIORITY_SCOPE, field="priority")
-    job = svc.jobs.create(
-        api_key_id=caller.api_key_id,
-        max_active_jobs=caller.job_limit(svc.settings.max_concurrent_jobs_per_key),
-        job_id=submission.job_id,
-        model=submission.model,
-        params=submission.params,
-        webhook_url=submission.webhook_url,
-        metadata=submission.metadata,
-        webhook_events=submission.webhook_events,
-        idempotency_record_id=claimed_record_id(),
-        priority=PRIORITIES[submission.priority],
-    )
-    svc.publish(job)
-    return _accepted(job)
+    return _accept(parse_extension(body, source, svc.registry))
 
 
 @bp.get("")
