@@ -22,12 +22,23 @@ from pathlib import Path
 
 import pytest
 import requests
-from service_harness import SERVED_MODEL, free_port, isolated, service_env, wait_until, write_test_registry
+from service_harness import (
+    GATE_STEP,
+    GATED_MODEL,
+    SERVED_MODEL,
+    free_port,
+    isolated,
+    new_gate,
+    service_env,
+    wait_until,
+    write_gated_registry,
+)
 from sqlalchemy import text
 
 from vidserve import db
 from vidserve.devserver import WORKER_STOP_MARGIN
 from vidserve.settings import Settings
+from worker.step_gate import StepGate
 
 # Long enough for the short job's last tenth on a machine loaded many times over (0.7 s a step seen), far
 # shorter than the long job needs.
@@ -44,6 +55,7 @@ class DevServer:
         self.settings = settings
         self.cwd = cwd
         self.lines: list[str] = []
+        self.gate: StepGate | None = None  # set by the fixture: holds GATED_MODEL's jobs at its step
         self.process = subprocess.Popen(
             [sys.executable, "-m", "vidserve.devserver"],
             cwd=cwd,
@@ -79,7 +91,7 @@ class DevServer:
         return (self.cwd / "var" / "log" / f"{name}.log").read_text(errors="replace")
 
     def submit(self, **fields: object) -> str:
-        body = {"model": SERVED_MODEL, **fields}
+        body = {"model": SERVED_MODEL, "num_frames": 9, "height": 32, "width": 32, **fields}
         response = requests.post(f"{self.settings.api_url}/v1/jobs", json=body, timeout=30)
         assert response.status_code == 202, response.text
         return response.json()["id"]
@@ -105,18 +117,20 @@ class DevServer:
 
 @pytest.fixture
 def devserver(settings: Settings, model_dir: Path, tmp_path: Path) -> Iterator[DevServer]:
+    gate = new_gate(tmp_path)
     dev_settings = isolated(
         dataclasses.replace(settings, database_url=f"{settings.database_url}_dev_{uuid.uuid4().hex[:6]}"),
         host="127.0.0.1",
         port=free_port(),
         s3_endpoint="",  # make run starts its own S3 server, as on a fresh machine
         model_dir=str(model_dir),
-        models_file=write_test_registry(model_dir),
-        worker_models=SERVED_MODEL,
+        models_file=write_gated_registry(model_dir, gate),
+        worker_models=f"{SERVED_MODEL},{GATED_MODEL}",
         worker_slots=2,
         shutdown_grace_seconds=GRACE_SECONDS,
     )
     server = DevServer(dev_settings, tmp_path)
+    server.gate = gate
     try:
         server.wait_line("Ctrl-C stops everything", READY_SECONDS)
         yield server
@@ -126,15 +140,24 @@ def devserver(settings: Settings, model_dir: Path, tmp_path: Path) -> Iterator[D
 
 
 def test_ctrl_c_lets_the_worker_finish_upload_and_hand_back_before_s3_stops(devserver: DevServer) -> None:
-    # One job ends within the grace period (its video must still reach the local S3 server), one outlasts it.
-    short = devserver.submit(prompt="a short walk", num_frames=9, height=32, width=32, num_inference_steps=200)
-    long = devserver.submit(prompt="a long walk", num_frames=9, height=32, width=32, num_inference_steps=5000)
-    # Ctrl-C once the short job is nearly done: its last steps and its upload fall inside the grace period.
-    wait_until(lambda: devserver.progress(short) >= 0.9, 400, interval=0.05, what="the short job nearly done")
-    assert devserver.status(long) == "running"
+    # Both jobs wait at the step gate when Ctrl-C comes; the short one is released during the grace period (its
+    # video must still reach the local S3 server), the long one never, so the outcome does not depend on speed.
+    steps = 8
+    short = devserver.submit(model=GATED_MODEL, prompt="a short walk", num_inference_steps=steps)
+    long = devserver.submit(model=GATED_MODEL, prompt="a long walk", num_inference_steps=steps)
+    for job_id in (short, long):
+        wait_until(
+            lambda job_id=job_id: (
+                devserver.status(job_id) == "running" and round(devserver.progress(job_id) * steps) == GATE_STEP
+            ),
+            400,
+            interval=0.05,
+            what=f"job {job_id} held at the gate",
+        )
 
     asked = time.monotonic()
     devserver.process.send_signal(signal.SIGINT)
+    devserver.gate.release(short)
     assert devserver.process.wait(GRACE_SECONDS + WORKER_STOP_MARGIN) == 0, devserver.console
     took = time.monotonic() - asked
 
