@@ -137,8 +137,11 @@ def generate(ctx: WorkerContext, job_id: str, model: str | None = None) -> str:
     owner = ctx.new_owner()
     job = ctx.store.claim_next([model], owner, ctx.settings.lease_seconds)
     if job is None:
-        # Nothing waits: the named job is held by another delivery, finished or canceled, and so are the rest.
+        # Nothing claimable: the named job is held by another delivery, finished or canceled, and so are the rest.
         log.info("wake-up for job %s: no %s job waits; duplicate or stale delivery ignored", job_id, model)
+        # Unless the named job still shows as queued (seen while another claimer held its row): it must keep a
+        # wake-up, so one comes back in a second.
+        _pass_on_wake_up(ctx, job_id, model, countdown=1.0)
         return "skipped"
     attempt = Attempt(ctx, str(job.id), owner)
     log.info("job %s: claimed by %s (attempt %d, model %s, woken by %s)", job.id, owner, job.attempts, model, job_id)
@@ -156,7 +159,7 @@ def generate(ctx: WorkerContext, job_id: str, model: str | None = None) -> str:
             checkpoints.close()
 
 
-def _pass_on_wake_up(ctx: WorkerContext, job_id: str, model: str) -> None:
+def _pass_on_wake_up(ctx: WorkerContext, job_id: str, model: str, countdown: float | None = None) -> None:
     """This wake-up went to a fairer job: publish a new one for the job it named, if that job still waits.
 
     Without it a queued job whose wake-up was spent on another job waits for the other job's own message, and
@@ -165,7 +168,7 @@ def _pass_on_wake_up(ctx: WorkerContext, job_id: str, model: str) -> None:
     """
     try:
         if ctx.store.get(job_id).status == JobStatus.QUEUED:
-            announce_job(ctx.celery, ctx.store, job_id, model)
+            announce_job(ctx.celery, ctx.store, job_id, model, countdown)
     except JobNotFound:
         pass
 
