@@ -24,9 +24,10 @@ migrate: venv
 run: venv
 	@$(PY) -m vidserve.devserver
 
-# pytest exits 5 when it collects nothing (e.g. a filtered run): not a failure of the suite. -rs: why each skip.
+# pytest exits 5 when it collects nothing (e.g. a filtered run): not a failure of the suite. -rfEs: the names of
+# failures, errors and skips last, where CI's tail shows them; --durations: where the time goes.
 test: venv
-	@$(PY) -m pytest -q -rs $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	@$(PY) -m pytest -q -rfEs --durations=40 $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 # The everyday subset for developing: the in-process tests (engine, API, worker, job domain, docs), without the
 # suites that start real service processes (e2e, faults, admin, cli, fuzz). `make test` stays CI's command.
