@@ -22,6 +22,15 @@ def gradient(frames: int, height: int, width: int) -> np.ndarray:
     return (np.stack([t, y, x], axis=-1) * 255).round().astype(np.uint8)
 
 
+def assert_same_video(streamed: EncodedVideo, whole: EncodedVideo) -> None:
+    """Frames streamed in chunks decode like the whole array encoded at once. Not byte equality: once in CI the two
+    encodings of the same frames differed in a few frames' sizes (x264 runs threads); on average they must still
+    decode within a grey level of each other, far below what a lost, doubled or reordered frame makes."""
+    got, want = decode_mp4(streamed.data).astype(np.int16), decode_mp4(whole.data).astype(np.int16)
+    assert got.shape == want.shape
+    assert np.abs(got - want).mean() <= 1.0
+
+
 def test_encoded_video_decodes_to_the_same_frame_count_and_size() -> None:
     frames = gradient(9, 32, 48)
     video = encode_mp4(frames, fps=8)
@@ -73,8 +82,8 @@ def test_frames_streamed_in_chunks_encode_like_the_whole_array() -> None:
 
     streamed = encode_mp4(chunks, fps=8)
 
-    assert streamed.num_frames == 9 and decode_mp4(streamed.data).shape == (9, 32, 48, 3)
-    assert streamed.data == encode_mp4(frames, fps=8).data
+    assert streamed.num_frames == 9
+    assert_same_video(streamed, encode_mp4(frames, fps=8))
 
 
 def test_a_frame_stream_is_read_in_order_until_closed_on_another_thread() -> None:
@@ -89,7 +98,7 @@ def test_a_frame_stream_is_read_in_order_until_closed_on_another_thread() -> Non
     encoder.join(30)
 
     assert encoded and encoded[0].num_frames == 9
-    assert encoded[0].data == encode_mp4(frames, fps=8).data
+    assert_same_video(encoded[0], encode_mp4(frames, fps=8))
 
 
 def test_an_aborted_frame_stream_stops_its_encoder() -> None:
