@@ -32,6 +32,7 @@ from engine.long_video_settings import prompt_at
 from engine.registry import ModelSpec
 from engine.request import CONTINUATION, WINDOWS, GenerationRequest, InvalidRequest
 from engine.sequence import Sequence
+from engine.vae import fast_decode
 
 # Sequence.extra entries a checkpoint saves for a continuation: the clean latents made so far (full length) and
 # the first chunk's per-channel colour statistics.
@@ -325,14 +326,16 @@ class LongVideos:
         z = vae.config.z_dim
         mean = torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
         inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
-        x = vae.post_quant_conv(latents / inv_std + mean)
+        with fast_decode(vae):  # the kernels of the adapter's whole decode, so both give the same frames
+            x = vae.post_quant_conv(latents / inv_std + mean)
         vae.clear_cache()
         try:
             for i in range(x.shape[2]):
                 vae._conv_idx = [0]
-                out = vae.decoder(
-                    x[:, :, i : i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=i == 0
-                )
+                with fast_decode(vae):  # entered per frame: this generator may pause between frames
+                    out = vae.decoder(
+                        x[:, :, i : i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=i == 0
+                    )
                 if vae.config.patch_size is not None:
                     out = unpatchify(out, patch_size=vae.config.patch_size)
                 yield self.adapter.to_frames(torch.clamp(out, min=-1.0, max=1.0))[0]

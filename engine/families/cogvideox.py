@@ -21,6 +21,7 @@ from engine.families.base import FamilyAdapter, ModelCall, TextEmbedding, stack_
 from engine.packing import PackedForward, PackedRow, PackedState, Segments
 from engine.request import GenerationRequest, InvalidRequest
 from engine.sequence import Sequence
+from engine.vae import fast_decode
 
 
 class CogVideoXAdapter(FamilyAdapter):
@@ -153,7 +154,8 @@ class CogVideoXAdapter(FamilyAdapter):
         latents = latents[:, seqs[0].extra["additional_frames"] :]
         latents = latents.permute(0, 2, 1, 3, 4)
         latents = 1 / self.pipe.vae_scaling_factor_image * latents
-        return self.to_frames(self.vae.decode(latents).sample)
+        with fast_decode(self.vae):  # engine/vae.py
+            return self.to_frames(self.vae.decode(latents).sample)
 
 
 class CogVideoXPackedForward:

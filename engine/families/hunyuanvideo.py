@@ -20,6 +20,7 @@ from engine.families.base import FamilyAdapter, ModelCall, TextEmbedding, stack_
 from engine.packing import PackedForward, PackedRow, PackedState, Segments
 from engine.request import GenerationRequest
 from engine.sequence import Sequence
+from engine.vae import fast_decode
 
 _LLAMA_LAYERS_SKIPPED = 2  # the pipeline reads the hidden states three from the end
 _CLIP_LENGTH = 77
@@ -136,7 +137,8 @@ class HunyuanVideoAdapter(FamilyAdapter):
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, seqs: list[Sequence]) -> list[np.ndarray]:
         latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
-        return self.to_frames(self.vae.decode(latents, return_dict=False)[0])
+        with fast_decode(self.vae):  # engine/vae.py
+            return self.to_frames(self.vae.decode(latents, return_dict=False)[0])
 
 
 def _packs(model: torch.nn.Module) -> bool:

@@ -18,6 +18,7 @@ from engine.families.base import FamilyAdapter, ModelCall, TextEmbedding, stack_
 from engine.packing import PackedForward, PackedRow, PackedState, Segments, block_kv, text_keys
 from engine.request import GenerationRequest
 from engine.sequence import Sequence
+from engine.vae import fast_decode
 
 
 class WanAdapter(FamilyAdapter):
@@ -128,7 +129,8 @@ class WanAdapter(FamilyAdapter):
         z = vae.config.z_dim
         mean = torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
         inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
-        video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
+        with fast_decode(vae):  # engine/vae.py
+            video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
         return self.to_frames(video)
 
 

@@ -1,4 +1,4 @@
-"""The engine's faster VAE decode (engine/vae.py) leaves frames within 1e-6 of diffusers' own decode."""
+"""The engine's faster VAE decode (engine/vae.py) leaves frames within 1e-5 of diffusers' own decode."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from engine.bench.mix import mixed_request_mix
 from engine.families import adapter_class
 from engine.vae import fast_decode, routed_convolutions
 
-# The families whose adapters decode with `fast_decode`, and their VAEs' compression (frames, pixels).
-COMPRESSION = {"mochi": (6, 8), "ltx": (8, 32)}
+# Every family's adapter decodes with `fast_decode`; its VAE's compression (frames, pixels).
+COMPRESSION = {"cogvideox": (4, 8), "hunyuanvideo": (4, 8), "ltx": (8, 32), "mochi": (6, 8), "wan": (4, 8)}
+# The engine's exactness bar for frames in [0, 1], as for the packed forward (below one 8-bit level by 390x).
+TOLERANCE = 1e-5
 
 
 def _decode(family: str, vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
@@ -26,14 +28,14 @@ def _decode(family: str, vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("family", sorted(COMPRESSION))
 @torch.no_grad()
-def test_fast_decode_keeps_every_mixed_shapes_frames_within_1e_6_and_runs_the_faster_kernel(specs, family):
+def test_fast_decode_keeps_every_mixed_shapes_frames_within_1e_5_and_runs_the_faster_kernel(specs, family):
     vae = adapter_class(family).load(specs[family]).vae
     frames_per_latent, pixels_per_latent = COMPRESSION[family]
     shapes = sorted({(r.num_frames, r.height, r.width) for r in mixed_request_mix(family)})
     for i, (frames, height, width) in enumerate([shapes[0], shapes[len(shapes) // 2], shapes[-1]]):
         latent_shape = (
             1,
-            vae.config.latent_channels,
+            vae.config.z_dim if family == "wan" else vae.config.latent_channels,
             (frames - 1) // frames_per_latent + 1,
             height // pixels_per_latent,
             width // pixels_per_latent,
@@ -44,7 +46,7 @@ def test_fast_decode_keeps_every_mixed_shapes_frames_within_1e_6_and_runs_the_fa
         with fast_decode(vae):
             fast = _decode(family, vae, z)
         assert fast.shape == reference.shape
-        assert float((fast - reference).abs().max()) <= 1e-6, (family, frames, height, width)
+        assert float((fast - reference).abs().max()) <= TOLERANCE, (family, frames, height, width)
         if (frames, height, width) == shapes[-1]:
             assert routed_convolutions() > routed  # the largest shape's heavy convolutions took oneDNN
 
