@@ -12,9 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from service_harness import LONG_JOB, SERVED_MODEL, Stack, wait_until
+from service_harness import GATED_JOB, GATED_MODEL, GATED_STEPS, SERVED_MODEL, Stack, held_at_gate, wait_until
 
 from vidserve.settings import ENV_VARS
+from worker.step_gate import StepGate
 from worker.video import decode_mp4
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,22 +62,23 @@ def test_submit_wait_out_writes_the_video_and_shows_progress(stack: Stack, tmp_p
     assert listing.returncode == 0 and job["id"] in listing.stdout
 
 
-def test_submit_without_wait_prints_the_id_and_cancel_cancels(stack: Stack) -> None:
+def test_submit_without_wait_prints_the_id_and_cancel_cancels(stack: Stack, gated_jobs: StepGate) -> None:
     submitted = vidserve(
         stack,
         "submit",
-        LONG_JOB["prompt"],
+        str(GATED_JOB["prompt"]),
         "--model",
-        SERVED_MODEL,
+        GATED_MODEL,
         "--steps",
-        str(LONG_JOB["num_inference_steps"]),
+        str(GATED_STEPS),
         "--api",
         stack.api_url,
         api_in_env=False,
     )
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()
-    wait_until(lambda: stack.store.get(job_id).status.value == "running", 60, 0.1, "job running")
+    # It waits at the step gate (never released): still running when the cancel comes.
+    wait_until(lambda: held_at_gate(stack.store, job_id, GATED_STEPS), 60, 0.1, "job running, held at the gate")
     canceled = vidserve(stack, "cancel", job_id, "--json")
     assert canceled.returncode == 0, canceled.stderr
     wait_until(lambda: stack.store.get(job_id).status.value == "canceled", 60, 0.1, "job canceled")
