@@ -174,6 +174,7 @@ class Services:
     gate: StepGate
     api_url: str = ""
     processes: list[ManagedProcess] = field(default_factory=list)
+    api: ManagedProcess | None = None
 
     @property
     def store(self) -> JobStore:
@@ -250,7 +251,7 @@ def faults(model_dir: Path, webhook_secret: str, tmp_path_factory: pytest.TempPa
         VideoStore(settings).ensure_bucket()
         logs = tmp_path_factory.mktemp("faults-logs")
         api, api_url = start_api(settings, logs)
-        yield Services(pg, rds, s3, settings, logs, gate, api_url)
+        yield Services(pg, rds, s3, settings, logs, gate, api_url, api=api)
     finally:
         if api is not None:
             api.stop()

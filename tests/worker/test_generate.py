@@ -11,7 +11,6 @@ import threading
 import uuid
 from typing import Any
 
-import pytest
 from service_harness import (
     GATE_STEP,
     GATED_JOB,
@@ -134,13 +133,11 @@ def test_cancel_while_running_stops_the_engine_and_marks_the_job_canceled(gated_
     assert job.lease_owner is None
 
 
-def test_an_upload_that_keeps_failing_hands_the_job_back_then_fails_it(
-    ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(tasks, "STORE_RETRIES", 2)
-    monkeypatch.setattr(tasks, "RETRY_FIRST_SECONDS", 0.05)
+def test_an_upload_that_keeps_failing_hands_the_job_back_then_fails_it(ctx: WorkerContext) -> None:
     # Credentials the real S3 server rejects (403): every put fails, as during a key rotation gone wrong.
-    broken = dataclasses.replace(ctx.settings, s3_secret_key="not-the-secret", max_attempts=2)
+    broken = dataclasses.replace(
+        ctx.settings, s3_secret_key="not-the-secret", max_attempts=2, upload_tries=2, upload_retry_seconds=0.05
+    )
     broken_ctx = WorkerContext.build(broken, ctx.celery)
     broken_ctx.engines = ctx.engines  # share the loaded engine
     job_id = create_job(ctx)
