@@ -7,6 +7,7 @@ Each run gets a fresh database and bucket, so the suite can run twice in a row a
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import secrets
 import uuid
@@ -126,9 +127,14 @@ def stack_gate(tmp_path_factory: pytest.TempPathFactory) -> StepGate:
 
 
 @pytest.fixture(scope="session")
-def stack_settings(settings: Settings, model_dir: Path, stack_gate: StepGate) -> Settings:
-    return isolated(
-        settings,
+def stack_settings(settings: Settings, model_dir: Path, stack_gate: StepGate) -> Iterator[Settings]:
+    """The shared stack's settings: a database of its own (so its sweeper never touches another test's jobs) and
+    Redis keys prefixed by that database's name."""
+    database_url = f"{settings.database_url}_stack"
+    db.create_database(database_url)
+    db.upgrade(database_url)
+    stack_settings = isolated(
+        dataclasses.replace(settings, database_url=database_url),
         model_dir=str(model_dir),
         models_file=write_gated_registry(model_dir, stack_gate, "stack-models.toml"),
         worker_models=f"{SERVED_MODEL},{GATED_MODEL}",
@@ -136,6 +142,11 @@ def stack_settings(settings: Settings, model_dir: Path, stack_gate: StepGate) ->
         admin_token=ADMIN_TOKEN,
         heartbeat_seconds=1.0,  # the admin workers page shows the worker within a second
     )
+    yield stack_settings
+    db.drop_database(database_url)
+    client = redis.Redis.from_url(stack_settings.redis_url)
+    for key in client.scan_iter(match=f"{stack_settings.redis_prefix}*"):
+        client.delete(key)
 
 
 @pytest.fixture(scope="session")
