@@ -42,7 +42,7 @@ from worker.step_gate import StepGate
 
 # Long enough for the short job's last step, its encoding and upload on a machine loaded many times over (0.7 s
 # a step seen); the held job waits it out in full, so it is the Ctrl-C test's main cost.
-GRACE_SECONDS = 15.0
+GRACE_SECONDS = 10.0
 READY_SECONDS = 300.0  # the first start under a loaded machine: gunicorn, a worker loading a model, weed
 # A whole stack started, driven and stopped in one test: more than the suite's per-test limit on a busy machine.
 pytestmark = pytest.mark.timeout(900)
