@@ -7,6 +7,7 @@ address is chosen by binding the client socket to another loopback address (127.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import http.client
 import json
 import threading
@@ -101,7 +102,8 @@ def test_submissions_past_the_limit_are_refused_with_429_and_retry_after(serve: 
 def test_the_budget_comes_back_after_retry_after(serve: Serve, monkeypatch: pytest.MonkeyPatch) -> None:
     # The limiter's clock (the `limits` package reads time.time() and hands it to Redis' scripts) stands still
     # until the test moves it: the minute passes without waiting for it.
-    clock = ManualClock()
+    # A whole second: Redis' scripts hand timestamps back as strings of 14 digits, which would round a fraction.
+    clock = ManualClock(dt.datetime.now(dt.UTC).replace(microsecond=0))
     now = SimpleNamespace(time=lambda: clock.now.timestamp())
     monkeypatch.setattr(limits.storage.redis, "time", now)
     monkeypatch.setattr(rate_limit, "time", now)
