@@ -46,10 +46,6 @@ T = TypeVar("T")
 TICK_SECONDS = 0.5
 # Longest wait between two reads of the cancel flag when there is no progress to write.
 CANCEL_POLL_SECONDS = 2.0
-# In-place tries of an upload before the job is handed back to the queue, and the first wait between them
-# (doubling).
-STORE_RETRIES = 4
-RETRY_FIRST_SECONDS = 1.0
 # Wait between tries of the final write (for `result_write_seconds`); see `_record_success`.
 RESULT_WRITE_RETRY_SECONDS = 1.0
 
@@ -428,7 +424,8 @@ def _chain(*parts: Iterable[Any]) -> Iterable[Any]:
 def _retrying(attempt: Attempt, call: Callable[[], T], what: str) -> T:
     """Run an upload while keeping the lease, retrying with backoff; TransientError when every try failed."""
     last_error: Exception | None = None
-    for delay in _backoff(STORE_RETRIES):
+    settings = attempt.ctx.settings
+    for delay in _backoff(settings.upload_tries, settings.upload_retry_seconds):
         try:
             return _maintaining(attempt, call)
         except Exception as exc:  # minio raises S3Error, urllib3 errors, OSError: all worth a retry
@@ -463,6 +460,6 @@ def _sleep_maintaining(attempt: Attempt, seconds: float) -> None:
         attempt.maintain()
 
 
-def _backoff(tries: int) -> list[float | None]:
-    """The waits after each of `tries` failures: 1, 2, 4 ... seconds, then None (give up)."""
-    return [RETRY_FIRST_SECONDS * 2**i for i in range(tries - 1)] + [None]
+def _backoff(tries: int, first: float) -> list[float | None]:
+    """The waits after each of `tries` failures: `first`, twice that, four times ... seconds, then None (give up)."""
+    return [first * 2**i for i in range(tries - 1)] + [None]

@@ -12,18 +12,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-from service_harness import LONG_JOB, SERVED_MODEL, Stack, wait_until
+import pytest
+from service_harness import GATED_JOB, GATED_MODEL, GATED_STEPS, SERVED_MODEL, Stack, held_at_gate, wait_until
 
+from vidserve.client import VidserveClient
 from vidserve.settings import ENV_VARS
+from worker.step_gate import StepGate
 from worker.video import decode_mp4
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def vidserve(stack: Stack, *args: str, api_in_env: bool = True) -> subprocess.CompletedProcess[str]:
+def vidserve(stack: Stack, *args: str, api_in_env: bool = True, **extra_env: str) -> subprocess.CompletedProcess[str]:
     # Only the public API's address: a client that reached for the database would fail here.
     env = {k: v for k, v in os.environ.items() if k not in {var for var, *_ in ENV_VARS}}
     env["PYTHONPATH"] = str(REPO)
+    env.update(extra_env)
     if api_in_env:
         env["VIDSERVE_API_URL"] = stack.api_url
     return subprocess.run(
@@ -61,22 +65,23 @@ def test_submit_wait_out_writes_the_video_and_shows_progress(stack: Stack, tmp_p
     assert listing.returncode == 0 and job["id"] in listing.stdout
 
 
-def test_submit_without_wait_prints_the_id_and_cancel_cancels(stack: Stack) -> None:
+def test_submit_without_wait_prints_the_id_and_cancel_cancels(stack: Stack, gated_jobs: StepGate) -> None:
     submitted = vidserve(
         stack,
         "submit",
-        LONG_JOB["prompt"],
+        str(GATED_JOB["prompt"]),
         "--model",
-        SERVED_MODEL,
+        GATED_MODEL,
         "--steps",
-        str(LONG_JOB["num_inference_steps"]),
+        str(GATED_STEPS),
         "--api",
         stack.api_url,
         api_in_env=False,
     )
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()
-    wait_until(lambda: stack.store.get(job_id).status.value == "running", 60, 0.1, "job running")
+    # It waits at the step gate (never released): still running when the cancel comes.
+    wait_until(lambda: held_at_gate(stack.store, job_id, GATED_STEPS), 60, 0.1, "job running, held at the gate")
     canceled = vidserve(stack, "cancel", job_id, "--json")
     assert canceled.returncode == 0, canceled.stderr
     wait_until(lambda: stack.store.get(job_id).status.value == "canceled", 60, 0.1, "job canceled")
@@ -89,5 +94,21 @@ def test_errors_are_readable_and_exit_nonzero(stack: Stack) -> None:
     assert bad.returncode == 1 and "422 invalid_field" in bad.stderr and "model" in bad.stderr
     missing = vidserve(stack, "status", "00000000-0000-0000-0000-000000000000")
     assert missing.returncode == 1 and "404 job_not_found" in missing.stderr
-    unreachable = vidserve(stack, "list", "--api", "http://127.0.0.1:9", api_in_env=False)
+    # No retries: the default five wait 15 s in all before the same error (tests/faults ride an outage on them).
+    unreachable = vidserve(stack, "list", "--api", "http://127.0.0.1:9", api_in_env=False, VIDSERVE_CLIENT_RETRIES="0")
     assert unreachable.returncode == 1 and "error:" in unreachable.stderr
+
+
+def test_the_clients_retries_come_from_the_argument_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    def retries(client: VidserveClient) -> int:
+        return client.http.get_adapter("http://127.0.0.1:9").max_retries.total
+
+    monkeypatch.delenv("VIDSERVE_CLIENT_RETRIES", raising=False)
+    assert retries(VidserveClient("http://127.0.0.1:9")) == 5
+    monkeypatch.setenv("VIDSERVE_CLIENT_RETRIES", "0")
+    assert retries(VidserveClient("http://127.0.0.1:9")) == 0
+    assert retries(VidserveClient("http://127.0.0.1:9", retries=2)) == 2
+    for bad in ("-1", "many", "²"):
+        monkeypatch.setenv("VIDSERVE_CLIENT_RETRIES", bad)
+        with pytest.raises(ValueError, match="VIDSERVE_CLIENT_RETRIES"):
+            VidserveClient("http://127.0.0.1:9")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from service_harness import (
+    GATED_JOB,
     GATED_MODEL,
-    LONG_JOB,
     held_at_gate,
     isolated,
     new_gate,
@@ -31,7 +31,7 @@ from vidserve.schema import JobStatus
 from vidserve.settings import Settings
 from worker.step_gate import StepGate
 
-RESTARTED_JOB = {**LONG_JOB, "num_inference_steps": 8}
+RESTARTED_JOB = {k: v for k, v in GATED_JOB.items() if k != "model"}
 
 
 @pytest.fixture

@@ -11,8 +11,17 @@ import threading
 import uuid
 from typing import Any
 
-import pytest
-from service_harness import LONG_JOB, SERVED_MODEL, UNSERVED_MODEL, queued_messages, wait_until
+from service_harness import (
+    GATE_STEP,
+    GATED_JOB,
+    GATED_MODEL,
+    GATED_STEPS,
+    SERVED_MODEL,
+    UNSERVED_MODEL,
+    held_at_gate,
+    queued_messages,
+    wait_until,
+)
 
 from vidserve.queue import GENERATE_TASK, queue_for
 from vidserve.schema import JobStatus
@@ -108,27 +117,27 @@ def test_parameters_the_model_cannot_serve_fail_the_job_with_invalid_request(ctx
     assert "num_frames" in job.error_message
 
 
-def test_cancel_while_running_stops_the_engine_and_marks_the_job_canceled(ctx: WorkerContext) -> None:
-    job_id = create_job(ctx, **LONG_JOB)
+def test_cancel_while_running_stops_the_engine_and_marks_the_job_canceled(gated_ctx: WorkerContext) -> None:
+    # The job waits at the gate's step (never released): it is running, mid-way, when the cancel comes.
+    params = {k: v for k, v in GATED_JOB.items() if k != "model"}
+    job_id = create_job(gated_ctx, model=GATED_MODEL, **params)
     outcome: list[str] = []
-    runner = threading.Thread(target=lambda: outcome.append(tasks.generate(ctx, job_id)))
+    runner = threading.Thread(target=lambda: outcome.append(tasks.generate(gated_ctx, job_id)))
     runner.start()
-    wait_until(lambda: ctx.store.get(job_id).progress > 0, 120, what="progress")
-    ctx.store.cancel(job_id)
+    wait_until(lambda: held_at_gate(gated_ctx.store, job_id, GATED_STEPS), 120, what="the job held at the gate")
+    gated_ctx.store.cancel(job_id)
     runner.join(30)
     assert outcome == ["canceled"]
-    job = ctx.store.get(job_id)
-    assert job.status == JobStatus.CANCELED and job.progress < 0.5 and job.output is None
+    job = gated_ctx.store.get(job_id)
+    assert job.status == JobStatus.CANCELED and job.progress == GATE_STEP / GATED_STEPS and job.output is None
     assert job.lease_owner is None
 
 
-def test_an_upload_that_keeps_failing_hands_the_job_back_then_fails_it(
-    ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(tasks, "STORE_RETRIES", 2)
-    monkeypatch.setattr(tasks, "RETRY_FIRST_SECONDS", 0.05)
+def test_an_upload_that_keeps_failing_hands_the_job_back_then_fails_it(ctx: WorkerContext) -> None:
     # Credentials the real S3 server rejects (403): every put fails, as during a key rotation gone wrong.
-    broken = dataclasses.replace(ctx.settings, s3_secret_key="not-the-secret", max_attempts=2)
+    broken = dataclasses.replace(
+        ctx.settings, s3_secret_key="not-the-secret", max_attempts=2, upload_tries=2, upload_retry_seconds=0.05
+    )
     broken_ctx = WorkerContext.build(broken, ctx.celery)
     broken_ctx.engines = ctx.engines  # share the loaded engine
     job_id = create_job(ctx)
