@@ -23,7 +23,7 @@ if _ROOT not in sys.path:
 if getattr(sys.modules.get("engine"), "__file__", "") is None:
     del sys.modules["engine"]
 
-from engine.family_rules import FAMILIES  # noqa: E402
+from engine.families import FAMILIES  # noqa: E402
 from engine.registry import ModelRegistry, ModelSpec  # noqa: E402
 from engine.request import GenerationRequest  # noqa: E402
 
