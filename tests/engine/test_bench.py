@@ -119,7 +119,7 @@ def test_the_stage_clock_times_each_engine_stage_counts_flops_and_leaves_nothing
         assert abs(sum(parts.values()) - clock.total) < 1e-6
         assert clock.flops > 0
         adapter = engine.adapter
-        assert not {"encode_prompts", "scheduler_step", "decode"} & set(vars(adapter)) and "run" not in vars(
+        assert not {"encode_prompts", "scheduler_step", "decode"} & set(vars(adapter)) and "run_all" not in vars(
             engine.runner
         )
         seconds = dict(clock.seconds)

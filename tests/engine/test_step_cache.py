@@ -71,7 +71,7 @@ def test_exact_reuse_gives_the_same_frames_as_no_reuse(family, engines, uncached
     if family in ("wan", "ltx"):
         assert len(calls) == 5  # a: 2 rows, b: 1, c: 2; steps 4 + 4 + 3 would have been 19 calls
     # The prompt cache served the repeated prompts: one embedding object for a and c.
-    assert engine._texts.get("a red car") is not None
+    assert engine.texts.get("a red car") is not None
 
 
 POLICIES = [
