@@ -7,8 +7,9 @@ shape is its own), with batch 1, and for batch-1 inputs below a size threshold t
 on the CPU: on a (1, 32, 14, 34, 34) input it took 469 ms where oneDNN's took 81 ms. `fast_decode()` sends those
 heavy batch-1 3-D convolutions to oneDNN, the kernel torch itself picks for larger or batched inputs. Wan's
 `WanRMS_norm` (`F.normalize` over the strided channel dimension, 44% of its decode once the convolutions are fast)
-becomes a sum of squares over that dimension: the same arithmetic in another order. Decode time on four tiny
-latent shapes up to 9 x 16 x 16, one thread: Wan 2.7 s -> 0.57 s, CogVideoX 3.3 s -> 0.77 s, HunyuanVideo 4.1 s -> 0.58 s.
+becomes a sum of squares over that dimension: the same arithmetic in another order. Decode time of four tiny
+latent shapes up to 9 x 16 x 16, one thread: Wan 2.7 s -> 0.57 s, CogVideoX 3.3 s -> 0.77 s, HunyuanVideo
+4.1 s -> 0.58 s.
 
 The kernels sum in different orders, so frames move by float rounding, always within the engine's exactness bar
 (1e-5 in [0, 1], 390 times below one level of an 8-bit frame): on the tiny models' mixed shapes at most Mochi

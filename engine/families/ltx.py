@@ -14,10 +14,12 @@ from diffusers.models.transformers.transformer_ltx import apply_rotary_emb
 from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift, rescale_noise_cfg, retrieve_timesteps
 
 from engine.attention import cross_attention, self_attention
-from engine.families.base import FamilyAdapter, ModelCall, TextEmbedding, stack_rows
+from engine.families.base import FamilyAdapter, FamilyParts, ModelCall, TextEmbedding, stack_rows
+from engine.layer_split.layout import Layout
 from engine.packing import PackedForward, PackedRow, PackedState, Segments, block_kv, text_keys
 from engine.request import GenerationRequest
 from engine.sequence import Sequence
+from engine.tiny import t5_encoder, t5_tokenizer
 from engine.vae import fast_decode
 
 
@@ -254,3 +256,97 @@ class LTXPackedForward:
         hidden = model.norm_out(state.hidden)
         hidden = hidden * (1 + tokens.expand(shift_scale[:, 1])) + tokens.expand(shift_scale[:, 0])
         return tokens.split(model.proj_out(hidden))
+
+
+# --- layer split: the output head the last stage runs (engine.layer_split) ----------------------------------------
+
+
+def _layer_split_tail(model, hidden, call, extras, shape):
+    embedded_timestep = extras[0]
+    embedded_timestep = embedded_timestep.view(shape[0], -1, embedded_timestep.size(-1))
+    values = model.scale_shift_table[None, None] + embedded_timestep[:, :, None]
+    shift, scale = values[:, :, 0], values[:, :, 1]
+    hidden = model.norm_out(hidden)
+    hidden = hidden * (1 + scale) + shift
+    return model.proj_out(hidden)
+
+
+# --- tiny random-weight pipeline (engine.tiny) --------------------------------------------------------------------
+
+
+def _tiny_pipeline(small: bool = False):
+    from diffusers import (
+        AutoencoderKLLTXVideo,
+        FlowMatchEulerDiscreteScheduler,
+        LTXPipeline,
+        LTXVideoTransformer3DModel,
+    )
+
+    tokenizer = t5_tokenizer()
+    transformer = LTXVideoTransformer3DModel(
+        in_channels=8,
+        out_channels=8,
+        patch_size=1,
+        patch_size_t=1,
+        num_attention_heads=4,
+        attention_head_dim=64 if small else 8,
+        cross_attention_dim=256 if small else 32,
+        num_layers=4 if small else 1,
+        caption_channels=256 if small else 32,
+    )
+    vae = AutoencoderKLLTXVideo(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=8,
+        block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        layers_per_block=(1, 1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1, 1),
+        # LTX-Video's own compression (32x space, 8x time: 3 scaling blocks x a 4-pixel patch), so the tiny
+        # model obeys the family's 8k+1 frames and multiples of 32, and its latents are as short as the real one's.
+        spatio_temporal_scaling=(True, True, True, False),
+        decoder_spatio_temporal_scaling=(True, True, True, False),
+        decoder_inject_noise=(False, False, False, False, False),
+        upsample_residual=(False, False, False, False),
+        upsample_factor=(1, 1, 1, 1),
+        timestep_conditioning=False,
+        patch_size=4,
+        patch_size_t=1,
+        encoder_causal=True,
+        decoder_causal=False,
+    )
+    return LTXPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae.eval(),
+        text_encoder=t5_encoder(tokenizer, small),
+        tokenizer=tokenizer,
+        transformer=transformer.eval(),
+    )
+
+
+# --- the reference pipeline's own arguments (engine.reference) ----------------------------------------------------
+
+
+def _pipeline_kwargs(kwargs: dict[str, Any], options: dict[str, Any], request: GenerationRequest) -> dict[str, Any]:
+    """LTXPipeline's own arguments: the request's frame rate, and the registry entry's guidance and decode options."""
+    kwargs["frame_rate"] = request.fps
+    for name in ("guidance_rescale", "decode_timestep", "decode_noise_scale"):
+        if name in options:
+            kwargs[name] = options[name]
+    return kwargs
+
+
+FAMILY = FamilyParts(
+    adapter=LTXAdapter,
+    layout=Layout(
+        ("transformer_blocks",),
+        ("norm_out", "proj_out", "scale_shift_table"),
+        _layer_split_tail,
+        (("time_embed", 1),),
+        packed=LTXPackedForward,
+    ),
+    tiny={"ltx": _tiny_pipeline},
+    bench_shapes=((9, 17), ((32, 32), (32, 64))),
+    mixed_bench_shapes=((9, 17, 25), ((32, 32), (32, 64), (64, 32), (64, 64))),
+    pipeline_kwargs=_pipeline_kwargs,
+)

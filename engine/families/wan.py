@@ -14,10 +14,12 @@ import torch
 from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 
 from engine.attention import cross_attention, self_attention
-from engine.families.base import FamilyAdapter, ModelCall, TextEmbedding, stack_rows, trim_padding
+from engine.families.base import FamilyAdapter, FamilyParts, ModelCall, TextEmbedding, stack_rows, trim_padding
+from engine.layer_split.layout import Layout
 from engine.packing import PackedForward, PackedRow, PackedState, Segments, block_kv, text_keys
 from engine.request import GenerationRequest
 from engine.sequence import Sequence
+from engine.tiny import t5_encoder, t5_tokenizer
 from engine.vae import fast_decode
 
 
@@ -293,3 +295,81 @@ def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     out[..., 0::2] = x1 * cos - x2 * sin
     out[..., 1::2] = x1 * sin + x2 * cos
     return out.type_as(x)
+
+
+# --- layer split: the output head the last stage runs (engine.layer_split) ----------------------------------------
+
+
+def _layer_split_tail(model, hidden, call, extras, shape):
+    temb = extras[0]
+    batch, _, frames, height, width = shape
+    p_t, p_h, p_w = model.config.patch_size
+    if temb.ndim == 3:
+        shift, scale = (model.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)).chunk(2, dim=2)
+        shift, scale = shift.squeeze(2), scale.squeeze(2)
+    else:
+        shift, scale = (model.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
+    hidden = (model.norm_out(hidden.float()) * (1 + scale) + shift).type_as(hidden)
+    hidden = model.proj_out(hidden)
+    hidden = hidden.reshape(batch, frames // p_t, height // p_h, width // p_w, p_t, p_h, p_w, -1)
+    hidden = hidden.permute(0, 7, 1, 4, 2, 5, 3, 6)
+    return hidden.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+
+# --- tiny random-weight pipeline (engine.tiny) --------------------------------------------------------------------
+
+
+def _tiny_pipeline(small: bool = False, two_experts: bool = False):
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    tokenizer = t5_tokenizer()
+    experts = [_tiny_transformer(small) for _ in range(2 if two_experts else 1)]
+    # base_dim 8 rather than diffusers' test value 3: a 3-channel causal conv hits a slow CPU kernel (4x slower).
+    vae = AutoencoderKLWan(
+        base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
+    return WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=t5_encoder(tokenizer, small),
+        vae=vae.eval(),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+        transformer=experts[0],
+        transformer_2=experts[1] if two_experts else None,
+        # Wan 2.2 A14B's split: the high-noise expert serves timesteps >= 875, the low-noise one the rest.
+        boundary_ratio=0.875 if two_experts else None,
+    )
+
+
+def _tiny_transformer(small: bool = False):
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=4 if small else 2,
+        attention_head_dim=64 if small else 12,
+        in_channels=16,
+        out_channels=16,
+        text_dim=256 if small else 32,
+        freq_dim=256,
+        ffn_dim=1024 if small else 32,
+        num_layers=4 if small else 2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    ).eval()
+
+
+FAMILY = FamilyParts(
+    adapter=WanAdapter,
+    layout=Layout(
+        ("blocks",),
+        ("norm_out", "proj_out", "scale_shift_table"),
+        _layer_split_tail,
+        (("condition_embedder", 0),),
+        packed=WanPackedForward,
+    ),
+    # "wan2.2" (two experts) is built only on request: it is not a family of its own.
+    tiny={"wan": _tiny_pipeline, "wan2.2": lambda small: _tiny_pipeline(small, two_experts=True)},
+    bench_shapes=((9, 17), ((32, 32), (32, 48))),
+    mixed_bench_shapes=((5, 9, 13, 17), ((32, 32), (32, 48), (48, 32), (48, 48))),
+)

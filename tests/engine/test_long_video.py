@@ -16,7 +16,7 @@ import torch
 
 from engine import Engine, InvalidRequest, RequestCanceled
 from engine.checkpoint import Checkpoint
-from engine.family_rules import FAMILIES
+from engine.families import FAMILIES
 from engine.request import CONTINUATION, WINDOWS, LongVideo
 
 TOLERANCE = 1e-5  # as tests/engine/test_exactness.py: a request's frames alone vs inside a batch
@@ -73,7 +73,7 @@ def test_a_long_request_that_fits_one_window_equals_an_ordinary_request_bit_for_
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_every_family_makes_a_video_several_windows_long(family, method, long_engines, long_specs, make_request):
     request = long_request(long_specs[family], family, method, make_request)
     progress: list[tuple[int, int]] = []
