@@ -16,8 +16,8 @@ import pytest
 import redis
 
 from vidserve import db
-from vidserve.s3server import S3Server, start_s3_server
 from vidserve.settings import Settings
+from vidserve.tools.s3server import S3Server, start_s3_server
 
 PG_HOST = os.environ.get("VIDSERVE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
 REDIS_BASE = os.environ.get("VIDSERVE_TEST_REDIS", "redis://127.0.0.1:6379")

@@ -27,7 +27,7 @@ def vidserve(stack: Stack, *args: str, api_in_env: bool = True) -> subprocess.Co
     if api_in_env:
         env["VIDSERVE_API_URL"] = stack.api_url
     return subprocess.run(
-        [sys.executable, "-m", "vidserve.cli", *args], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "vidserve.tools.cli", *args], env=env, capture_output=True, text=True, timeout=120
     )
 
 

@@ -21,9 +21,9 @@ from service_harness import (
 
 from vidserve.job_view import job_to_dict
 from vidserve.jobs import JobStore
-from vidserve.processes import ManagedProcess
 from vidserve.settings import Settings
 from vidserve.storage import VideoStore
+from vidserve.tools.processes import ManagedProcess
 
 
 @pytest.fixture(scope="module")

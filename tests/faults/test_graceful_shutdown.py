@@ -21,7 +21,7 @@ from conftest import (
     wait_terminal,
 )
 
-from vidserve.processes import ManagedProcess
+from vidserve.tools.processes import ManagedProcess
 
 GRACE_SECONDS = 10.0
 STEPS = 8
