@@ -16,13 +16,13 @@ venv: .venv/.installed
 	@touch $@
 
 models: venv
-	@$(PY) -m vidserve.cli models build-tiny
+	@$(PY) -m vidserve.tools.cli models build-tiny
 
 migrate: venv
-	@$(PY) -m vidserve.cli db upgrade
+	@$(PY) -m vidserve.tools.cli db upgrade
 
 run: venv
-	@$(PY) -m vidserve.devserver
+	@$(PY) -m vidserve.tools.devserver
 
 # pytest exits 5 when it collects nothing (e.g. a filtered run): not a failure of the suite. -rfEs: the names of
 # failures, errors and skips last, where CI's tail shows them; --durations: where the time goes.

@@ -163,7 +163,9 @@ def _job_request_schema(spec: ModelSpec, default: bool = False) -> dict[str, Any
                     "type": "string",
                     "enum": list(PRIORITIES),
                     "description": "the queue runs higher priorities first, then shares fairly across API keys "
-                    "(default normal); `high` needs a key with the `jobs:priority` scope (else 403)",
+                    "(default normal); when every slot is busy, a waiting job takes over the slot of a running job "
+                    "of a lower priority at its next checkpoint (README: Preemption); `high` needs a key with the "
+                    "`jobs:priority` scope (else 403)",
                 }
             ),
         },

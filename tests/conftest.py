@@ -31,10 +31,10 @@ from service_harness import (
 from vidserve import db
 from vidserve.job_view import job_to_dict
 from vidserve.jobs import JobConflict, JobStore
-from vidserve.processes import ManagedProcess
-from vidserve.s3server import S3Server, start_s3_server
 from vidserve.settings import Settings
 from vidserve.storage import VideoStore
+from vidserve.tools.processes import ManagedProcess
+from vidserve.tools.s3server import S3Server, start_s3_server
 from worker.step_gate import StepGate
 
 PG_HOST = os.environ.get("VIDSERVE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")

@@ -25,10 +25,10 @@ import pytest
 import redis
 
 from vidserve.jobs import JobStore
-from vidserve.processes import ManagedProcess, vidserve_command
 from vidserve.queue import make_celery
 from vidserve.settings import ENV_VARS, Settings
 from vidserve.storage import VideoStore
+from vidserve.tools.processes import ManagedProcess, vidserve_command
 from worker.step_gate import StepGate
 
 # The model the end-to-end workers serve; the other is registered but served by none (its jobs stay queued).

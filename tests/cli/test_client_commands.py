@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from service_harness import GATED_JOB, GATED_MODEL, GATED_STEPS, SERVED_MODEL, Stack, held_at_gate, wait_until
 
-from vidserve.client import VidserveClient
 from vidserve.settings import ENV_VARS
+from vidserve.tools.client import VidserveClient
 from worker.step_gate import StepGate
 from worker.video import decode_mp4
 
@@ -31,7 +31,7 @@ def vidserve(stack: Stack, *args: str, api_in_env: bool = True, **extra_env: str
     if api_in_env:
         env["VIDSERVE_API_URL"] = stack.api_url
     return subprocess.run(
-        [sys.executable, "-m", "vidserve.cli", *args], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "vidserve.tools.cli", *args], env=env, capture_output=True, text=True, timeout=120
     )
 
 

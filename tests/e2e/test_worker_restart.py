@@ -25,10 +25,10 @@ from service_harness import (
 
 from vidserve.job_view import job_to_dict
 from vidserve.jobs import JobStore
-from vidserve.processes import ManagedProcess
 from vidserve.queue import make_celery, publish_job
 from vidserve.schema import JobStatus
 from vidserve.settings import Settings
+from vidserve.tools.processes import ManagedProcess
 from worker.step_gate import StepGate
 
 RESTARTED_JOB = {k: v for k, v in GATED_JOB.items() if k != "model"}

@@ -35,10 +35,10 @@ from service_harness import (
 from vidserve import db
 from vidserve.job_view import job_to_dict
 from vidserve.jobs import JobStore
-from vidserve.processes import ManagedProcess
-from vidserve.s3server import S3Server, free_port_block, start_s3_server
 from vidserve.settings import Settings
 from vidserve.storage import VideoStore
+from vidserve.tools.processes import ManagedProcess
+from vidserve.tools.s3server import S3Server, free_port_block, start_s3_server
 from worker.step_gate import StepGate
 
 MODEL = "tiny-wan"

@@ -22,7 +22,7 @@ from conftest import (
     wait_terminal,
 )
 
-from vidserve.processes import ManagedProcess
+from vidserve.tools.processes import ManagedProcess
 
 # Enough for the released jobs' last step, encoding and upload on a loaded machine (about a second each there); the
 # held job waits it out in full.

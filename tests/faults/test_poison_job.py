@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from conftest import POISON_MODEL, POISON_PROMPT, Services, event_types, start_worker, submit, wait_terminal
 
-from vidserve.processes import ManagedProcess
+from vidserve.tools.processes import ManagedProcess
 
 GOOD_PROMPTS = ("cat", "dog in the city", "red car")
 

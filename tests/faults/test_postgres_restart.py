@@ -21,8 +21,8 @@ from conftest import (
 )
 from service_harness import wait_until
 
-from vidserve.client import VidserveClient
-from vidserve.processes import ManagedProcess
+from vidserve.tools.client import VidserveClient
+from vidserve.tools.processes import ManagedProcess
 
 
 def test_a_result_finished_while_postgres_is_down_is_recorded_when_it_returns(

@@ -13,7 +13,7 @@ import dataclasses
 from conftest import Services, event_types, start_worker, submit, wait_terminal
 from service_harness import wait_until
 
-from vidserve.processes import ManagedProcess
+from vidserve.tools.processes import ManagedProcess
 
 
 def test_uploads_wait_out_a_short_s3_outage_and_fail_clearly_in_a_long_one(

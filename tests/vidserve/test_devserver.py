@@ -1,4 +1,4 @@
-"""`make run` (vidserve/devserver.py) as a user runs it: a real process tree (gunicorn, worker, webhook sender,
+"""`make run` (vidserve/tools/devserver.py) as a user runs it: a real process tree (gunicorn, worker, webhook sender,
 local S3 server) started as a subprocess, then Ctrl-C (SIGINT) or `kill -9` of one of its children.
 
 Promises: Ctrl-C stops the worker first, so a running job is handed back (`queued`) within the grace period
@@ -36,8 +36,8 @@ from service_harness import (
 from sqlalchemy import text
 
 from vidserve import db
-from vidserve.devserver import WORKER_STOP_MARGIN
 from vidserve.settings import Settings
+from vidserve.tools.devserver import WORKER_STOP_MARGIN
 from worker.step_gate import StepGate
 
 # Long enough for the short job's last step, its encoding and upload on a machine loaded many times over (0.7 s
@@ -49,7 +49,7 @@ pytestmark = pytest.mark.timeout(900)
 
 
 class DevServer:
-    """`python -m vidserve.devserver` in a directory of its own (its var/), its console read line by line."""
+    """`python -m vidserve.tools.devserver` in a directory of its own (its var/), its console read line by line."""
 
     def __init__(self, settings: Settings, cwd: Path) -> None:
         self.settings = settings
@@ -57,7 +57,7 @@ class DevServer:
         self.lines: list[str] = []
         self.gate: StepGate | None = None  # set by the fixture: holds GATED_MODEL's jobs at its step
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "vidserve.devserver"],
+            [sys.executable, "-m", "vidserve.tools.devserver"],
             cwd=cwd,
             env=service_env(settings),
             stdout=subprocess.PIPE,

@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Any
 
-from vidserve.client import ApiError, VidserveClient
+from vidserve.tools.client import ApiError, VidserveClient
 
 
 def _client(args: argparse.Namespace) -> VidserveClient:
