@@ -196,6 +196,17 @@ def test_a_finished_video_is_continued_from_its_latents(long_engines, long_specs
     assert np.array_equal(again.frames, result.frames)  # the context fully determines the continuation
 
 
+@pytest.mark.parametrize("family", ["ltx", "mochi"])
+def test_a_finished_video_of_another_family_is_continued_with_only_its_new_frames(
+    family, long_engines, long_specs, make_request
+):
+    spec, engine = long_specs[family], long_engines[family]
+    first = engine.generate([make_request(family, "first", prompt="a clip to extend", num_frames=WINDOW[family])])[0]
+    params = {"prompt": "later", "num_frames": WINDOW[family], "num_inference_steps": 2, "seed": 3}
+    result = engine.generate([spec.resolve("ext", params, context=first.latents)])[0]
+    assert result.frames.shape == (WINDOW[family], 32, 32, 3) and np.isfinite(result.frames).all()
+
+
 def test_continuing_latents_of_another_shape_is_refused_naming_context(long_engines, long_specs, make_request):
     spec = long_specs["wan"]
     wrong = torch.zeros(1, 4, 3, 8, 8)  # the tiny Wan's latents of 128 x 128 pixels, not 32 x 32
