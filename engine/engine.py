@@ -133,8 +133,9 @@ class Engine:
         """Queue a request; returns a Future of its GenerationResult. Raises InvalidRequest at once.
 
         `on_frames` streams the finished video: it receives the frames in order, a few at a time, on the loop
-        thread as the VAE decodes them (a long Wan video one latent frame, 4 frames, at a time), all before the
-        future resolves; the result's `frames` is then None, so the video is never held whole.
+        thread as the VAE decodes them (Wan one latent frame, 4 frames, at a time; the other families in pieces of at
+        most 9 to 13 frames, engine.vae), all before the future resolves; the result's `frames` is then None, so the
+        video is never held whole.
 
         `on_checkpoint` receives the request's state (an engine.checkpoint.Checkpoint, on CPU) after every
         `checkpoint_every` steps, on the loop thread: it must return quickly. `resume_from` continues the request

@@ -69,7 +69,7 @@ def packed_rows(
             rows.append(
                 PackedRow(
                     seq.latents,
-                    seq.timestep,
+                    seq.row_timestep,
                     text,
                     text_kv=kv,
                     positions=positions,

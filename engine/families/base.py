@@ -7,7 +7,7 @@ timesteps, transformer call, guidance, scheduler step, decode) that the engine i
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -206,6 +206,17 @@ class FamilyAdapter:
     def decode(self, latents: torch.Tensor, seqs: list[Sequence]) -> list[np.ndarray]:
         """Decode a batch of equal-shape latents to float frames in [0, 1], (F, H, W, 3) each."""
         raise NotImplementedError
+
+    def decode_stream(self, latents: torch.Tensor, seq: Sequence, long: bool) -> Iterator[np.ndarray]:
+        """One video's float frames (f, H, W, 3) in order, a few at a time, as its VAE decodes them (engine.vae), so
+        memory does not grow with the video's length. `long`: the latent is longer than the model's native window,
+        where a family whose VAE tiles time approximately (LTX) may do so. Here: the whole decode, in one piece."""
+        yield from self.decode(latents, [seq])
+
+    def embeds_frame_timesteps(self) -> bool:
+        """Whether every packed forward of this adapter embeds a timestep per latent frame (`PackedRow.timestep` of
+        shape (F,)), so a continuation's clean context frames can run at timestep 0; False: one per row."""
+        return False
 
     def enable_vae_tiling(self) -> bool:
         """Decode in tiles (and frame by frame where the VAE supports it) so long videos fit in memory."""

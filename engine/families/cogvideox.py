@@ -7,6 +7,7 @@ laid out (B, F, C, H, W), rotary embeddings per shape, DDIM or DPM steps, option
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ from engine.packing import PackedForward, PackedRow, PackedState, Segments
 from engine.request import GenerationRequest, InvalidRequest
 from engine.sequence import Sequence
 from engine.tiny import t5_encoder, t5_tokenizer
-from engine.vae import fast_decode
+from engine.vae import cogvideox_pieces, fast_decode, fast_pieces
 
 
 class CogVideoXAdapter(FamilyAdapter):
@@ -153,11 +154,18 @@ class CogVideoXAdapter(FamilyAdapter):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, seqs: list[Sequence]) -> list[np.ndarray]:
-        latents = latents[:, seqs[0].extra["additional_frames"] :]
-        latents = latents.permute(0, 2, 1, 3, 4)
-        latents = 1 / self.pipe.vae_scaling_factor_image * latents
         with fast_decode(self.vae):  # engine/vae.py
-            return self.to_frames(self.vae.decode(latents).sample)
+            return self.to_frames(self.vae.decode(self._vae_input(latents, seqs[0])).sample)
+
+    def _vae_input(self, latents: torch.Tensor, seq: Sequence) -> torch.Tensor:
+        """(B, C, F, H, W) scaled for the VAE, without CogVideoX 1.5's padding frames, as the pipeline decodes."""
+        latents = latents[:, seq.extra["additional_frames"] :].permute(0, 2, 1, 3, 4)
+        return 1 / self.pipe.vae_scaling_factor_image * latents
+
+    def decode_stream(self, latents: torch.Tensor, seq: Sequence, long: bool) -> Iterator[np.ndarray]:
+        """Two latent frames at a time through the VAE's convolution cache: the frames of `decode`, exactly."""
+        for piece in fast_pieces(self.vae, cogvideox_pieces(self.vae, self._vae_input(latents, seq))):
+            yield self.to_frames(piece)[0]
 
 
 class CogVideoXPackedForward:

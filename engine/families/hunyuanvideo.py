@@ -7,6 +7,7 @@ a CLIP pooled vector, linear sigmas, and the guidance scale fed to the transform
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ from engine.packing import PackedForward, PackedRow, PackedState, Segments
 from engine.request import GenerationRequest
 from engine.sequence import Sequence
 from engine.tiny import clip_tokenizer, llama_tokenizer
-from engine.vae import fast_decode
+from engine.vae import fast_decode, fast_pieces, temporal_tile_pieces
 
 _LLAMA_LAYERS_SKIPPED = 2  # the pipeline reads the hidden states three from the end
 _CLIP_LENGTH = 77
@@ -141,6 +142,17 @@ class HunyuanVideoAdapter(FamilyAdapter):
         latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
         with fast_decode(self.vae):  # engine/vae.py
             return self.to_frames(self.vae.decode(latents, return_dict=False)[0])
+
+    def decode_stream(self, latents: torch.Tensor, seq: Sequence, long: bool) -> Iterator[np.ndarray]:
+        """Temporal tiles (16 frames, stride 12) blended over their overlap, as the VAE decodes long latents by
+        default (framewise decoding): the frames of `decode`, exactly; a latent within one tile in one piece."""
+        vae = self.vae
+        tile = vae.tile_sample_min_num_frames // vae.temporal_compression_ratio
+        if not ((long or vae.use_framewise_decoding) and latents.shape[2] > tile):
+            yield from self.decode(latents, [seq])
+            return
+        for piece in fast_pieces(vae, temporal_tile_pieces(vae, latents.to(vae.dtype) / vae.config.scaling_factor)):
+            yield self.to_frames(piece)[0]
 
 
 def _packs(model: torch.nn.Module) -> bool:

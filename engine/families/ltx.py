@@ -6,6 +6,7 @@ shift from the video's token count, rope scaled by the frame rate, and a timeste
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ from engine.packing import PackedForward, PackedRow, PackedState, Segments, bloc
 from engine.request import GenerationRequest
 from engine.sequence import Sequence
 from engine.tiny import t5_encoder, t5_tokenizer
-from engine.vae import fast_decode
+from engine.vae import fast_decode, fast_pieces, temporal_tile_pieces
 
 
 class LTXAdapter(FamilyAdapter):
@@ -136,6 +137,14 @@ class LTXAdapter(FamilyAdapter):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, seqs: list[Sequence]) -> list[np.ndarray]:
+        latents, timestep = self._vae_input(latents, seqs)
+        with fast_decode(self.vae):  # heavy batch-1 3-D convolutions on oneDNN (engine/vae.py)
+            video = self.vae.decode(latents, timestep, return_dict=False)[0]
+        return self.to_frames(video)
+
+    def _vae_input(self, latents: torch.Tensor, seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Packed latents -> the VAE's (B, C, F, H, W), un-normalised and, for a timestep-conditioned VAE, noised to
+        the decode timestep (which the VAE also takes), as the pipeline decodes."""
         pipe, vae = self.pipe, self.vae
         f, h, w = self.latent_dims(seqs[0].request)
         latents = pipe._unpack_latents(
@@ -152,9 +161,21 @@ class LTXAdapter(FamilyAdapter):
             scale = torch.tensor([self.decode_noise_scale] * n, device=latents.device, dtype=latents.dtype)
             scale = scale[:, None, None, None, None]
             latents = (1 - scale) * latents + scale * noise
-        with fast_decode(vae):  # heavy batch-1 3-D convolutions on oneDNN (engine/vae.py)
-            video = vae.decode(latents.to(vae.dtype), timestep, return_dict=False)[0]
-        return self.to_frames(video)
+        return latents.to(vae.dtype), timestep
+
+    def decode_stream(self, latents: torch.Tensor, seq: Sequence, long: bool) -> Iterator[np.ndarray]:
+        """Beyond the native window (or with the VAE's framewise decoding on), temporal tiles of 16 frames, stride 8,
+        blended over their overlap as the VAE's framewise decoding does: close to, not equal to, the whole decode
+        (the tiles do not see each other). Within the window, the whole decode in one piece, as `decode`."""
+        vae = self.vae
+        tile = vae.tile_sample_min_num_frames // vae.temporal_compression_ratio
+        if not ((long or vae.use_framewise_decoding) and self.latent_dims(seq.request)[0] > tile):
+            yield from self.decode(latents, [seq])
+            return
+        with torch.no_grad():
+            z, timestep = self._vae_input(latents, [seq])
+        for piece in fast_pieces(vae, temporal_tile_pieces(vae, z, timestep)):
+            yield self.to_frames(piece)[0]
 
 
 class LTXPackedForward:

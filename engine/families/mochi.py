@@ -6,6 +6,7 @@ pipeline says so), a linear-quadratic sigma schedule, CFG in float32, and the VA
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,7 @@ from engine.packing import PackedForward, PackedRow, PackedState, Segments
 from engine.request import GenerationRequest, InvalidRequest
 from engine.sequence import Sequence
 from engine.tiny import t5_encoder, t5_tokenizer
-from engine.vae import fast_decode
+from engine.vae import fast_decode, fast_pieces, mochi_pieces
 
 _THRESHOLD_NOISE = 0.025  # MochiPipeline's fixed schedule parameter
 
@@ -120,16 +121,23 @@ class MochiAdapter(FamilyAdapter):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, seqs: list[Sequence]) -> list[np.ndarray]:
+        with fast_decode(self.vae):  # heavy batch-1 3-D convolutions on oneDNN (engine/vae.py)
+            return self.to_frames(self.vae.decode(self._vae_input(latents), return_dict=False)[0])
+
+    def _vae_input(self, latents: torch.Tensor) -> torch.Tensor:
+        """The latents un-normalised with the VAE's statistics, as the pipeline does before decoding."""
         config = self.vae.config
         if getattr(config, "latents_mean", None) is not None and getattr(config, "latents_std", None) is not None:
             c = config.latent_channels
             mean = torch.tensor(config.latents_mean).view(1, c, 1, 1, 1).to(latents.device, latents.dtype)
             std = torch.tensor(config.latents_std).view(1, c, 1, 1, 1).to(latents.device, latents.dtype)
-            latents = latents * std / config.scaling_factor + mean
-        else:
-            latents = latents / config.scaling_factor
-        with fast_decode(self.vae):  # heavy batch-1 3-D convolutions on oneDNN (engine/vae.py)
-            return self.to_frames(self.vae.decode(latents, return_dict=False)[0])
+            return latents * std / config.scaling_factor + mean
+        return latents / config.scaling_factor
+
+    def decode_stream(self, latents: torch.Tensor, seq: Sequence, long: bool) -> Iterator[np.ndarray]:
+        """Framewise, two latent frames (12 frames) at a time through the VAE's convolution cache."""
+        for piece in fast_pieces(self.vae, mochi_pieces(self.vae, self._vae_input(latents))):
+            yield self.to_frames(piece)[0]
 
 
 class MochiPackedForward:

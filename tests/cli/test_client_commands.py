@@ -1,4 +1,4 @@
-"""`vidserve submit/status/cancel/list`: the real command in a subprocess, talking to the public API only.
+"""`vidserve submit/extend/status/cancel/list`: the real command in a subprocess, talking to the public API only.
 
 The commands get the API's URL from `VIDSERVE_API_URL` (or `--api`) and nothing else: no database URL, no
 Redis, no S3 credentials in their environment.
@@ -87,6 +87,26 @@ def test_submit_without_wait_prints_the_id_and_cancel_cancels(stack: Stack, gate
     wait_until(lambda: stack.store.get(job_id).status.value == "canceled", 60, 0.1, "job canceled")
     again = vidserve(stack, "cancel", job_id)
     assert again.returncode == 1 and "409 job_conflict" in again.stderr
+
+
+def test_extend_continues_a_finished_job_for_the_seconds_asked_and_writes_the_new_video(
+    stack: Stack, tmp_path: Path
+) -> None:
+    first = vidserve(stack, "submit", "a red square moving right", "--model", SERVED_MODEL, "--steps", "2", "--wait")
+    assert first.returncode == 0, first.stderr
+    source_id = first.stdout.split()[0]
+    out = tmp_path / "next.mp4"
+    args = ("--prompt", "the square moves on", "--seconds", "2", "--steps", "2", "--wait", "--out", str(out), "--json")
+    extended = vidserve(stack, "extend", source_id, *args)
+    assert extended.returncode == 0, extended.stderr
+    job = json.loads(extended.stdout)
+    assert job["status"] == "succeeded" and job["params"]["extends"]["job_id"] == source_id
+    # 2 s at the source's 8 fps: 16 frames, the nearest of the tiny Wan's 4k+1 is 17 (ties go to the longer).
+    assert job["params"]["num_frames"] == 17 and job["params"]["prompt"] == "the square moves on"
+    assert decode_mp4(out.read_bytes()).shape == (17, 32, 32, 3)  # the new frames only
+
+    unfinished = vidserve(stack, "extend", "00000000-0000-0000-0000-000000000000", "--prompt", "x", "--frames", "9")
+    assert unfinished.returncode == 1 and "404 job_not_found" in unfinished.stderr
 
 
 def test_errors_are_readable_and_exit_nonzero(stack: Stack) -> None:

@@ -96,8 +96,19 @@ class VidserveClient:
         headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
         return self._json("POST", "/v1/jobs", json=body, headers=headers)
 
+    def extend(self, job_id: str, prompt: str, idempotency_key: str | None = None, **fields: Any) -> dict[str, Any]:
+        """POST /v1/jobs/{id}/extend: a new job continuing a succeeded one from its kept final latents; `fields` are
+        the optional ones (num_frames, include_original, seed, ...). Idempotent like `submit`."""
+        body = {"prompt": prompt, **{k: v for k, v in fields.items() if v is not None}}
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        return self._json("POST", f"/v1/jobs/{job_id}/extend", json=body, headers=headers)
+
     def get(self, job_id: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/jobs/{job_id}")
+
+    def models(self) -> list[dict[str, Any]]:
+        """GET /v1/models: each model's name, family, limits (frame rule, windows) and defaults."""
+        return self._json("GET", "/v1/models")["data"]
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._json("POST", f"/v1/jobs/{job_id}/cancel")
