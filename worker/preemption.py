@@ -26,7 +26,8 @@ class Running(Protocol):
 class Slots:
     """The attempts this process runs now, one per slot."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = 0) -> None:
+        self.capacity = capacity  # the process's slots, once Celery says how many (0: the settings' worker_slots)
         self._lock = threading.Lock()
         self._running: list[Running] = []
 

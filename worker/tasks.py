@@ -235,7 +235,7 @@ def _look_for_taker(attempt: Attempt) -> None:
     ):
         return
     attempt.looked_at = now
-    if not ctx.slots.gives_way(attempt, settings.worker_slots):
+    if not ctx.slots.gives_way(attempt, ctx.slots.capacity or settings.worker_slots):
         return
     owner = ctx.new_owner()
     try:
