@@ -128,13 +128,14 @@ def stack_gate(tmp_path_factory: pytest.TempPathFactory) -> StepGate:
 
 @pytest.fixture(scope="session")
 def stack_settings(settings: Settings, model_dir: Path, stack_gate: StepGate) -> Iterator[Settings]:
-    """The shared stack's settings: a database of its own (so its sweeper never touches another test's jobs) and
-    Redis keys prefixed by that database's name."""
+    """The shared stack's settings: a database and a bucket of its own (its sweeper deletes the checkpoints of jobs
+    its database does not know, and must never touch another test's jobs or checkpoints) and Redis keys prefixed
+    by that database's name."""
     database_url = f"{settings.database_url}_stack"
     db.create_database(database_url)
     db.upgrade(database_url)
     stack_settings = isolated(
-        dataclasses.replace(settings, database_url=database_url),
+        dataclasses.replace(settings, database_url=database_url, s3_bucket=f"{settings.s3_bucket}-stack"),
         model_dir=str(model_dir),
         models_file=write_gated_registry(model_dir, stack_gate, "stack-models.toml"),
         worker_models=f"{SERVED_MODEL},{GATED_MODEL}",
