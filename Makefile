@@ -16,13 +16,13 @@ venv: .venv/.installed
 	@touch $@
 
 models: venv
-	@$(PY) -m vidserve.cli models build-tiny
+	@$(PY) -m vidserve.tools.cli models build-tiny
 
 migrate: venv
-	@$(PY) -m vidserve.cli db upgrade
+	@$(PY) -m vidserve.tools.cli db upgrade
 
 run: venv
-	@$(PY) -m vidserve.devserver
+	@$(PY) -m vidserve.tools.devserver
 
 # pytest exits 5 when it collects nothing (e.g. a filtered run): not a failure of the suite. -rfEs: the names of
 # failures, errors and skips last, where CI's tail shows them; --durations: where the time goes.
@@ -38,7 +38,7 @@ test-quick: venv
 # Schemathesis against the API from its OpenAPI document, at ten times the suite's size. One operation's 300
 # examples can outlast the suite's 300 s per-test limit on a busy machine: an hour each here.
 fuzz: venv
-	@VIDSERVE_FUZZ_EXAMPLES=$${VIDSERVE_FUZZ_EXAMPLES:-300} $(PY) -m pytest -q -p no:cacheprovider --timeout=3600 tests/fuzz
+	@VIDSERVE_FUZZ_EXAMPLES=$${VIDSERVE_FUZZ_EXAMPLES:-300} VIDSERVE_FUZZ_COVERAGE=1 $(PY) -m pytest -q -p no:cacheprovider --timeout=3600 tests/fuzz
 
 bench: venv
 	@$(PY) -m engine.bench $(BENCH_ARGS)

@@ -94,7 +94,7 @@ def list_jobs() -> Response:
     )
     page = rows[: query.limit]
     next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > query.limit else None
-    return jsonify(data=[svc.view_job(job) for job in page], next_cursor=next_cursor)
+    return jsonify(data=svc.view_jobs(page), next_cursor=next_cursor)
 
 
 @bp.get("/<job_id>")

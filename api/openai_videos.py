@@ -367,7 +367,8 @@ def list_videos() -> Response:
         cursor = (anchor.created_at, anchor.id)
     rows = svc.jobs.list(limit=limit + 1, after=cursor, order=order, owner=owner)
     page = rows[:limit]
-    data = [video_object(job) for job in page]
+    places = svc.jobs.queue_places(page)  # one query for the page's queued videos
+    data = [video_object(job, places.get(job.id)) for job in page]
     return jsonify(
         object="list",
         data=data,
@@ -512,8 +513,8 @@ OPENAPI_SCHEMAS: dict[str, Any] = {
             },
             "queue": {
                 "type": ["object", "null"],
-                "description": "vidserve's addition, on retrieve: a queued video's place (position: queued jobs "
-                "before it; estimated_start_at: ISO time or null); null otherwise",
+                "description": "vidserve's addition, on retrieve and in lists: a queued video's place (position: "
+                "queued jobs before it; estimated_start_at: ISO time or null); null otherwise",
                 "properties": {
                     "position": {"type": "integer", "minimum": 0},
                     "estimated_start_at": {"type": ["string", "null"], "format": "date-time"},

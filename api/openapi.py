@@ -1,6 +1,7 @@
 """The OpenAPI 3.1 document of the REST API, served at `/openapi.json`.
 
-Built from the model registry and the validation constants, so its enums and bounds match what is enforced.
+Built from the model registry, the family registry (`engine.families`) and the validation constants, so its
+enums and bounds match what is enforced.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from api.validation import (
     WEBHOOK_URL_PATTERN,
 )
 from engine.cache_policy import SETTINGS
+from engine.families import FAMILIES
 from engine.long_video_settings import MAX_SEGMENTS
 from engine.registry import ModelRegistry, ModelSpec
 from engine.request import CONTINUATION, LONG_VIDEO_METHODS
@@ -161,7 +163,9 @@ def _job_request_schema(spec: ModelSpec, default: bool = False) -> dict[str, Any
                     "type": "string",
                     "enum": list(PRIORITIES),
                     "description": "the queue runs higher priorities first, then shares fairly across API keys "
-                    "(default normal); `high` needs a key with the `jobs:priority` scope (else 403)",
+                    "(default normal); when every slot is busy, a waiting job takes over the slot of a running job "
+                    "of a lower priority at its next checkpoint (README: Preemption); `high` needs a key with the "
+                    "`jobs:priority` scope (else 403)",
                 }
             ),
         },
@@ -504,7 +508,7 @@ def _schemas(registry: ModelRegistry) -> dict[str, Any]:
             "properties": {
                 "name": {"type": "string"},
                 "default": {"type": "boolean", "description": "the model of a job that names none"},
-                "family": {"type": "string", "enum": ["wan", "cogvideox", "mochi", "hunyuanvideo", "ltx"]},
+                "family": {"type": "string", "enum": list(FAMILIES)},
                 "limits": {
                     "type": "object",
                     "properties": {

@@ -18,7 +18,7 @@ from vidserve.job_view import job_to_dict
 from vidserve.jobs import JobStore
 from vidserve.keys import KeyStore
 from vidserve.queue import announce_delivery, announce_job, make_celery
-from vidserve.schema import Job, JobStatus
+from vidserve.schema import Job
 from vidserve.settings import Settings
 from vidserve.storage import VideoStore
 
@@ -50,8 +50,13 @@ class Services:
 
     def view_job(self, job: Job) -> dict[str, Any]:
         """The public JSON of a job, with a fresh presigned URL when its video exists and its place while queued."""
-        place = self.jobs.queue_place(job) if job.status == JobStatus.QUEUED else None
-        return job_to_dict(job, self.videos.presigned_url if self.videos else None, place)
+        return self.view_jobs([job])[0]
+
+    def view_jobs(self, jobs: list[Job]) -> list[dict[str, Any]]:
+        """`view_job` of a page of jobs: their queue places come from one `JobStore.queue_places` for the page."""
+        places = self.jobs.queue_places(jobs)
+        presign = self.videos.presigned_url if self.videos else None
+        return [job_to_dict(job, presign, places.get(job.id)) for job in jobs]
 
     def publish(self, job: Job) -> bool:
         """Enqueue a stored job; False when the broker is away (the worker's sweeper publishes it later)."""

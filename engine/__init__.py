@@ -1,7 +1,7 @@
 """vidserve's generation engine: heterogeneous step-level batching over diffusers video models.
 
-`Engine` (torch) is imported lazily so that `engine.registry` and `engine.request` stay usable by the
-API process, which never imports torch.
+`Engine` (torch) is imported lazily so that `engine.registry`, `engine.families` (the family registry) and
+`engine.request` stay usable by the API process, which never imports torch.
 """
 
 from __future__ import annotations

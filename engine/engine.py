@@ -1,7 +1,8 @@
 """The engine: many concurrent requests, one background loop, step-level heterogeneous batching.
 
-`Engine.step()` is the whole story: admit waiting requests, plan this iteration's forwards, run each one,
-advance every request's own scheduler, retire (decode) what finished.
+`Engine.step()` is the whole story: plan this iteration's forwards (the scheduler admits waiting requests and
+picks the running ones), run them (the runner), advance every request's own scheduler, retire (decode) what
+finished.
 """
 
 from __future__ import annotations
@@ -9,10 +10,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -22,21 +22,22 @@ from engine import checkpoint
 from engine.cache_policy import parse_cache
 from engine.checkpoint import Checkpoint
 from engine.families import adapter_class
-from engine.families.base import FamilyAdapter, TextEmbedding
+from engine.families.base import FamilyAdapter
 from engine.long_video import LongVideos, WindowView
 from engine.planner import Batch, Planner
 from engine.registry import ModelSpec
 from engine.request import (
     CheckpointMismatch,
-    EngineError,
     FramesCallback,
     GenerationRequest,
     GenerationResult,
     RequestCanceled,
 )
 from engine.runner import ForwardResult, ModelRunner, Runner
+from engine.scheduler import Scheduler
 from engine.sequence import CheckpointCallback, ProgressCallback, Sequence, Status
 from engine.step_cache import RequestCache
+from engine.text_cache import TextCache
 
 log = logging.getLogger(__name__)
 
@@ -81,35 +82,6 @@ class EngineConfig:
         return config
 
 
-@dataclass
-class _TextCache:
-    """A small LRU of prompt embeddings, so repeated prompts are encoded once without growing forever.
-
-    Keyed by model, encoding settings and prompt (`settings`), so an embedding is never served to a model or
-    a sequence length it was not encoded for, even if the cache came to be shared.
-    """
-
-    capacity: int
-    settings: tuple = ()
-    entries: OrderedDict[tuple, TextEmbedding] = field(default_factory=OrderedDict)
-
-    def get(self, prompt: str) -> TextEmbedding | None:
-        key = (*self.settings, prompt)
-        hit = self.entries.get(key)
-        if hit is not None:
-            self.entries.move_to_end(key)
-        return hit
-
-    def put(self, prompt: str, value: TextEmbedding) -> None:
-        if self.capacity <= 0:
-            return
-        key = (*self.settings, prompt)
-        self.entries[key] = value
-        self.entries.move_to_end(key)
-        while len(self.entries) > self.capacity:
-            self.entries.popitem(last=False)
-
-
 class Engine:
     """Serves one registry model. Thread-safe `submit`; one loop thread runs the model."""
 
@@ -128,12 +100,16 @@ class Engine:
         else:
             self.runner = ModelRunner(self.adapter, self.config.text_kv_cache)
         self.long_videos = LongVideos(self.adapter, spec)
-        self._texts = _TextCache(self.config.text_cache_size, (spec.name, spec.path, *self.adapter.text_settings()))
-        self._waiting: deque[Sequence] = deque()
-        self._running: list[Sequence] = []
-        self._lock = threading.Condition()
-        self._closed = False
-        self._iteration = 0
+        self.texts = TextCache(
+            self.adapter, self.config.text_cache_size, (spec.name, spec.path, *self.adapter.text_settings())
+        )
+        self.scheduler = Scheduler(
+            self.config.max_running,
+            self.config.max_decode_batch,
+            self.config.decode_wait_steps,
+            self.adapter.decode_key,
+            self.config.hold,
+        )
         self._thread: threading.Thread | None = None
         # OpenMP's thread count is per thread: the loop thread must adopt the intra-op thread count the
         # process set (torch.set_num_threads), or it runs with another one.
@@ -157,8 +133,9 @@ class Engine:
         """Queue a request; returns a Future of its GenerationResult. Raises InvalidRequest at once.
 
         `on_frames` streams the finished video: it receives the frames in order, a few at a time, on the loop
-        thread as the VAE decodes them (a long Wan video one latent frame, 4 frames, at a time), all before the
-        future resolves; the result's `frames` is then None, so the video is never held whole.
+        thread as the VAE decodes them (Wan one latent frame, 4 frames, at a time; the other families in pieces of at
+        most 9 to 13 frames, engine.vae), all before the future resolves; the result's `frames` is then None, so the
+        video is never held whole.
 
         `on_checkpoint` receives the request's state (an engine.checkpoint.Checkpoint, on CPU) after every
         `checkpoint_every` steps, on the loop thread: it must return quickly. `resume_from` continues the request
@@ -180,33 +157,19 @@ class Engine:
             on_frames=on_frames,
         )
         seq.future.set_running_or_notify_cancel()
-        with self._lock:
-            if self._closed:
-                raise EngineError("engine is closed")
-            self._waiting.append(seq)
-            self._lock.notify_all()
+        self.scheduler.add(seq)
         return seq.future
 
     def cancel(self, request_id: str) -> bool:
         """Stop a request before its next denoising step; its future raises RequestCanceled. False if unknown."""
-        with self._lock:
-            for seq in self._waiting:
-                if seq.id == request_id:
-                    self._waiting.remove(seq)
-                    seq.future.set_exception(RequestCanceled(f"request {request_id} canceled"))
-                    return True
-            for seq in self._running:
-                if seq.id == request_id and not seq.canceled:
-                    seq.canceled = True
-                    return True
-        return False
+        return self.scheduler.cancel(request_id)
 
     def generate(self, requests: Iterable[GenerationRequest]) -> list[GenerationResult]:
         """Serve a list of requests together; results in the same order."""
         requests = list(requests)
         for request in requests:
             self.check(request)  # all or nothing: reject before any of them computes
-        with self._lock:  # re-entrant: the loop cannot start an iteration between two of these submits
+        with self.scheduler.lock:  # re-entrant: the loop cannot start an iteration between two of these submits
             futures = [self.submit(r) for r in requests]
         if not self.config.background:
             while not all(f.done() for f in futures):
@@ -215,18 +178,13 @@ class Engine:
 
     def close(self) -> None:
         """Stop the loop; requests still queued or running fail with RequestCanceled."""
-        with self._lock:
-            self._closed = True
-            self._lock.notify_all()
+        self.scheduler.close()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
         self.runner.close()  # layer split: ends every stage process
-        with self._lock:
-            for seq in [*self._waiting, *self._running]:
-                if not seq.future.done():
-                    seq.future.set_exception(RequestCanceled("engine closed"))
-            self._waiting.clear()
-            self._running.clear()
+        for seq in self.scheduler.drain():
+            if not seq.future.done():
+                seq.future.set_exception(RequestCanceled("engine closed"))
 
     def __enter__(self) -> Engine:
         return self
@@ -246,48 +204,31 @@ class Engine:
 
     @property
     def num_unfinished(self) -> int:
-        with self._lock:
-            return len(self._waiting) + len(self._running)
+        return self.scheduler.num_unfinished
 
     # --- one iteration -------------------------------------------------------------------------------
 
     def step(self) -> None:
-        """Admit, plan, run, advance, retire."""
-        self._admit()
-        running = [s for s in self._running if not s.done and not self._held(s)]
-        # Requests whose cache forecasts this step leave the iteration's forwards; the rest still share them.
-        forecast = [s for s in running if s.cache is not None and s.cache.forecasts(s.step_index)]
-        for seq in forecast:
-            self._advance_one(seq, seq.cache.forecast(seq.step_index), reused=True)
-        # Long requests: windowed ones become their windows' rows, continuations get their context frames.
-        rows = self.long_videos.expand([s for s in running if s not in forecast], self._text_of)
-        batches = self.planner.plan(rows)
-        # A layer-split runner pipelines the iteration's forwards through its stages (all in flight at once).
-        for batch, result in zip(batches, self.runner.run_all(batches), strict=True):
-            if isinstance(result, BaseException):  # e.g. out of memory: fail this forward's requests, keep the others
-                log.error("forward of %d requests failed", len(batch.seqs), exc_info=result)
-                for seq in batch.seqs:
-                    self._finish(seq.parent if isinstance(seq, WindowView) else seq, result)
-                continue
-            self._advance(batch, result)
-        for seq, noise_pred in self.long_videos.fused():  # every window ran: one scheduler step on the full latent
-            self._advance_one(seq, noise_pred, reused=False)
+        """One iteration: plan, run, advance, retire."""
+        forecast, batches = self._plan()
+        results = self.runner.run_all(batches)
+        self._advance(forecast, batches, results)
         self._retire()
-        self._iteration += 1
+        self.scheduler.iteration += 1
 
-    def _held(self, seq: Sequence) -> bool:
-        hold = self.config.hold
-        return hold is not None and seq.status is Status.RUNNING and not seq.done and hold(seq.id, seq.step_index)
+    def _plan(self) -> tuple[list[Sequence], list[Batch]]:
+        """Admit waiting requests; then the running ones' forwards, less those whose step cache forecasts this step.
 
-    def _admit(self) -> None:
-        with self._lock:
-            for seq in [s for s in self._running if s.canceled]:
-                self._running.remove(seq)
-                seq.future.set_exception(RequestCanceled(f"request {seq.id} canceled"))
-            room = self.config.max_running - len(self._running)
-            admitted = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
-            # Running from now on, so that `cancel` finds them while their text is being encoded.
-            self._running.extend(admitted)
+        Long requests: windowed ones become their windows' rows, continuations get their context frames.
+        """
+        self._admit(self.scheduler.admit())
+        running = self.scheduler.runnable()
+        forecast = [s for s in running if s.cache is not None and s.cache.forecasts(s.step_index)]
+        rows = self.long_videos.expand([s for s in running if s not in forecast], self.texts.embedding)
+        return forecast, self.planner.plan(rows)
+
+    def _admit(self, admitted: list[Sequence]) -> None:
+        """Encode the admitted requests' prompts and prepare their latents and schedulers."""
         if not admitted:
             return
         try:
@@ -309,32 +250,17 @@ class Engine:
 
     def _encode_text(self, seqs: list[Sequence]) -> None:
         """Encode every new prompt in one batched call; identical prompts are encoded once."""
-        needed: list[str] = []
-        for seq in seqs:
-            for prompt in self._prompts_of(seq):
-                if self._texts.get(prompt) is None and prompt not in needed:
-                    needed.append(prompt)
-        encoded = dict(zip(needed, self.adapter.encode_prompts(needed), strict=True)) if needed else {}
-        for prompt, value in encoded.items():
-            self._texts.put(prompt, value)
+        encoded = self.texts.encode(prompt for seq in seqs for prompt in self._prompts_of(seq))
         for seq in seqs:
             cond, *uncond = self._prompts_of(seq)[: 2 if self.adapter.uses_cfg(seq.request) else 1]
-            seq.cond = encoded.get(cond) or self._texts.get(cond)
-            seq.uncond = (encoded.get(uncond[0]) or self._texts.get(uncond[0])) if uncond else None
+            seq.cond = encoded[cond]
+            seq.uncond = encoded[uncond[0]] if uncond else None
 
     def _prompts_of(self, seq: Sequence) -> list[str]:
         """The prompt, the negative prompt under guidance, then the long video's segment prompts."""
         request = seq.request
         prompts = [request.prompt, request.negative_prompt] if self.adapter.uses_cfg(request) else [request.prompt]
         return prompts + [prompt for _, prompt in request.segments]
-
-    def _text_of(self, prompt: str) -> TextEmbedding:
-        """An admitted request's prompt (segments included): encoded at admission, so in the cache."""
-        text = self._texts.get(prompt)
-        if text is None:  # evicted by newer prompts since admission
-            text = self.adapter.encode_prompts([prompt])[0]
-            self._texts.put(prompt, text)
-        return text
 
     def _start(self, seq: Sequence) -> None:
         seq.generator = torch.Generator("cpu").manual_seed(seq.request.seed)
@@ -367,7 +293,23 @@ class Engine:
         except Exception:  # a caller's callback must not break other requests
             log.exception("progress callback of request %s failed", seq.id)
 
-    def _advance(self, batch: Batch, result: ForwardResult) -> None:
+    def _advance(
+        self, forecast: list[Sequence], batches: list[Batch], results: list[ForwardResult | BaseException]
+    ) -> None:
+        """One scheduler step for every request of the iteration, from its forecast or its forward's prediction."""
+        for seq in forecast:
+            self._advance_one(seq, seq.cache.forecast(seq.step_index), reused=True)
+        for batch, result in zip(batches, results, strict=True):
+            if isinstance(result, BaseException):  # e.g. out of memory: fail this forward's requests, keep the others
+                log.error("forward of %d requests failed", len(batch.seqs), exc_info=result)
+                for seq in batch.seqs:
+                    self._finish(seq.parent if isinstance(seq, WindowView) else seq, result)
+                continue
+            self._advance_batch(batch, result)
+        for seq, noise_pred in self.long_videos.fused():  # every window ran: one scheduler step on the full latent
+            self._advance_one(seq, noise_pred, reused=False)
+
+    def _advance_batch(self, batch: Batch, result: ForwardResult) -> None:
         for i, (seq, noise_pred) in enumerate(zip(batch.seqs, result.noise_preds, strict=True)):
             if isinstance(seq, WindowView):  # fused with its request's other windows once all have run
                 self.long_videos.collect(seq, noise_pred, result.block_evaluations[i], len(batch.seqs))
@@ -394,31 +336,20 @@ class Engine:
             self._checkpoint(seq)
 
     def _retire(self) -> None:
-        """Decode finished requests, batched by shape, and resolve their futures."""
-        finished = [s for s in self._running if s.done and not s.canceled]
+        """Decode finished requests, batched by shape as the scheduler says, and resolve their futures."""
+        finished = self.scheduler.finished()
         for seq in [s for s in finished if self.long_videos.is_long(s) or s.on_frames is not None]:
             finished.remove(seq)
             self._stream(seq)
-        if not finished:
-            return
-        groups: dict[tuple, list[Sequence]] = {}
-        for seq in finished:
-            if seq.finished_at is None:
-                seq.finished_at = self._iteration
-            groups.setdefault(self.adapter.decode_key(seq), []).append(seq)
-        for key, group in groups.items():
-            if self._worth_waiting(key, group):
+        for chunk in self.scheduler.decode_batches(finished):
+            try:
+                videos = self.adapter.decode(torch.cat([s.latents for s in chunk]), chunk)
+            except Exception as exc:
+                for seq in chunk:
+                    self._finish(seq, exc)
                 continue
-            for i in range(0, len(group), self.config.max_decode_batch):
-                chunk = group[i : i + self.config.max_decode_batch]
-                try:
-                    videos = self.adapter.decode(torch.cat([s.latents for s in chunk]), chunk)
-                except Exception as exc:
-                    for seq in chunk:
-                        self._finish(seq, exc)
-                    continue
-                for seq, video in zip(chunk, videos, strict=True):
-                    self._finish(seq, video)
+            for seq, video in zip(chunk, videos, strict=True):
+                self._finish(seq, video)
 
     def _stream(self, seq: Sequence) -> None:
         """Decode one request on its own, handing frames to `on_frames` as they come (long videos stream)."""
@@ -437,21 +368,9 @@ class Engine:
     def _output(self, frames: np.ndarray) -> np.ndarray:
         return (frames * 255).round().astype(np.uint8) if self.config.output == "uint8" else frames
 
-    def _worth_waiting(self, key: tuple, group: list[Sequence]) -> bool:
-        """Whether to hold finished videos back an iteration for a same-shape request about to finish."""
-        if len(group) >= self.config.max_decode_batch:
-            return False
-        budget = self.config.decode_wait_steps - (self._iteration - min(s.finished_at for s in group))
-        return budget > 0 and any(
-            not s.done and not s.canceled and s.num_steps - s.step_index <= budget and self.adapter.decode_key(s) == key
-            for s in self._running
-        )
-
     def _finish(self, seq: Sequence, outcome: np.ndarray | BaseException | None) -> None:
         """Resolve the request's future with its frames (None: streamed to `on_frames`) or its error."""
-        with self._lock:
-            if seq in self._running:
-                self._running.remove(seq)
+        self.scheduler.remove(seq)
         if seq.future.done():  # a long request whose other window failed in the same iteration
             return
         seq.status = Status.FINISHED
@@ -479,25 +398,12 @@ class Engine:
 
     def _loop(self) -> None:
         torch.set_num_threads(self._intra_op_threads)
-        while True:
-            with self._lock:
-                while not self._closed and not self._waiting and not self._running:
-                    self._lock.wait()
-                if self._closed:
-                    return
+        while self.scheduler.wait_for_work():
             try:
                 self.step()
-                self._wait_while_all_held()
+                self.scheduler.wait_while_all_held(HOLD_POLL_SECONDS)
             except Exception as exc:  # fail what was in flight, keep serving new requests
                 log.exception("engine step failed")
-                with self._lock:
-                    failed, self._running = self._running, []
-                for seq in failed:
+                for seq in self.scheduler.fail_running():
                     if not seq.future.done():
                         seq.future.set_exception(exc)
-
-    def _wait_while_all_held(self) -> None:
-        # Every request held (a test's gate): look again shortly, or at once when a request arrives.
-        with self._lock:
-            if not self._waiting and self._running and all(self._held(s) for s in self._running):
-                self._lock.wait(HOLD_POLL_SECONDS)

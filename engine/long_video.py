@@ -7,10 +7,11 @@ weights and the request's own scheduler steps once on the full latent. Initial n
 shuffled copies of the first window's (FreeNoise).
 
 Latent continuation: native chunks one after another, the request itself being the row; chunk k starts from the
-clean tail latents of chunk k-1 (never decoded). Every family here takes one timestep per sample in today's
-forwards (Wan's per-token timestep is not offered by the engine's forward yet), so the context frames are
-replaced before every forward by a forward-noised copy at the current noise level (RePaint). The same mechanism
-continues a finished video (`GenerationRequest.context`, extend).
+clean tail latents of chunk k-1 (never decoded). Where the family's packed forward embeds a timestep per latent
+frame (Wan, `FamilyAdapter.embeds_frame_timesteps`), the context frames are the clean latents at timestep 0, as
+Wan 2.2 TI2V conditions on its image; the families with one timestep per row (CogVideoX, Mochi, HunyuanVideo,
+LTX) get the context replaced before every forward by a forward-noised copy at the current noise level
+(RePaint). The same mechanism continues a finished video (`GenerationRequest.context`, extend).
 
 Latent frames run along one axis whose position depends on the family (`FrameAxis`); LTX's packed tokens are
 frame-major, so a frame is a run of h*w tokens. State that a checkpoint must carry lives in `Sequence.extra`
@@ -32,7 +33,6 @@ from engine.long_video_settings import prompt_at
 from engine.registry import ModelSpec
 from engine.request import CONTINUATION, WINDOWS, GenerationRequest, InvalidRequest
 from engine.sequence import Sequence
-from engine.vae import fast_decode
 
 # Sequence.extra entries a checkpoint saves for a continuation: the clean latents made so far (full length) and
 # the first chunk's per-channel colour statistics.
@@ -50,6 +50,12 @@ class WindowView(Sequence):
 
     parent: Sequence | None = None
     start: int = 0  # first latent frame of the window in the parent's latent
+    # A continuation chunk's timestep per latent frame (its clean context at 0), where the family embeds one.
+    frame_timesteps: torch.Tensor | None = None
+
+    @property
+    def row_timestep(self) -> torch.Tensor:
+        return self.timestep if self.frame_timesteps is None else self.frame_timesteps
 
 
 @dataclass(frozen=True)
@@ -290,8 +296,8 @@ class LongVideos:
     # --- decoding ------------------------------------------------------------------------------------
 
     def decode(self, seq: Sequence, latents: torch.Tensor) -> Iterator[np.ndarray]:
-        """The request's frames in order, a few at a time. Wan decodes one latent frame at a time with its causal
-        cache (memory flat in the length); the other families decode at once (tiled if the engine enables it).
+        """The request's frames in order, a few at a time, as the family's VAE decodes them piecewise
+        (`FamilyAdapter.decode_stream`, engine.vae): memory does not grow with the length beyond the latent.
 
         A continuation of a finished video decodes after that video's tail, so its first frames follow on, and
         yields only the new frames (`num_frames` of them).
@@ -304,43 +310,16 @@ class LongVideos:
             known = plan.known if plan is not None else 0
             tail = axis.framed(request.context).narrow(axis.dim, -known, known).to(latents.device, latents.dtype)
             latents = axis.packed(torch.cat([tail, axis.framed(latents)], dim=axis.dim))
-            skip = self._pixel_frames(known + self._latent_frames(request.num_frames)) - request.num_frames
-        if self.adapter.family == "wan" and not getattr(self.adapter.vae, "use_tiling", False):
-            pieces = self._wan_frames(latents)
-        else:
-            pieces = iter(self.adapter.decode(latents, [seq]))
-        for piece in pieces:
+            frames = self._pixel_frames(known + self._latent_frames(request.num_frames))
+            skip = frames - request.num_frames
+            seq = replace(seq, request=replace(request, num_frames=frames))  # the shape being decoded
+        long = self._latent_frames(seq.request.num_frames) > self._latent_frames(self.spec.window_frames)
+        for piece in self.adapter.decode_stream(latents, seq, long):
             if skip >= len(piece):
                 skip -= len(piece)
                 continue
             yield piece[skip:]
             skip = 0
-
-    @torch.no_grad()
-    def _wan_frames(self, latents: torch.Tensor) -> Iterator[np.ndarray]:
-        """Wan's VAE decode (as `AutoencoderKLWan._decode`), yielding each latent frame's pixels as they come."""
-        from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
-
-        vae = self.adapter.vae
-        latents = latents.to(vae.device, dtype=vae.dtype)
-        z = vae.config.z_dim
-        mean = torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
-        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
-        with fast_decode(vae):  # the kernels of the adapter's whole decode, so both give the same frames
-            x = vae.post_quant_conv(latents / inv_std + mean)
-        vae.clear_cache()
-        try:
-            for i in range(x.shape[2]):
-                vae._conv_idx = [0]
-                with fast_decode(vae):  # entered per frame: this generator may pause between frames
-                    out = vae.decoder(
-                        x[:, :, i : i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=i == 0
-                    )
-                if vae.config.patch_size is not None:
-                    out = unpatchify(out, patch_size=vae.config.patch_size)
-                yield self.adapter.to_frames(torch.clamp(out, min=-1.0, max=1.0))[0]
-        finally:
-            vae.clear_cache()
 
     # --- windows -------------------------------------------------------------------------------------
 
@@ -441,20 +420,29 @@ class LongVideos:
             self._reset_scheduler(seq)
 
     def _chunk_view(self, seq: Sequence, plan: _Plan, texts: Callable[[str], Any]) -> WindowView:
-        """The current chunk as a row, its context frames first replaced by the clean context noised to the current
-        level (RePaint); its prompt the one holding at the middle of the chunk's new frames."""
+        """The current chunk as a row, its context frames first replaced by the clean context: at timestep 0 where
+        the family embeds a timestep per frame, else noised to the current level (RePaint); its prompt the one
+        holding at the middle of the chunk's new frames."""
         chunk = seq.step_index // plan.steps
         start = self._chunks(plan)[chunk]
         length = min(plan.window, plan.total)
         known = self._context_length(plan, chunk)
+        frame_timesteps = None
         if known:
             axis = self._axis(seq.request)
             clean = seq.extra["long_output"].narrow(axis.dim, start, known)
             framed = axis.framed(seq.latents).clone()
-            noise = torch.randn(clean.shape, generator=seq.generator, dtype=torch.float32).to(clean.device)
-            framed.narrow(axis.dim, 0, known).copy_(self._noised(seq, clean, noise).to(framed.dtype))
+            if self.adapter.embeds_frame_timesteps():
+                framed.narrow(axis.dim, 0, known).copy_(clean.to(framed.dtype))
+                frame_timesteps = seq.timestep.reshape(1).repeat(length)
+                frame_timesteps[:known] = 0
+            else:
+                noise = torch.randn(clean.shape, generator=seq.generator, dtype=torch.float32).to(clean.device)
+                framed.narrow(axis.dim, 0, known).copy_(self._noised(seq, clean, noise).to(framed.dtype))
             seq.latents = axis.packed(framed)
-        return self._view(seq, start, seq.latents, start + (known + length) // 2 - plan.known, texts)
+        view = self._view(seq, start, seq.latents, start + (known + length) // 2 - plan.known, texts)
+        view.frame_timesteps = frame_timesteps
+        return view
 
     def _noised(self, seq: Sequence, clean: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         scheduler, timestep = seq.scheduler, seq.timestep.reshape(1)

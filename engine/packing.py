@@ -6,10 +6,10 @@ A family that implements `PackedForward` serves every running request in one for
 blocks (first-block caching) and the layer split can cut between blocks and ship a `PackedState`.
 
 For the next family author, the rules in one place:
-- A `PackedRow` is one branch of one request: its latents (C, F, H, W) of any shape, its own 0-d timestep, its
-  own `TextEmbedding`, when the family offers reusable text projections that row's cached `text_kv`, and where
-  the latents do not show the row's positions (LTX's are already patchified), `positions` from the adapter's
-  `row_positions`.
+- A `PackedRow` is one branch of one request: its latents (C, F, H, W) of any shape, its own 0-d timestep (or
+  one per latent frame where the family offers it), its own `TextEmbedding`, when the family offers reusable
+  text projections that row's cached `text_kv`, and where the latents do not show the row's positions (LTX's
+  are already patchified), `positions` from the adapter's `row_positions`.
 - `embed(rows)` returns a `PackedState` whose `hidden` is (1, T, D): the rows' tokens one after another, in
   row order, with `tokens` their counts. Joint-attention families pack `[text; video]` per row in `hidden`.
 - Whatever else the blocks need goes into `per_token` (tensors laid out like `hidden` along dim 1, e.g. a
@@ -41,7 +41,9 @@ class PackedRow:
     """One row of a packed forward: one request's conditional or unconditional branch at its current step."""
 
     latents: torch.Tensor  # (C, F, H, W), or (1, C, F, H, W): the row's own shape
-    timestep: torch.Tensor  # 0-d: the row's own timestep
+    # 0-d: the row's own timestep; or (F,), one per latent frame, whose tokens take it (only for adapters whose
+    # `embeds_frame_timesteps()`: a continuation's clean context frames at 0).
+    timestep: torch.Tensor
     text: TextEmbedding  # the row's prompt (or negative prompt) at its own length
     # The family's reusable projections of `text` for this model (`PackedForward.text_kv`), or None: computed in
     # the forward. Exact either way; reuse saves projecting the text again at every step.

@@ -27,12 +27,11 @@ class Batch:
 
 
 class Planner:
-    def __init__(self, adapter: FamilyAdapter, max_rows: int, max_tokens: int, packed: bool = True) -> None:
-        """`packed=False` keeps same-shape groups even for a family that packs (the layer-split runner's path)."""
+    def __init__(self, adapter: FamilyAdapter, max_rows: int, max_tokens: int) -> None:
         self.adapter = adapter
         self.max_rows = max_rows
         self.max_tokens = max_tokens
-        self.packed = packed and adapter.packs
+        self.packed = adapter.packs
 
     def key(self, seq: Sequence) -> tuple:
         """Sequences with equal keys may share a forward."""

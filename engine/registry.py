@@ -12,8 +12,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from engine import families
 from engine.cache_policy import check_model_defaults, parse_cache
-from engine.family_rules import FamilyRules, rules_for
+from engine.families import FamilyRules
 from engine.long_video_settings import default_long_video, parse_long_video, parse_segments
 from engine.request import GenerationRequest, InvalidRequest, LongVideo, ModelUnavailable
 
@@ -79,7 +80,7 @@ class ModelSpec:
 
     @property
     def rules(self) -> FamilyRules:
-        base = rules_for(self.family)
+        base = families.get(self.family).rules
         return replace(base, size_multiple=self.size_multiple) if self.size_multiple else base
 
     @property
@@ -285,7 +286,7 @@ class ModelRegistry:
                 long_video_overrides=entry.pop("long_video", {}),
             )
             specs[name].long_video.as_dict()  # an invalid [long_video] table fails at load, not at the first request
-            rules_for(specs[name].family)
+            families.get(specs[name].family)  # an unknown family fails at load, naming the known ones
             if "cache_defaults" in specs[name].options:
                 check_model_defaults(specs[name].options["cache_defaults"])
             if entry:

@@ -69,7 +69,7 @@ def packed_rows(
             rows.append(
                 PackedRow(
                     seq.latents,
-                    seq.timestep,
+                    seq.row_timestep,
                     text,
                     text_kv=kv,
                     positions=positions,
@@ -91,7 +91,20 @@ def guide_rows(
     return preds
 
 
+def guide_grouped(adapter: FamilyAdapter, seqs: list[Sequence], output: torch.Tensor) -> list[torch.Tensor]:
+    """Each request's own guidance over a same-shape group's output: conditional rows first, then unconditional."""
+    preds, u = [], len(seqs)
+    for i, seq in enumerate(seqs):
+        uncond = None
+        if seq.uncond is not None:
+            uncond, u = output[u : u + 1], u + 1
+        preds.append(adapter.guide(seq, output[i : i + 1], uncond))
+    return preds
+
+
 class ModelRunner:
+    """The `Runner` on one device: each batch's forward in turn, packed or as a same-shape group through diffusers."""
+
     def __init__(self, adapter: FamilyAdapter, text_kv_cache: bool = True) -> None:
         self.adapter = adapter
         self.text_kv_cache = text_kv_cache
@@ -207,12 +220,7 @@ class ModelRunner:
             if text_kv is not None:
                 text_kv.deactivate()
 
-        preds, u = [], n
-        for i, seq in enumerate(seqs):
-            uncond = None
-            if seq.uncond is not None:
-                uncond, u = output[u : u + 1], u + 1
-            preds.append(self.adapter.guide(seq, output[i : i + 1], uncond))
+        preds = guide_grouped(self.adapter, seqs, output)
         reused = plan.reused if plan is not None else [False] * n
         evaluations = plan.block_evaluations() if plan else [len(r) * blocks for r in rows]
         return ForwardResult(preds, reused, evaluations, batch.tokens)

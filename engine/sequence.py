@@ -68,6 +68,12 @@ class Sequence:
         return self.timesteps[self.step_index]
 
     @property
+    def row_timestep(self) -> torch.Tensor:
+        """The timestep the transformer embeds for this sequence's rows: its step's (a long video's chunk may give
+        each latent frame its own, engine.long_video)."""
+        return self.timestep
+
+    @property
     def done(self) -> bool:
         return self.step_index >= self.num_steps
 

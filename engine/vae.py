@@ -1,4 +1,17 @@
-"""Faster VAE decoding for the engine, frames within 1e-5 of diffusers' own decode (float, [0, 1]).
+"""The engine's VAE decoding: faster kernels (`fast_decode`) and streamed decodes (`*_pieces`).
+
+Streamed decodes hand a video's frames over a few at a time as the VAE makes them, so memory stays flat in the
+video's length beyond the latent itself. Each follows its VAE's own piecewise decode in diffusers, step for step:
+Wan's causal cache one latent frame at a time (`wan_pieces`), CogVideoX's batches of two latent frames with their
+convolution cache (`cogvideox_pieces`), Mochi two latent frames at a time (`mochi_pieces`), and LTX's and
+HunyuanVideo's temporal tiles blended over their overlap (`temporal_tile_pieces`). Mochi's own framewise decoding
+is not its whole decode: its causal convolutions pad time by repeating each batch's first frame and keep no
+cache (tiny model: frames apart by 0.4), so `mochi_pieces` gives those convolutions the cache they lack (the
+previous batch's last input frames instead of the repeats); its group norms are per frame, so its frames are the
+whole decode's. Where the VAE tiles space as well (`enable_tiling` on a video larger
+than a tile), the causal VAEs' streams decode at once instead: their spatial tiles each need a cache of their own.
+
+Faster kernels, frames within 1e-5 of diffusers' own decode (float, [0, 1]).
 
 What dominates, profiled per family on the tiny models (cProfile over the engine's decode of the benchmark's
 mixed-shape mix, one thread): 3-D convolutions in every family (36% of Wan's decode, 41% of LTX's, 67-73% of
@@ -24,8 +37,10 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanRMS_norm
 
 # Below this many multiply-adds torch's own batch-1 kernel is as fast as oneDNN's (measured on one thread).
@@ -105,6 +120,158 @@ def fast_decode(vae: torch.nn.Module) -> Iterator[None]:
         _state.depth -= 1
 
 
+def fast_pieces(vae: torch.nn.Module, pieces: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """A streamed decode's `pieces`, each computed inside `fast_decode(vae)`. The stream's consumer runs between
+    pieces (an encoder, other requests' steps): the fast path is on only while a piece is being made."""
+    while True:
+        with fast_decode(vae):
+            piece = next(pieces, None)
+        if piece is None:
+            return
+        yield piece
+
+
 def routed_convolutions() -> int:
     """How many convolutions this thread has sent to oneDNN so far (tests check the fast path ran)."""
     return getattr(_state, "routed", 0)
+
+
+# --- streamed decodes: each yields the VAE's output, (B, C, f, H, W) in [-1, 1], a few frames at a time ------------
+
+
+def _spatially_tiled(vae: Any, z: torch.Tensor, min_height: int, min_width: int) -> bool:
+    """Whether the VAE's own decode would cut this latent into spatial tiles (`enable_tiling`)."""
+    return bool(getattr(vae, "use_tiling", False)) and (z.shape[-1] > min_width or z.shape[-2] > min_height)
+
+
+@torch.no_grad()
+def wan_pieces(vae: Any, z: torch.Tensor) -> Iterator[torch.Tensor]:
+    """`AutoencoderKLWan._decode`: one latent frame at a time through the causal feature cache (1 frame, then 4)."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
+    ratio = vae.spatial_compression_ratio
+    if _spatially_tiled(vae, z, vae.tile_sample_min_height // ratio, vae.tile_sample_min_width // ratio):
+        yield vae.decode(z, return_dict=False)[0]
+        return
+    x = vae.post_quant_conv(z)
+    vae.clear_cache()
+    try:
+        for i in range(x.shape[2]):
+            vae._conv_idx = [0]
+            out = vae.decoder(x[:, :, i : i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=i == 0)
+            if vae.config.patch_size is not None:
+                out = unpatchify(out, patch_size=vae.config.patch_size)
+            yield torch.clamp(out, min=-1.0, max=1.0)
+    finally:
+        vae.clear_cache()
+
+
+@torch.no_grad()
+def cogvideox_pieces(vae: Any, z: torch.Tensor) -> Iterator[torch.Tensor]:
+    """`AutoencoderKLCogVideoX._decode`: batches of `num_latent_frames_batch_size` latent frames (the first takes
+    the odd one) through the decoder's convolution cache; 9 frames, then 8 at a time with the defaults."""
+    if _spatially_tiled(vae, z, vae.tile_latent_min_height, vae.tile_latent_min_width):
+        yield vae.decode(z, return_dict=False)[0]
+        return
+    frames, size = z.shape[2], vae.num_latent_frames_batch_size
+    remaining, cache = frames % size, None
+    for i in range(max(frames // size, 1)):
+        start, end = size * i + (0 if i == 0 else remaining), size * (i + 1) + remaining
+        piece = z[:, :, start:end]
+        if vae.post_quant_conv is not None:
+            piece = vae.post_quant_conv(piece)
+        piece, cache = vae.decoder(piece, conv_cache=cache)
+        yield piece
+
+
+def _causal_cache_forward(module: torch.nn.Module, original: Callable) -> Callable:
+    """A replicate-padded `CogVideoXCausalConv3d.forward` that, inside `mochi_pieces`, takes the previous batch's
+    last `time_pad` input frames as its cache instead of repeating the batch's first frame (outside: unchanged)."""
+
+    def forward(inputs: torch.Tensor, conv_cache: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
+        if not getattr(_state, "causal_cache", False):
+            return original(inputs, conv_cache)
+        w, _, h, _, t, _ = module.time_causal_padding
+        if conv_cache is None:  # the video's first frames: repeated, as the whole decode pads them
+            timed = F.pad(inputs, (0, 0, 0, 0, t, 0), mode="replicate") if t else inputs
+        else:
+            timed = torch.cat([conv_cache, inputs], dim=2)
+        cache = timed[:, :, timed.shape[2] - t :].clone() if t else None
+        # Replicate padding is separable: space after time equals the module's padding of all three at once.
+        return module.conv(F.pad(timed, (w, w, h, h, 0, 0), mode="replicate")), cache
+
+    return forward
+
+
+def _install_causal_cache(vae: torch.nn.Module) -> None:
+    if getattr(vae, "_vidserve_causal_cache", False):
+        return
+    for module in vae.decoder.modules():
+        if getattr(module, "pad_mode", None) == "replicate" and hasattr(module, "time_causal_padding"):
+            stride = module.conv.stride[0] if isinstance(module.conv.stride, tuple) else module.conv.stride
+            if stride == 1:
+                module.forward = _causal_cache_forward(module, module.forward)
+    vae._vidserve_causal_cache = True
+
+
+@torch.no_grad()
+def mochi_pieces(vae: Any, z: torch.Tensor) -> Iterator[torch.Tensor]:
+    """`AutoencoderKLMochi._decode` with framewise decoding, `num_latent_frames_batch_size` latent frames at a time,
+    the first `temporal_compression_ratio - 1` frames dropped as diffusers does; its causal convolutions keep a
+    cache across batches (`_causal_cache_forward`), so the frames are the whole decode's."""
+    ratio = vae.spatial_compression_ratio
+    if _spatially_tiled(vae, z, vae.tile_sample_min_height // ratio, vae.tile_sample_min_width // ratio):
+        yield vae.decode(z, return_dict=False)[0]
+        return
+    _install_causal_cache(vae)
+    drop = vae.temporal_compression_ratio - 1 if vae.drop_last_temporal_frames else 0
+    cache = None
+    for i in range(0, z.shape[2], vae.num_latent_frames_batch_size):
+        _state.causal_cache = True
+        try:
+            piece, cache = vae.decoder(z[:, :, i : i + vae.num_latent_frames_batch_size], conv_cache=cache)
+        finally:
+            _state.causal_cache = False
+        if i == 0:
+            piece = piece[:, :, drop:]
+        yield piece
+
+
+@torch.no_grad()
+def temporal_tile_pieces(vae: Any, z: torch.Tensor, temb: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+    """`_temporal_tiled_decode` of LTX's and HunyuanVideo's VAEs: overlapping temporal tiles, each blended into the
+    one before over `tile_sample_min_num_frames - tile_sample_stride_num_frames` frames (`blend_t`, as diffusers
+    does it in place), handed over `tile_sample_stride_num_frames` frames at a time. Spatial tiles inside a
+    temporal tile are the VAE's own `tiled_decode`. `temb`: LTX's decode timestep (HunyuanVideo takes none).
+
+    Diffusers drops one frame a tile from the second tile on: LTX its last, HunyuanVideo its first (and applies
+    `post_quant_conv` per tile); both are followed here.
+    """
+    ltx = type(vae).__name__ == "AutoencoderKLLTXVideo"
+    time, space = vae.temporal_compression_ratio, vae.spatial_compression_ratio
+    latent_tile, latent_stride = vae.tile_sample_min_num_frames // time, vae.tile_sample_stride_num_frames // time
+    blend = vae.tile_sample_min_num_frames - vae.tile_sample_stride_num_frames
+    min_height, min_width = vae.tile_sample_min_height // space, vae.tile_sample_min_width // space
+    left = (z.shape[2] - 1) * time + 1  # pixel frames still to hand over
+    previous = None
+    for i in range(0, z.shape[2], latent_stride):
+        tile = z[:, :, i : i + latent_tile + 1]
+        if _spatially_tiled(vae, tile, min_height, min_width):
+            decoded = vae.tiled_decode(tile, temb, return_dict=True).sample if ltx else vae.tiled_decode(tile).sample
+        elif ltx:
+            decoded = vae.decoder(tile, temb)
+        else:
+            decoded = vae.decoder(vae.post_quant_conv(tile))
+        if previous is None:
+            piece = decoded[:, :, : vae.tile_sample_stride_num_frames + 1]
+        else:
+            decoded = decoded[:, :, :-1] if ltx else decoded[:, :, 1:]
+            decoded = vae.blend_t(previous, decoded, blend)
+            piece = decoded[:, :, : vae.tile_sample_stride_num_frames]
+        previous = decoded
+        piece = piece[:, :, :left]
+        left -= piece.shape[2]
+        if piece.shape[2]:
+            yield piece
+        if left <= 0:
+            return

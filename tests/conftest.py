@@ -1,4 +1,5 @@
-"""Real services for the suite: a private Postgres database, a Redis DB index and an S3 server of its own.
+"""Real services for the suite: a private Postgres database, a Redis DB index and an S3 server of its own, and
+one real stack (API under gunicorn, worker, webhook sender) that every module driving it shares.
 
 Each run gets a fresh database and bucket, so the suite can run twice in a row and beside `make run`.
 """
@@ -6,6 +7,7 @@ Each run gets a fresh database and bucket, so the suite can run twice in a row a
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import secrets
 import uuid
@@ -14,15 +16,33 @@ from pathlib import Path
 
 import pytest
 import redis
+from service_harness import (
+    GATED_MODEL,
+    SERVED_MODEL,
+    Stack,
+    isolated,
+    new_gate,
+    start_api,
+    start_celery_service,
+    wait_until,
+    write_gated_registry,
+)
 
 from vidserve import db
-from vidserve.s3server import S3Server, start_s3_server
+from vidserve.job_view import job_to_dict
+from vidserve.jobs import JobConflict, JobStore
 from vidserve.settings import Settings
+from vidserve.storage import VideoStore
+from vidserve.tools.processes import ManagedProcess
+from vidserve.tools.s3server import S3Server, start_s3_server
+from worker.step_gate import StepGate
 
 PG_HOST = os.environ.get("VIDSERVE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
 REDIS_BASE = os.environ.get("VIDSERVE_TEST_REDIS", "redis://127.0.0.1:6379")
 REDIS_DB = int(os.environ.get("VIDSERVE_TEST_REDIS_DB", "13"))
 RUN_ID = uuid.uuid4().hex[:8]
+# The shared stack's admin dashboard password (tests/admin signs in with it).
+ADMIN_TOKEN = "admin-test-token"
 REDIS_PREFIX = f"vidserve-test-{RUN_ID}:"
 
 
@@ -98,3 +118,75 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
         env[var] = str(value)
     env.update(extra)
     return env
+
+
+@pytest.fixture(scope="session")
+def stack_gate(tmp_path_factory: pytest.TempPathFactory) -> StepGate:
+    """The step gate of the shared stack's GATED_MODEL: its jobs wait at GATE_STEP until a test releases them."""
+    return new_gate(tmp_path_factory.mktemp("stack-gate"))
+
+
+@pytest.fixture(scope="session")
+def stack_settings(settings: Settings, model_dir: Path, stack_gate: StepGate) -> Iterator[Settings]:
+    """The shared stack's settings: a database and a bucket of its own (its sweeper deletes the checkpoints of jobs
+    its database does not know, and must never touch another test's jobs or checkpoints) and Redis keys prefixed
+    by that database's name."""
+    database_url = f"{settings.database_url}_stack"
+    db.create_database(database_url)
+    db.upgrade(database_url)
+    stack_settings = isolated(
+        dataclasses.replace(settings, database_url=database_url, s3_bucket=f"{settings.s3_bucket}-stack"),
+        model_dir=str(model_dir),
+        models_file=write_gated_registry(model_dir, stack_gate, "stack-models.toml"),
+        worker_models=f"{SERVED_MODEL},{GATED_MODEL}",
+        worker_slots=4,
+        admin_token=ADMIN_TOKEN,
+        heartbeat_seconds=1.0,  # the admin workers page shows the worker within a second
+    )
+    yield stack_settings
+    db.drop_database(database_url)
+    client = redis.Redis.from_url(stack_settings.redis_url)
+    for key in client.scan_iter(match=f"{stack_settings.redis_prefix}*"):
+        client.delete(key)
+
+
+@pytest.fixture(scope="session")
+def stack(stack_settings: Settings, stack_gate: StepGate, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One real stack for the whole run (starting one costs about 10 s): tests/admin, tests/api (OpenAI SDK),
+    tests/cli and tests/e2e drive it. A test that holds GATED_MODEL jobs ends them (`gated_jobs` cancels what
+    is left), so the worker's slots are free for the next."""
+    logs = tmp_path_factory.mktemp("stack-logs")
+    videos = VideoStore(stack_settings)
+    videos.ensure_bucket()
+    started: list[ManagedProcess] = []
+    try:
+        started.append(start_celery_service("webhooks", stack_settings, logs))
+        started.append(start_celery_service("worker", stack_settings, logs))
+        api, api_url = start_api(stack_settings, logs)
+        started.append(api)
+        store = JobStore(stack_settings.database_url, lambda job: job_to_dict(job, None))
+        yield Stack(stack_settings, api_url, api, started[1], started[0], store, videos, stack_gate)
+    finally:
+        for proc in started:
+            proc.terminate()
+        codes = {proc.name: proc.stop(timeout=60) for proc in started}
+    # A clean stop is part of the contract: Ctrl-C / SIGTERM must not leave a crashed worker behind.
+    assert all(code == 0 for name, code in codes.items() if name != "api"), codes
+
+
+@pytest.fixture
+def gated_jobs(stack: Stack) -> Iterator[StepGate]:
+    """The shared stack's gate, for a test that submits GATED_MODEL jobs; whatever of them is left unfinished at
+    the end is canceled, so no held job keeps a worker slot from the next test."""
+    yield stack.gate
+    left = [
+        row.id
+        for status in ("queued", "running")
+        for row in stack.store.list(status=status, model=GATED_MODEL, limit=500)
+    ]
+    for job_id in left:
+        try:
+            stack.store.cancel(job_id)
+        except JobConflict:  # it ended meanwhile
+            pass
+    wait_until(lambda: all(stack.store.get(j).status.terminal for j in left), 60, what="the held jobs to stop")

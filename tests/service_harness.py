@@ -25,10 +25,10 @@ import pytest
 import redis
 
 from vidserve.jobs import JobStore
-from vidserve.processes import ManagedProcess, vidserve_command
 from vidserve.queue import make_celery
 from vidserve.settings import ENV_VARS, Settings
 from vidserve.storage import VideoStore
+from vidserve.tools.processes import ManagedProcess, vidserve_command
 from worker.step_gate import StepGate
 
 # The model the end-to-end workers serve; the other is registered but served by none (its jobs stay queued).
@@ -38,7 +38,8 @@ UNSERVED_MODEL = "tiny-cogvideox"
 
 @dataclass
 class Stack:
-    """A running API + worker + webhook sender, and direct handles on the stores they use."""
+    """A running API + worker + webhook sender, and direct handles on the stores they use; the worker serves
+    SERVED_MODEL and GATED_MODEL, whose jobs wait at `gate`'s step until released."""
 
     settings: Settings
     api_url: str
@@ -47,6 +48,7 @@ class Stack:
     webhooks: ManagedProcess
     store: JobStore
     videos: VideoStore
+    gate: StepGate
 
 
 @dataclass
@@ -178,22 +180,19 @@ class StubDNS:
         monkeypatch.setattr(webhook_urls, "resolve", resolve)
 
 
-# A registry for the tests: the two tiny models they use, Wan with a step limit high enough that a job can be
-# made to run for many seconds however fast the machine is (what the cancel and restart tests need), and long
-# videos up to 161 frames (20 s at 8 fps) from its native window of 33.
+# A registry for the tests: the two tiny models they use, Wan with long videos up to 161 frames (20 s at 8 fps)
+# from its native window of 33. A test that needs a job still running uses GATED_MODEL (below), never a long one.
 TEST_REGISTRY = """
 [models.tiny-wan]
 family = "wan"
 path = "tiny/wan"
 defaults = { num_frames = 9, height = 32, width = 32, num_inference_steps = 4, guidance_scale = 5.0, fps = 8 }
-limits = { max_frames = 33, max_long_frames = 161, max_height = 128, max_width = 128, max_steps = 5000 }
+limits = { max_frames = 33, max_long_frames = 161, max_height = 128, max_width = 128, max_steps = 500 }
 
 [models.tiny-cogvideox]
 family = "cogvideox"
 path = "tiny/cogvideox"
 """
-# Parameters of a job that runs long enough to be caught mid-way (thousands of small steps).
-LONG_JOB = {"prompt": "a long walk", "num_frames": 9, "height": 32, "width": 32, "num_inference_steps": 3000}
 
 
 def write_test_registry(model_dir: Path) -> str:
@@ -206,6 +205,16 @@ def write_test_registry(model_dir: Path) -> str:
 # catches a job mid-way without betting on the machine's speed.
 GATED_MODEL = "tiny-wan-gated"
 GATE_STEP = 2
+# A job of GATED_MODEL: it runs to GATE_STEP of its GATED_STEPS and waits there until released or canceled.
+GATED_STEPS = 8
+GATED_JOB = {
+    "model": GATED_MODEL,
+    "prompt": "a long walk",
+    "num_frames": 9,
+    "height": 32,
+    "width": 32,
+    "num_inference_steps": GATED_STEPS,
+}
 
 
 def write_gated_registry(model_dir: Path, gate: StepGate, name: str = "gated-models.toml") -> str:
@@ -216,7 +225,7 @@ def write_gated_registry(model_dir: Path, gate: StepGate, name: str = "gated-mod
 family = "wan"
 path = "tiny/wan"
 defaults = {{ num_frames = 9, height = 32, width = 32, num_inference_steps = 4, guidance_scale = 5.0, fps = 8 }}
-limits = {{ max_frames = 33, max_height = 128, max_width = 128, max_steps = 5000 }}
+limits = {{ max_frames = 33, max_long_frames = 161, max_height = 128, max_width = 128, max_steps = 50 }}
 options = {{ step_gate = {{ at_step = {gate.at_step}, release_dir = "{gate.release_dir}" }} }}
 """
     gate.release_dir.mkdir(parents=True, exist_ok=True)

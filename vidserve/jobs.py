@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, and_, delete, func, literal, or_, select, tuple_, update
+from sqlalchemy import Select, and_, delete, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from vidserve.db import session_factory
@@ -204,27 +204,40 @@ class JobStore:
             job_id, where=_CLAIMABLE, values=_claim_values(owner, lease_seconds), event="job.running"
         )
 
-    def claim_next(self, models: Sequence[str], owner: str, lease_seconds: int) -> Job | None:
-        """queued -> running for `owner`: the first job of `models` in the queue's order; None when none waits.
+    def claim_next(
+        self, models: Sequence[str], owner: str, lease_seconds: int, *, above_priority: int | None = None
+    ) -> Job | None:
+        """queued -> running for `owner`: the first job of `models` in the queue's order; None only when no job of
+        theirs is claimable. `above_priority`: only jobs of a higher priority (a preemption's claim).
 
-        The order: higher priority first; then the key furthest below its weighted fair share (its recent
-        service plus its place among its own queued ones, over its weight: `_fair_queue`); then oldest first.
-        The row is locked with SKIP LOCKED, so workers claiming at once take different jobs and never wait.
+        The order: higher priority first; then the key furthest below its weighted fair share (its recent service
+        of the model plus its place among its own queued ones, over its weight: `_fair_queue`); then oldest first.
+        Workers claiming at once take different jobs: the pick skips rows another transaction has locked. A row
+        is also locked for a moment by writers that do not claim (the API or sweeper marking a job published just
+        after its wake-up went out, a cancel), so when every claimable row the pick saw was skipped, the claim
+        waits for the first one's lock and picks again rather than answer that nothing waits.
         """
-        order = _fair_queue(models).subquery()
-        pick = (
+        order = _fair_queue(models, above_priority).subquery()
+        first = (
             select(Job.id)
             .join(order, order.c.id == Job.id)
             .where(*_CLAIMABLE)
             .order_by(*_in_queue_order(order))
             .limit(1)
-            .with_for_update(of=Job, skip_locked=True)
         )
+        # FOR NO KEY UPDATE (what the claim's UPDATE takes anyway): it does not conflict with the key-share locks
+        # that inserting a row referencing the job (an event, a delivery) takes.
+        pick = first.with_for_update(of=Job, skip_locked=True, key_share=True)
         new_deliveries: list[uuid.UUID] = []
         with self._sessions() as s, s.begin():
-            job_id = s.scalar(pick)
-            if job_id is None:
-                return None
+            while (job_id := s.scalar(pick)) is None:
+                locked = s.scalar(first)  # a claimable row that the pick skipped: someone holds its lock
+                if locked is None:
+                    return None
+                # Blocks until that transaction ends. Holding the lock then, this transaction's next pick sees the
+                # row if it is still claimable (its own lock is not skipped) or else goes past it: each round
+                # claims or leaves one row behind for good, so the loop ends.
+                s.execute(select(Job.id).where(Job.id == locked).with_for_update(key_share=True))
             job = s.scalars(
                 update(Job)
                 .where(Job.id == job_id, *_CLAIMABLE)
@@ -238,26 +251,40 @@ class JobStore:
 
     def queue_place(self, job: Job) -> QueuePlace | None:
         """Where a queued job stands among the queued jobs of its model; None when it is not queued."""
-        if job.status != JobStatus.QUEUED:
-            return None
-        order = _fair_queue([job.model]).subquery()
-        me = select(order).where(order.c.id == job.id).subquery()
-        key = (-order.c.priority, order.c.share, order.c.created_at, order.c.id)
-        mine = (-me.c.priority, me.c.share, me.c.created_at, me.c.id)
+        return self.queue_places([job]).get(job.id)
+
+    def queue_places(self, jobs: Iterable[Job]) -> dict[uuid.UUID, QueuePlace]:
+        """The places of those of `jobs` that are queued (a page of a list), in two queries whatever their number:
+        one ranks the queued jobs of their models in the queue's order, one counts recent starts per model."""
+        queued = {job.id: job.model for job in jobs if job.status == JobStatus.QUEUED}
+        if not queued:
+            return {}
+        models = sorted(set(queued.values()))
+        order = _fair_queue(models).subquery()
+        ranked = select(
+            order.c.id,
+            (func.row_number().over(partition_by=order.c.model, order_by=_in_queue_order(order)) - 1).label("before"),
+        ).subquery()
         since = _now() - THROUGHPUT_WINDOW
         with self._sessions() as s:
-            position = s.scalar(select(func.count()).select_from(order.join(me, tuple_(*key) < tuple_(*mine))))
-            if s.scalar(select(func.count()).select_from(me)) == 0:
-                return None  # claimed or canceled since it was read
-            started, first = s.execute(
-                select(func.count(), func.min(Job.started_at)).where(Job.model == job.model, Job.started_at >= since)
-            ).one()
-        position = int(position or 0)
-        estimate = None
-        if started >= 2:
-            per_second = started / max(1.0, (_now() - first).total_seconds())
-            estimate = _now() + dt.timedelta(seconds=position / per_second)
-        return QueuePlace(position, estimate)
+            positions = dict(s.execute(select(ranked.c.id, ranked.c.before).where(ranked.c.id.in_(list(queued)))).all())
+            recent = {
+                model: (started, first)
+                for model, started, first in s.execute(
+                    select(Job.model, func.count(), func.min(Job.started_at))
+                    .where(Job.model.in_(models), Job.started_at >= since)
+                    .group_by(Job.model)
+                )
+            }
+        places = {}
+        for job_id, position in positions.items():  # those claimed or canceled since they were read are left out
+            started, first = recent.get(queued[job_id], (0, None))
+            estimate = None
+            if started >= 2:
+                per_second = started / max(1.0, (_now() - first).total_seconds())
+                estimate = _now() + dt.timedelta(seconds=position / per_second)
+            places[job_id] = QueuePlace(int(position), estimate)
+        return places
 
     def renew_lease(self, job_id: uuid.UUID | str, owner: str, lease_seconds: int) -> bool | None:
         """Extend the lease; returns the job's cancel flag, or None when `owner` no longer holds it."""
@@ -528,38 +555,45 @@ def _claim_values(owner: str, lease_seconds: int) -> dict[str, Any]:
     )
 
 
-def _fair_queue(models: Sequence[str]) -> Select[Any]:
-    """The claimable jobs of `models`, each with its priority, its key's fair share and its age.
+def _fair_queue(models: Sequence[str], above_priority: int | None = None) -> Select[Any]:
+    """The claimable jobs of `models`, each with its model, priority, its key's fair share and its age.
 
-    A job's share is (its key's recent service + its place among the key's queued jobs of its priority) / the
-    key's weight, where recent service counts the key's jobs started within FAIR_SHARE_WINDOW or still running.
-    Taking the smallest share first is start-time fair queuing with jobs as the unit: a key with one job waiting
-    goes before the 100th job of a key that floods whatever their ages, and keys of weights 2 and 1 that both
-    wait get two starts to one.
+    A job's share is (its key's recent service of the model + its place among the key's queued jobs of the model
+    and priority) / the key's weight, where recent service counts the key's jobs of the model started within
+    FAIR_SHARE_WINDOW or still running. Taking the smallest share first is start-time fair queuing with jobs as the
+    unit: a key with one job waiting goes before the 100th job of a key that floods whatever their ages, and keys
+    of weights 2 and 1 that both wait get two starts to one. Each model is a queue of its own (its own engines).
+    `above_priority` leaves out jobs of that priority or lower (their shares are unchanged: counted per priority).
     """
     key = func.coalesce(Job.api_key_id, literal(ANONYMOUS_KEY))
     since = _now() - FAIR_SHARE_WINDOW
     served = (
-        select(key.label("key"), func.count().label("jobs"))
+        select(Job.model, key.label("key"), func.count().label("jobs"))
         .where(Job.model.in_(models), or_(Job.status == JobStatus.RUNNING, Job.started_at >= since))
-        .group_by(key)
+        .group_by(Job.model, key)
         .subquery()
     )
+    waiting = [*_CLAIMABLE, Job.model.in_(models)]
+    if above_priority is not None:
+        waiting.append(Job.priority > above_priority)
     queued = (
         select(
             Job.id,
+            Job.model,
             Job.priority,
             Job.created_at,
             key.label("key"),
-            func.row_number().over(partition_by=(key, Job.priority), order_by=(Job.created_at, Job.id)).label("place"),
+            func.row_number()
+            .over(partition_by=(Job.model, key, Job.priority), order_by=(Job.created_at, Job.id))
+            .label("place"),
         )
-        .where(*_CLAIMABLE, Job.model.in_(models))
+        .where(*waiting)
         .subquery()
     )
     share = (func.coalesce(served.c.jobs, 0) + queued.c.place) / func.coalesce(ApiKey.weight, 1.0)
-    return select(queued.c.id, queued.c.priority, queued.c.created_at, share.label("share")).select_from(
-        queued.outerjoin(served, served.c.key == queued.c.key).outerjoin(ApiKey, ApiKey.id == queued.c.key)
-    )
+    columns = (queued.c.id, queued.c.model, queued.c.priority, queued.c.created_at, share.label("share"))
+    same_key = and_(served.c.model == queued.c.model, served.c.key == queued.c.key)
+    return select(*columns).select_from(queued.outerjoin(served, same_key).outerjoin(ApiKey, ApiKey.id == queued.c.key))
 
 
 def _in_queue_order(order: Any) -> tuple[Any, ...]:

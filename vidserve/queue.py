@@ -53,23 +53,21 @@ def celery_for(redis_url: str) -> Celery:
     return make_celery(Settings(redis_url=redis_url))
 
 
-def publish_job(app: Celery, job_id: uuid.UUID | str, model: str, countdown: float | None = None) -> None:
+def publish_job(app: Celery, job_id: uuid.UUID | str, model: str) -> None:
     """One wake-up on the model's queue: the worker that takes it claims the fairest queued job of the model
     (not necessarily this one), so the broker's FIFO never decides the order."""
-    app.send_task(GENERATE_TASK, args=[str(job_id), model], queue=queue_for(model), countdown=countdown)
+    app.send_task(GENERATE_TASK, args=[str(job_id), model], queue=queue_for(model))
 
 
 def publish_delivery(app: Celery, delivery_id: uuid.UUID | str, countdown: float | None = None) -> None:
     app.send_task(DELIVER_WEBHOOK_TASK, args=[str(delivery_id)], queue=WEBHOOK_QUEUE, countdown=countdown)
 
 
-def announce_job(
-    app: Celery, jobs: JobStore, job_id: uuid.UUID | str, model: str, countdown: float | None = None
-) -> bool:
+def announce_job(app: Celery, jobs: JobStore, job_id: uuid.UUID | str, model: str) -> bool:
     """Publish a stored job's wake-up and set its outbox mark; False (logged) when the broker or the database is
     away: the job stays queued and unmarked, and a sweeper publishes it later. Never raises."""
     try:
-        publish_job(app, job_id, model, countdown)
+        publish_job(app, job_id, model)
         jobs.mark_published(uuid.UUID(str(job_id)))
     except Exception as exc:
         log.warning("job %s stored but not published (the sweeper will): %s", job_id, exc)

@@ -41,6 +41,11 @@ ENV_VARS: list[tuple[str, str, Any, str]] = [
     ("VIDSERVE_RESULT_WRITE_SECONDS", "result_write_seconds", 120.0,
      "how long a worker keeps retrying (each second) the write that records a finished job while the database "
      "is away; the video is already stored, and the result still counts if the sweeper re-queued the job meanwhile"),
+    ("VIDSERVE_UPLOAD_TRIES", "upload_tries", 4,
+     "tries of a finished job's upload to S3 (its video, its latents) in place, its lease kept, before the job goes "
+     "back to the queue"),
+    ("VIDSERVE_UPLOAD_RETRY_SECONDS", "upload_retry_seconds", 1.0,
+     "wait after an upload's first failed try, doubled after each further one (1, 2, 4 s)"),
     ("VIDSERVE_SWEEP_SECONDS", "sweep_seconds", 15, "how often the sweeper re-publishes lost jobs"),
     ("VIDSERVE_SHUTDOWN_GRACE_SECONDS", "shutdown_grace_seconds", 10.0,
      "on SIGTERM, how long running jobs may go on to finish before they are stopped and handed back to the queue"),
@@ -97,6 +102,8 @@ class Settings:
     max_attempts: int = 3
     checkpoint_every_steps: int = 10
     result_write_seconds: float = 120.0
+    upload_tries: int = 4
+    upload_retry_seconds: float = 1.0
     sweep_seconds: int = 15
     shutdown_grace_seconds: float = 10.0
     max_body_bytes: int = 65536
@@ -117,6 +124,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.auth not in ("on", "off"):
             raise ValueError(f"VIDSERVE_AUTH must be on or off, got {self.auth!r}")
+        if self.upload_tries < 1:
+            raise ValueError("VIDSERVE_UPLOAD_TRIES must be 1 or more")
         if self.max_concurrent_jobs_per_key < 0:
             raise ValueError("VIDSERVE_MAX_CONCURRENT_JOBS_PER_KEY must be 0 (unlimited) or more")
 

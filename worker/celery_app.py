@@ -87,6 +87,7 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
     _sweeper = Sweeper(ctx.store, app, ctx.settings.sweep_seconds, ctx.settings.max_attempts, videos=ctx.videos)
     _sweeper.start()
     slots = int(getattr(sender, "concurrency", 0) or ctx.settings.worker_slots)
+    ctx.slots.capacity = slots  # preemption happens only when all of them are busy
     _heartbeat = Heartbeat(ctx.settings, ctx.node, models, slots, kind="gen" if models else "webhooks")
     _heartbeat.start()
     log.info("worker ready: models %s, webhooks %s", models or "none", not consumed or WEBHOOK_QUEUE in consumed)

@@ -84,6 +84,12 @@ class JobCheckpoints:
                 self.failed += 1
                 log.warning("job %s: checkpoint at step %d not saved", self.job_id, checkpoint.step, exc_info=True)
 
+    def flush(self) -> None:
+        """Wait (bounded) until the checkpoints offered so far are uploaded: before the job is handed back, so the
+        next attempt finds the latest one."""
+        if not self._idle.wait(UPLOAD_WAIT_SECONDS):
+            log.warning("job %s: a checkpoint upload is still running", self.job_id)
+
     def close(self) -> None:
         """No more uploads; waits (bounded) for the one in flight. The object stays for the job's next attempt."""
         with self._lock:

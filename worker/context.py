@@ -22,6 +22,7 @@ from vidserve.queue import announce_delivery, make_celery
 from vidserve.settings import Settings
 from vidserve.storage import VideoStore
 from worker.engines import EnginePool
+from worker.preemption import Slots
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ class WorkerContext:
     # Set when Celery begins a warm shutdown: running jobs are stopped and handed back to the queue.
     shutting_down: threading.Event = field(default_factory=threading.Event)
     node: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    # The jobs this process runs now, one per slot: which gives way to a higher-priority job (worker.preemption).
+    slots: Slots = field(default_factory=Slots)
 
     @classmethod
     def build(cls, settings: Settings, celery: Celery | None = None, models: list[str] | None = None) -> WorkerContext:

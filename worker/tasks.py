@@ -6,6 +6,10 @@ with a lease, so a duplicate or re-delivered message does nothing but claim the 
 the engine works, the slot's thread renews the lease, writes progress at most once per tick and reads the
 cancel flag back from that same write. A job is `succeeded` only after its video (and its final latents, kept
 for extensions) is in the bucket. An extension job starts from its source job's kept latents.
+
+When every slot is busy and a job of a higher priority waits, the slot of the lowest-priority job claims it; that
+job stops at its next checkpoint, goes back to the queue (to resume from that step) and the slot runs the taker
+(worker.preemption).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from engine.request import (
     ModelUnavailable,
     RequestCanceled,
 )
-from vidserve.jobs import JobNotFound
+from vidserve.jobs import DEFAULT_PRIORITY, PRIORITIES, JobNotFound
 from vidserve.queue import announce_job
 from vidserve.schema import JobStatus
 from vidserve.storage import VideoStore
@@ -46,13 +50,13 @@ T = TypeVar("T")
 TICK_SECONDS = 0.5
 # Longest wait between two reads of the cancel flag when there is no progress to write.
 CANCEL_POLL_SECONDS = 2.0
-# In-place tries of an upload before the job is handed back to the queue, and the first wait between them
-# (doubling).
-STORE_RETRIES = 4
-RETRY_FIRST_SECONDS = 1.0
 # Wait between tries of the final write (for `result_write_seconds`); see `_record_success`.
 RESULT_WRITE_RETRY_SECONDS = 1.0
 
+
+# How often the slot of a job that may give way looks for a waiting job of a higher priority (one query).
+PREEMPT_LOOK_SECONDS = 1.0
+MAX_PRIORITY = max(PRIORITIES.values())
 
 # Outcomes after which the job never runs again: its checkpoint is deleted.
 TERMINAL_OUTCOMES = frozenset({"succeeded", "failed", "canceled"})
@@ -76,7 +80,14 @@ class Attempt:
     ctx: WorkerContext
     job_id: str
     owner: str
+    model: str = ""
+    priority: int = DEFAULT_PRIORITY
     request_id: str = ""
+    checkpoints: JobCheckpoints | None = None
+    claimed_at: float = field(default_factory=time.monotonic)
+    # The higher-priority job (and its lease owner) claimed to take over this slot at the next checkpoint.
+    taker: tuple[Any, str] | None = None
+    looked_at: float = 0.0
     progress: float = 0.0
     written_progress: float = 0.0
     renewed_at: float = field(default_factory=time.monotonic)
@@ -104,6 +115,9 @@ class Attempt:
             if time.monotonic() - self.renewed_at >= due:
                 flag = store.renew_lease(self.job_id, self.owner, settings.lease_seconds)
                 self.renewed_at, wrote = time.monotonic(), True
+                if self.taker is not None:  # claimed, waiting for this job's next checkpoint
+                    taker, taker_owner = self.taker
+                    store.renew_lease(taker.id, taker_owner, settings.lease_seconds)
         except OperationalError:
             # A database blip: the lease has slack (renewed at a third of its life); try again next tick.
             log.warning("job %s: lease/progress write failed", self.job_id, exc_info=True)
@@ -137,29 +151,17 @@ def generate(ctx: WorkerContext, job_id: str, model: str | None = None) -> str:
     owner = ctx.new_owner()
     job = ctx.store.claim_next([model], owner, ctx.settings.lease_seconds)
     if job is None:
-        # Nothing claimable: the named job is held by another delivery, finished or canceled, and so are the rest.
+        # Nothing claimable (claim_next waits out other writers' row locks): the named job is running, finished or
+        # canceled, and so is every other job of the model. A duplicate or spare wake-up.
         log.info("wake-up for job %s: no %s job waits; duplicate or stale delivery ignored", job_id, model)
-        # Unless the named job still shows as queued (seen while another claimer held its row): it must keep a
-        # wake-up, so one comes back in a second.
-        _pass_on_wake_up(ctx, job_id, model, countdown=1.0)
         return "skipped"
-    attempt = Attempt(ctx, str(job.id), owner)
     log.info("job %s: claimed by %s (attempt %d, model %s, woken by %s)", job.id, owner, job.attempts, model, job_id)
     if str(job.id) != str(job_id):
         _pass_on_wake_up(ctx, job_id, model)
-    checkpoints = JobCheckpoints(ctx.videos, attempt.job_id)
-    outcome = "lost"
-    try:
-        outcome = _attempt(attempt, job, checkpoints)
-        return outcome
-    finally:
-        if outcome in TERMINAL_OUTCOMES:
-            checkpoints.discard()
-        else:  # handed back or taken over: the next attempt resumes from the checkpoint
-            checkpoints.close()
+    return _run_slot(ctx, job, owner)
 
 
-def _pass_on_wake_up(ctx: WorkerContext, job_id: str, model: str, countdown: float | None = None) -> None:
+def _pass_on_wake_up(ctx: WorkerContext, job_id: str, model: str) -> None:
     """This wake-up went to a fairer job: publish a new one for the job it named, if that job still waits.
 
     Without it a queued job whose wake-up was spent on another job waits for the other job's own message, and
@@ -168,9 +170,87 @@ def _pass_on_wake_up(ctx: WorkerContext, job_id: str, model: str, countdown: flo
     """
     try:
         if ctx.store.get(job_id).status == JobStatus.QUEUED:
-            announce_job(ctx.celery, ctx.store, job_id, model, countdown)
+            announce_job(ctx.celery, ctx.store, job_id, model)
     except JobNotFound:
         pass
+
+
+def _run_slot(ctx: WorkerContext, job: Any, owner: str) -> str:
+    """Run the claimed job in this slot, then each job that took the slot over from the one before it; returns
+    their outcomes, comma-separated ("preempted,succeeded")."""
+    outcomes: list[str] = []
+    taker: tuple[Any, str] | None = (job, owner)
+    while taker is not None:
+        job, owner = taker
+        if outcomes and ctx.shutting_down.is_set():  # the worker stops: the taker waits for another one
+            _give_back(ctx, job, owner, "worker shutdown")
+            break
+        attempt = Attempt(ctx, str(job.id), owner, model=job.model, priority=job.priority)
+        try:
+            outcomes.append(_run_claimed(attempt, job))
+        except BaseException:
+            if attempt.taker is not None:
+                _give_back(ctx, *attempt.taker, "the slot it was to take over failed")
+            raise
+        taker = attempt.taker
+    return ",".join(outcomes)
+
+
+def _run_claimed(attempt: Attempt, job: Any) -> str:
+    checkpoints = JobCheckpoints(attempt.ctx.videos, attempt.job_id)
+    attempt.checkpoints = checkpoints
+    outcome = "lost"
+    with attempt.ctx.slots.running(attempt):
+        try:
+            outcome = _attempt(attempt, job, checkpoints)
+            return outcome
+        finally:
+            if outcome in TERMINAL_OUTCOMES:
+                checkpoints.discard()
+            else:  # handed back or taken over: the next attempt resumes from the checkpoint
+                checkpoints.close()
+
+
+def _give_back(ctx: WorkerContext, job: Any, owner: str, reason: str) -> None:
+    """A claimed job this slot will not run after all: back to the queue with a wake-up (or its lease expires)."""
+    try:
+        if ctx.store.release(job.id, owner, reason) is not None:
+            announce_job(ctx.celery, ctx.store, job.id, job.model)
+    except OperationalError:
+        log.warning("job %s: could not hand it back; its lease will expire", job.id, exc_info=True)
+
+
+def _look_for_taker(attempt: Attempt) -> None:
+    """When every slot is busy and this job is the one to give way: claim the fairest waiting job of a higher
+    priority to take over the slot at this job's next checkpoint. With checkpoints off nothing is preempted: the
+    job would start over."""
+    ctx, settings = attempt.ctx, attempt.ctx.settings
+    now = time.monotonic()
+    if (
+        attempt.taker is not None
+        or settings.checkpoint_every_steps <= 0
+        or attempt.priority >= MAX_PRIORITY
+        or now - attempt.looked_at < PREEMPT_LOOK_SECONDS
+        or ctx.shutting_down.is_set()
+    ):
+        return
+    attempt.looked_at = now
+    if not ctx.slots.gives_way(attempt, ctx.slots.capacity or settings.worker_slots):
+        return
+    owner = ctx.new_owner()
+    try:
+        job = ctx.store.claim_next([attempt.model], owner, settings.lease_seconds, above_priority=attempt.priority)
+    except OperationalError:
+        log.warning("job %s: could not look for a job to give way to", attempt.job_id, exc_info=True)
+        return
+    if job is not None:
+        attempt.taker = (job, owner)
+        log.info(
+            "job %s (priority %d) takes over the slot of job %s at its next checkpoint",
+            job.id,
+            job.priority,
+            attempt.job_id,
+        )
 
 
 def _attempt(attempt: Attempt, job: Any, checkpoints: JobCheckpoints) -> str:
@@ -326,7 +406,13 @@ def _run_to_result(
     stream: FrameStream | None,
 ) -> GenerationResult:
     every = attempt.ctx.settings.checkpoint_every_steps
-    options = dict(on_progress=attempt.on_progress, checkpoint_every=every, on_checkpoint=checkpoints.offer)
+
+    def on_checkpoint(state: Any) -> None:  # on the engine's loop thread
+        checkpoints.offer(state)
+        if attempt.taker is not None:
+            engine.cancel(request.id)  # stops here, between steps: the job resumes from this checkpoint's step
+
+    options = dict(on_progress=attempt.on_progress, checkpoint_every=every, on_checkpoint=on_checkpoint)
     if stream is not None:
         options["on_frames"] = stream.put
     try:
@@ -343,6 +429,7 @@ def _run_to_result(
         except FutureTimeout:
             pass
         attempt.maintain()
+        _look_for_taker(attempt)
         if not stopping and (attempt.cancel_requested or attempt.lease_lost or attempt.ctx.shutting_down.is_set()):
             # False while the engine cannot stop it yet (e.g. between admission and its first step): ask again
             # next tick rather than let it run to the end.
@@ -350,7 +437,8 @@ def _run_to_result(
 
 
 def _stopped(attempt: Attempt, model: str) -> str:
-    """The request was stopped: canceled by the client, its lease lost, or this worker shutting down."""
+    """The request was stopped: canceled by the client, its lease lost, taken over by a job of a higher priority,
+    or this worker shutting down."""
     ctx = attempt.ctx
     if attempt.cancel_requested:
         ctx.store.mark_canceled(attempt.job_id, attempt.owner)
@@ -359,11 +447,15 @@ def _stopped(attempt: Attempt, model: str) -> str:
     if attempt.lease_lost:
         log.warning("job %s: lease lost; another worker owns it now", attempt.job_id)
         return "lost"
-    # Stopped without being asked (shutdown, engine closed): the job is not finished, queue it again.
-    if ctx.store.release(attempt.job_id, attempt.owner, "worker shutdown") is not None:
+    # Stopped without being asked (preempted, shutdown, engine closed): the job is not finished, queue it again,
+    # once its last checkpoint is in the bucket, so the next attempt resumes from it.
+    if attempt.checkpoints is not None:
+        attempt.checkpoints.flush()
+    reason = "worker shutdown" if attempt.taker is None else f"preempted by job {attempt.taker[0].id}"
+    if ctx.store.release(attempt.job_id, attempt.owner, reason) is not None:
         announce_job(ctx.celery, ctx.store, attempt.job_id, model)
-    log.info("job %s: handed back to the queue", attempt.job_id)
-    return "released"
+    log.info("job %s: handed back to the queue (%s)", attempt.job_id, reason)
+    return "released" if attempt.taker is None else "preempted"
 
 
 def _hand_back(attempt: Attempt, model: str, attempts: int, code: str, message: str) -> str:
@@ -428,7 +520,8 @@ def _chain(*parts: Iterable[Any]) -> Iterable[Any]:
 def _retrying(attempt: Attempt, call: Callable[[], T], what: str) -> T:
     """Run an upload while keeping the lease, retrying with backoff; TransientError when every try failed."""
     last_error: Exception | None = None
-    for delay in _backoff(STORE_RETRIES):
+    settings = attempt.ctx.settings
+    for delay in _backoff(settings.upload_tries, settings.upload_retry_seconds):
         try:
             return _maintaining(attempt, call)
         except Exception as exc:  # minio raises S3Error, urllib3 errors, OSError: all worth a retry
@@ -463,6 +556,6 @@ def _sleep_maintaining(attempt: Attempt, seconds: float) -> None:
         attempt.maintain()
 
 
-def _backoff(tries: int) -> list[float | None]:
-    """The waits after each of `tries` failures: 1, 2, 4 ... seconds, then None (give up)."""
-    return [RETRY_FIRST_SECONDS * 2**i for i in range(tries - 1)] + [None]
+def _backoff(tries: int, first: float) -> list[float | None]:
+    """The waits after each of `tries` failures: `first`, twice that, four times ... seconds, then None (give up)."""
+    return [first * 2**i for i in range(tries - 1)] + [None]

@@ -64,11 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     import diffusers
     import torch
 
+    from engine import families as family_registry
     from engine.bench import report
     from engine.bench.mix import request_mix, warmup_requests
     from engine.bench.run import compare
-    from engine.families import adapter_class
-    from engine.family_rules import FAMILIES
+    from engine.families import FAMILIES, adapter_class
     from engine.registry import BatchLimits, ModelLimits, ModelRegistry, ModelSpec
     from engine.tiny import build_models
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     measurements = []
 
     def spec_for(family: str, path: str, dtype: str = "float32") -> ModelSpec:
-        options = {"prompt_template": {"template": "{}", "crop_start": 0}} if family == "hunyuanvideo" else {}
+        options = dict(family_registry.get(family).parts.tiny_options)
         return ModelSpec(
             name=f"bench-{family}",
             family=family,

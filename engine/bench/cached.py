@@ -105,7 +105,7 @@ def compare_cached(
             seconds = in_worker_thread(run_diffusers, adapter.pipe, spec, mix, [0.0] * len(mix))[0]
             diffusers_seconds = min(diffusers_seconds, seconds)
             for _, label, target, cache in runs:
-                target._texts.entries.clear()  # prompts are encoded inside the timed run, as for diffusers
+                target.texts.clear()  # prompts are encoded inside the timed run, as for diffusers
                 run = _serve(target, [replace(r, cache=cache) for r in mix])
                 if label not in best or run[0] < best[label][0]:
                     best[label] = run

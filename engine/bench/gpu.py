@@ -16,10 +16,10 @@ def wan_1_3b_random(
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
     from transformers import T5Config, T5EncoderModel
 
-    from engine.tiny import _t5_tokenizer
+    from engine.tiny import t5_tokenizer
 
     torch.manual_seed(0)
-    tokenizer = _t5_tokenizer()
+    tokenizer = t5_tokenizer()
     with torch.device(device):
         transformer = WanTransformer3DModel(
             patch_size=(1, 2, 2),

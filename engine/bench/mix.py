@@ -6,6 +6,7 @@ presets, two lengths, several step counts, guidance on and off, mostly distinct 
 
 from __future__ import annotations
 
+from engine import families
 from engine.request import GenerationRequest
 
 PROMPTS = [
@@ -24,20 +25,12 @@ PROMPTS = [
 ]
 NEGATIVE = "blurry, low quality"
 
-# (frame counts short/long, sizes) per family: valid for the family's frame and size rules.
-CPU_SHAPES = {
-    "wan": ((9, 17), ((32, 32), (32, 48))),
-    "cogvideox": ((9, 17), ((32, 32), (32, 48))),
-    "mochi": ((7, 13), ((32, 32), (32, 48))),
-    "hunyuanvideo": ((9, 17), ((32, 32), (32, 48))),
-    "ltx": ((9, 17), ((32, 32), (32, 64))),
-}
-GPU_SHAPES = {"wan": ((17, 33), ((256, 256), (320, 576)))}
+GPU_SHAPES = {"wan": ((17, 33), ((256, 256), (320, 576)))}  # (frame counts, sizes) at Wan 1.3B's dimensions
 
 
 def request_mix(family: str, n: int = 16, gpu: bool = False, steps: tuple[int, ...] = (4, 6, 8)) -> list:
     """`n` requests over 2 lengths x 2 sizes x `steps` x guidance on/off; prompts cycle, so a few repeat."""
-    frames, sizes = (GPU_SHAPES if gpu else CPU_SHAPES)[family]
+    frames, sizes = GPU_SHAPES[family] if gpu else families.get(family).parts.bench_shapes
     requests = []
     for i in range(n):
         height, width = sizes[(i // 2) % len(sizes)]
@@ -57,15 +50,8 @@ def request_mix(family: str, n: int = 16, gpu: bool = False, steps: tuple[int, .
     return requests
 
 
-# The mixed-shape mix (issue 12): three or four lengths x four sizes per family, so that 16 requests hold at least
-# 12 distinct (frames, height, width), as real traffic does; valid for each family's frame and size rules.
-MIXED_CPU_SHAPES = {
-    "wan": ((5, 9, 13, 17), ((32, 32), (32, 48), (48, 32), (48, 48))),
-    "cogvideox": ((9, 17, 25), ((32, 32), (32, 48), (48, 32), (48, 48))),
-    "mochi": ((7, 13, 19), ((32, 32), (32, 48), (48, 32), (48, 48))),
-    "hunyuanvideo": ((5, 9, 13, 17), ((32, 32), (32, 48), (48, 32), (48, 48))),
-    "ltx": ((9, 17, 25), ((32, 32), (32, 64), (64, 32), (64, 64))),
-}
+# The mixed-shape mix (issue 12): three or four lengths x four sizes per family (`FamilyParts.mixed_bench_shapes`),
+# so that 16 requests hold at least 12 distinct (frames, height, width), as real traffic does.
 MIXED_GPU_SHAPES = {"wan": ((9, 17, 25, 33), ((256, 256), (256, 384), (384, 256), (320, 320)))}
 # Prompt tails of different lengths, so text lengths differ too (where the family does not pad them all alike).
 PROMPT_TAILS = ["", ", cinematic lighting", ", slow camera pan, soft light, highly detailed, 4k, film grain"]
@@ -79,7 +65,7 @@ def mixed_request_mix(
     Lengths cycle fastest and sizes next, so the first len(frames) x len(sizes) requests are all distinct; steps
     and guidance cycle with periods of their own, so requests of one shape rarely share a pipeline call.
     """
-    frames, sizes = (MIXED_GPU_SHAPES if gpu else MIXED_CPU_SHAPES)[family]
+    frames, sizes = MIXED_GPU_SHAPES[family] if gpu else families.get(family).parts.mixed_bench_shapes
     requests = []
     for i in range(n):
         height, width = sizes[(i // len(frames)) % len(sizes)]

@@ -102,7 +102,7 @@ def compare_mixed(
 
     def serve(system: str, arrivals: list[float], count_flops: bool = False) -> tuple[Any, ...]:
         if system == ENGINE:
-            engine._texts.entries.clear()  # prompts of the mix are encoded inside the timed run
+            engine.texts.clear()  # prompts of the mix are encoded inside the timed run
             clock = engine_clock(engine, count_flops)
             with clock:
                 seconds, latencies, frames, sizes = run_engine(engine, mix, arrivals)

@@ -188,7 +188,7 @@ def compare(
                 run.extra["gpu_peak_gb"] = _gpu_peak(adapter.device)
                 base = run if base is None or run.seconds < base.seconds else base
 
-                engine._texts.entries.clear()  # prompts of the mix are encoded inside the timed run
+                engine.texts.clear()  # prompts of the mix are encoded inside the timed run
                 _reset_gpu_peak(adapter.device)
                 with PeakRSS() as rss:
                     seconds, latencies, frames, sizes = run_engine(engine, mix, arrivals)

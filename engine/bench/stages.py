@@ -1,7 +1,7 @@
 """Where a system's time goes: text encoding, transformer, scheduler, VAE decode, other; and transformer FLOPs.
 
 Timers wrap each system's own stage entry points (instance attributes and forward hooks, removed on exit), so
-neither system runs differently: the engine's `adapter.encode_prompts`, `runner.run`, `adapter.scheduler_step`
+neither system runs differently: the engine's `adapter.encode_prompts`, `runner.run_all`, `adapter.scheduler_step`
 and `adapter.decode`; the pipeline's `encode_prompt`, its transformers' forwards, `scheduler.step`, and
 `vae.decode` plus `video_processor.postprocess_video`. "Other" is the run's wall time minus the stages.
 On CUDA each timer synchronises the device, so the stage boundaries are real (at a small cost).
@@ -137,7 +137,7 @@ def engine_clock(engine: Any, count_flops: bool = False) -> StageClock:
     return (
         StageClock(adapter.device, count_flops)
         .method(adapter, "encode_prompts", TEXT)
-        .method(engine.runner, "run", TRANSFORMER)
+        .method(engine.runner, "run_all", TRANSFORMER)
         .method(adapter, "scheduler_step", SCHEDULER)
         .method(adapter, "decode", VAE)
     )

@@ -1,4 +1,4 @@
-"""What every model-family adapter provides, and the helpers they share.
+"""What every model-family module provides (`FamilyParts`, its adapter's stages), and the helpers they share.
 
 An adapter re-expresses its diffusers pipeline's `__call__` as stages (encode prompt, prepare latents, set
 timesteps, transformer call, guidance, scheduler step, decode) that the engine interleaves across requests.
@@ -7,7 +7,8 @@ timesteps, transformer call, guidance, scheduler step, decode) that the engine i
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -18,6 +19,7 @@ from engine.request import GenerationRequest, InvalidRequest, ModelUnavailable
 from engine.step_cache import DEFAULT_ROW_ARGS
 
 if TYPE_CHECKING:
+    from engine.layer_split.layout import Layout
     from engine.packing import PackedForward
     from engine.registry import ModelSpec
     from engine.sequence import Sequence
@@ -205,6 +207,17 @@ class FamilyAdapter:
         """Decode a batch of equal-shape latents to float frames in [0, 1], (F, H, W, 3) each."""
         raise NotImplementedError
 
+    def decode_stream(self, latents: torch.Tensor, seq: Sequence, long: bool) -> Iterator[np.ndarray]:
+        """One video's float frames (f, H, W, 3) in order, a few at a time, as its VAE decodes them (engine.vae), so
+        memory does not grow with the video's length. `long`: the latent is longer than the model's native window,
+        where a family whose VAE tiles time approximately (LTX) may do so. Here: the whole decode, in one piece."""
+        yield from self.decode(latents, [seq])
+
+    def embeds_frame_timesteps(self) -> bool:
+        """Whether every packed forward of this adapter embeds a timestep per latent frame (`PackedRow.timestep` of
+        shape (F,)), so a continuation's clean context frames can run at timestep 0; False: one per row."""
+        return False
+
     def enable_vae_tiling(self) -> bool:
         """Decode in tiles (and frame by frame where the VAE supports it) so long videos fit in memory."""
         if hasattr(self.vae, "enable_tiling"):
@@ -246,3 +259,32 @@ def pad_positions(hidden: torch.Tensor, length: int) -> torch.Tensor:
 
 def stack_rows(tensors: list[torch.Tensor]) -> torch.Tensor:
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)
+
+
+# (frame counts, (height, width) sizes) of a benchmark mix; valid for the family's frame and size rules.
+BenchShapes = tuple[tuple[int, ...], tuple[tuple[int, int], ...]]
+
+
+def same_kwargs(kwargs: dict[str, Any], options: dict[str, Any], request: GenerationRequest) -> dict[str, Any]:
+    """A family whose pipeline needs no `__call__` argument beyond the common ones (engine.reference)."""
+    return kwargs
+
+
+@dataclass(frozen=True)
+class FamilyParts:
+    """What a family module exports as `FAMILY`: everything of the family that the rest of the engine reads.
+
+    The registry (`engine.families.FAMILIES`) holds the family's name and frame/size rules; the rest is here.
+    """
+
+    adapter: type[FamilyAdapter]  # the pipeline-order stages; `adapter.packed_forward` gives the packed forward
+    layout: Layout  # where a layer split cuts the transformer (engine.layer_split)
+    # Random-weight pipelines (engine.tiny) by directory name: `build(small)` returns the pipeline. The first is the
+    # family's own; variants that are not families of their own (Wan 2.2's two experts) are built only when named.
+    tiny: dict[str, Callable[[bool], Any]]
+    bench_shapes: BenchShapes  # the benchmark's CPU mix (engine.bench.mix): 2 lengths x 2 sizes
+    mixed_bench_shapes: BenchShapes  # the mixed-shape mix: at least 12 distinct (frames, height, width) in 16
+    # The pipeline's `__call__` arguments that make diffusers serve a request as the engine does (engine.reference):
+    # `pipeline_kwargs(common, spec.options, request)` returns them, given the arguments every family takes.
+    pipeline_kwargs: Callable[[dict[str, Any], dict[str, Any], GenerationRequest], dict[str, Any]] = same_kwargs
+    tiny_options: dict[str, Any] = field(default_factory=dict)  # registry options a tiny model of the family needs

@@ -7,6 +7,7 @@ laid out (B, F, C, H, W), rotary embeddings per shape, DDIM or DPM steps, option
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -17,11 +18,13 @@ from diffusers.models.embeddings import get_3d_rotary_pos_embed
 from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
 
 from engine.attention import self_attention
-from engine.families.base import FamilyAdapter, ModelCall, TextEmbedding, stack_rows
+from engine.families.base import FamilyAdapter, FamilyParts, ModelCall, TextEmbedding, stack_rows
+from engine.layer_split.layout import Layout, call_arg
 from engine.packing import PackedForward, PackedRow, PackedState, Segments
 from engine.request import GenerationRequest, InvalidRequest
 from engine.sequence import Sequence
-from engine.vae import fast_decode
+from engine.tiny import t5_encoder, t5_tokenizer
+from engine.vae import cogvideox_pieces, fast_decode, fast_pieces
 
 
 class CogVideoXAdapter(FamilyAdapter):
@@ -151,11 +154,18 @@ class CogVideoXAdapter(FamilyAdapter):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, seqs: list[Sequence]) -> list[np.ndarray]:
-        latents = latents[:, seqs[0].extra["additional_frames"] :]
-        latents = latents.permute(0, 2, 1, 3, 4)
-        latents = 1 / self.pipe.vae_scaling_factor_image * latents
         with fast_decode(self.vae):  # engine/vae.py
-            return self.to_frames(self.vae.decode(latents).sample)
+            return self.to_frames(self.vae.decode(self._vae_input(latents, seqs[0])).sample)
+
+    def _vae_input(self, latents: torch.Tensor, seq: Sequence) -> torch.Tensor:
+        """(B, C, F, H, W) scaled for the VAE, without CogVideoX 1.5's padding frames, as the pipeline decodes."""
+        latents = latents[:, seq.extra["additional_frames"] :].permute(0, 2, 1, 3, 4)
+        return 1 / self.pipe.vae_scaling_factor_image * latents
+
+    def decode_stream(self, latents: torch.Tensor, seq: Sequence, long: bool) -> Iterator[np.ndarray]:
+        """Two latent frames at a time through the VAE's convolution cache: the frames of `decode`, exactly."""
+        for piece in fast_pieces(self.vae, cogvideox_pieces(self.vae, self._vae_input(latents, seq))):
+            yield self.to_frames(piece)[0]
 
 
 class CogVideoXPackedForward:
@@ -363,3 +373,104 @@ def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     real, imag = x.unflatten(-1, (-1, 2)).unbind(-1)
     rotated = torch.stack([-imag, real], dim=-1).flatten(3)
     return (x.float() * cos.unsqueeze(2) + rotated.float() * sin.unsqueeze(2)).to(x.dtype)
+
+
+# --- layer split: the output head the last stage runs (engine.layer_split) ----------------------------------------
+
+
+def _layer_split_tail(model, hidden, call, extras, shape):
+    emb = call_arg(call, 2, "temb")
+    batch, frames, _, height, width = shape
+    hidden = model.norm_final(hidden)
+    hidden = model.norm_out(hidden, temb=emb)
+    hidden = model.proj_out(hidden)
+    p, p_t = model.config.patch_size, model.config.patch_size_t
+    if p_t is None:
+        out = hidden.reshape(batch, frames, height // p, width // p, -1, p, p)
+        return out.permute(0, 1, 4, 2, 5, 3, 6).flatten(5, 6).flatten(3, 4)
+    out = hidden.reshape(batch, (frames + p_t - 1) // p_t, height // p, width // p, -1, p_t, p, p)
+    return out.permute(0, 1, 5, 4, 2, 6, 3, 7).flatten(6, 7).flatten(4, 5).flatten(1, 2)
+
+
+# --- tiny random-weight pipeline (engine.tiny) --------------------------------------------------------------------
+
+
+def _tiny_pipeline(small: bool = False):
+    from diffusers import (
+        AutoencoderKLCogVideoX,
+        CogVideoXDDIMScheduler,
+        CogVideoXPipeline,
+        CogVideoXTransformer3DModel,
+    )
+
+    tokenizer = t5_tokenizer()
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=4,
+        attention_head_dim=64 if small else 8,
+        in_channels=4,
+        out_channels=4,
+        time_embed_dim=64 if small else 2,
+        text_embed_dim=256 if small else 32,
+        num_layers=4 if small else 1,
+        sample_width=4,
+        sample_height=4,
+        sample_frames=9,
+        patch_size=2,
+        temporal_compression_ratio=4,
+        # The pipeline pads prompts to 226 tokens; the transformer's positional table must match.
+        max_text_seq_length=226,
+    )
+    vae = AutoencoderKLCogVideoX(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("CogVideoXDownBlock3D",) * 4,
+        up_block_types=("CogVideoXUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=2,
+        temporal_compression_ratio=4,
+    )
+    return CogVideoXPipeline(
+        tokenizer=tokenizer,
+        text_encoder=t5_encoder(tokenizer, small),
+        vae=vae.eval(),
+        transformer=transformer.eval(),
+        # CogVideoX-2b's own scheduler settings: v-prediction keeps the random model's latents in range.
+        scheduler=CogVideoXDDIMScheduler(
+            beta_end=0.012,
+            beta_start=0.00085,
+            beta_schedule="scaled_linear",
+            clip_sample=False,
+            prediction_type="v_prediction",
+            rescale_betas_zero_snr=True,
+            set_alpha_to_one=True,
+            snr_shift_scale=3.0,
+            timestep_spacing="trailing",
+        ),
+    )
+
+
+# --- the reference pipeline's own arguments (engine.reference) ----------------------------------------------------
+
+
+def _pipeline_kwargs(kwargs: dict[str, Any], options: dict[str, Any], request: GenerationRequest) -> dict[str, Any]:
+    """CogVideoXPipeline's own arguments: dynamic CFG when the registry entry asks for it."""
+    if "use_dynamic_cfg" in options:
+        kwargs["use_dynamic_cfg"] = options["use_dynamic_cfg"]
+    return kwargs
+
+
+FAMILY = FamilyParts(
+    adapter=CogVideoXAdapter,
+    layout=Layout(
+        ("transformer_blocks",),
+        ("norm_final", "norm_out", "proj_out"),
+        _layer_split_tail,
+        packed=CogVideoXPackedForward,
+    ),
+    tiny={"cogvideox": _tiny_pipeline},
+    bench_shapes=((9, 17), ((32, 32), (32, 48))),
+    mixed_bench_shapes=((9, 17, 25), ((32, 32), (32, 48), (48, 32), (48, 48))),
+    pipeline_kwargs=_pipeline_kwargs,
+)

@@ -7,6 +7,7 @@ a CLIP pooled vector, linear sigmas, and the guidance scale fed to the transform
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,11 +17,13 @@ import torch.nn.functional as F
 from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE, retrieve_timesteps
 
 from engine.attention import cross_attention, self_attention
-from engine.families.base import FamilyAdapter, ModelCall, TextEmbedding, stack_rows
+from engine.families.base import FamilyAdapter, FamilyParts, ModelCall, TextEmbedding, stack_rows
+from engine.layer_split.layout import Layout, call_arg
 from engine.packing import PackedForward, PackedRow, PackedState, Segments
 from engine.request import GenerationRequest
 from engine.sequence import Sequence
-from engine.vae import fast_decode
+from engine.tiny import clip_tokenizer, llama_tokenizer
+from engine.vae import fast_decode, fast_pieces, temporal_tile_pieces
 
 _LLAMA_LAYERS_SKIPPED = 2  # the pipeline reads the hidden states three from the end
 _CLIP_LENGTH = 77
@@ -139,6 +142,17 @@ class HunyuanVideoAdapter(FamilyAdapter):
         latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
         with fast_decode(self.vae):  # engine/vae.py
             return self.to_frames(self.vae.decode(latents, return_dict=False)[0])
+
+    def decode_stream(self, latents: torch.Tensor, seq: Sequence, long: bool) -> Iterator[np.ndarray]:
+        """Temporal tiles (16 frames, stride 12) blended over their overlap, as the VAE decodes long latents by
+        default (framewise decoding): the frames of `decode`, exactly; a latent within one tile in one piece."""
+        vae = self.vae
+        tile = vae.tile_sample_min_num_frames // vae.temporal_compression_ratio
+        if not ((long or vae.use_framewise_decoding) and latents.shape[2] > tile):
+            yield from self.decode(latents, [seq])
+            return
+        for piece in fast_pieces(vae, temporal_tile_pieces(vae, latents.to(vae.dtype) / vae.config.scaling_factor)):
+            yield self.to_frames(piece)[0]
 
 
 def _packs(model: torch.nn.Module) -> bool:
@@ -427,3 +441,128 @@ def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     real, imag = x.unflatten(-1, (-1, 2)).unbind(-1)
     rotated = torch.stack([-imag, real], dim=-1).flatten(3)
     return (x.float() * cos.unsqueeze(2) + rotated.float() * sin.unsqueeze(2)).to(x.dtype)
+
+
+# --- layer split: the output head the last stage runs (engine.layer_split) ----------------------------------------
+
+
+def _layer_split_tail(model, hidden, call, extras, shape):
+    temb = call_arg(call, 2, "temb")
+    batch, _, frames, height, width = shape
+    p, p_t = model.config.patch_size, model.config.patch_size_t
+    hidden = model.norm_out(hidden, temb)
+    hidden = model.proj_out(hidden)
+    hidden = hidden.reshape(batch, frames // p_t, height // p, width // p, -1, p_t, p, p)
+    hidden = hidden.permute(0, 4, 1, 5, 2, 6, 3, 7)
+    return hidden.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+
+# --- tiny random-weight pipeline (engine.tiny) --------------------------------------------------------------------
+
+
+def _tiny_pipeline(small: bool = False):
+    from diffusers import (
+        AutoencoderKLHunyuanVideo,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideoPipeline,
+        HunyuanVideoTransformer3DModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
+
+    tokenizer, tokenizer_2 = llama_tokenizer(), clip_tokenizer()
+    llama = LlamaConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_size=256 if small else 16,
+        intermediate_size=1024 if small else 37,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        num_hidden_layers=2,
+        vocab_size=len(tokenizer),
+        hidden_act="gelu",
+        rms_norm_eps=1e-5,
+    )
+    clip = CLIPTextConfig(
+        bos_token_id=tokenizer_2.bos_token_id,
+        eos_token_id=tokenizer_2.eos_token_id,
+        pad_token_id=tokenizer_2.pad_token_id,
+        hidden_size=8,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=len(tokenizer_2),
+        hidden_act="gelu",
+        projection_dim=32,
+        max_position_embeddings=77,
+    )
+    transformer = HunyuanVideoTransformer3DModel(
+        in_channels=4,
+        out_channels=4,
+        num_attention_heads=4 if small else 2,
+        attention_head_dim=64 if small else 10,
+        num_layers=2 if small else 1,
+        num_single_layers=2 if small else 1,
+        num_refiner_layers=1,
+        patch_size=1,
+        patch_size_t=1,
+        guidance_embeds=True,
+        text_embed_dim=256 if small else 16,
+        pooled_projection_dim=8,
+        rope_axes_dim=(16, 24, 24) if small else (2, 4, 4),
+    )
+    vae = AutoencoderKLHunyuanVideo(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        down_block_types=("HunyuanVideoDownBlock3D",) * 4,
+        up_block_types=("HunyuanVideoUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8),
+        layers_per_block=1,
+        act_fn="silu",
+        norm_num_groups=4,
+        scaling_factor=0.476986,
+        spatial_compression_ratio=8,
+        temporal_compression_ratio=4,
+        mid_block_add_attention=True,
+    )
+    return HunyuanVideoPipeline(
+        text_encoder=LlamaModel(llama).eval(),
+        tokenizer=tokenizer,
+        transformer=transformer.eval(),
+        vae=vae.eval(),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+        text_encoder_2=CLIPTextModel(clip).eval(),
+        tokenizer_2=tokenizer_2,
+    )
+
+
+# --- the reference pipeline's own arguments (engine.reference) ----------------------------------------------------
+
+
+def _pipeline_kwargs(kwargs: dict[str, Any], options: dict[str, Any], request: GenerationRequest) -> dict[str, Any]:
+    """HunyuanVideoPipeline's own arguments: true CFG and the prompt template, as the registry entry sets them."""
+    if float(options.get("true_cfg_scale", 1.0)) > 1.0:
+        kwargs["true_cfg_scale"] = options["true_cfg_scale"]
+    else:
+        kwargs.pop("negative_prompt")  # embedded guidance: no negative branch unless true CFG is asked for
+    if "prompt_template" in options:
+        kwargs["prompt_template"] = options["prompt_template"]
+    return kwargs
+
+
+FAMILY = FamilyParts(
+    adapter=HunyuanVideoAdapter,
+    layout=Layout(
+        ("transformer_blocks", "single_transformer_blocks"),
+        ("norm_out", "proj_out"),
+        _layer_split_tail,
+        packed=HunyuanVideoPackedForward,
+    ),
+    tiny={"hunyuanvideo": _tiny_pipeline},
+    bench_shapes=((9, 17), ((32, 32), (32, 48))),
+    mixed_bench_shapes=((5, 9, 13, 17), ((32, 32), (32, 48), (48, 32), (48, 48))),
+    pipeline_kwargs=_pipeline_kwargs,
+    # The tiny tokenizers know no chat template: the prompt as it is.
+    tiny_options={"prompt_template": {"template": "{}", "crop_start": 0}},
+)

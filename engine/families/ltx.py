@@ -6,6 +6,7 @@ shift from the video's token count, rope scaled by the frame rate, and a timeste
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -14,11 +15,13 @@ from diffusers.models.transformers.transformer_ltx import apply_rotary_emb
 from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift, rescale_noise_cfg, retrieve_timesteps
 
 from engine.attention import cross_attention, self_attention
-from engine.families.base import FamilyAdapter, ModelCall, TextEmbedding, stack_rows
+from engine.families.base import FamilyAdapter, FamilyParts, ModelCall, TextEmbedding, stack_rows
+from engine.layer_split.layout import Layout
 from engine.packing import PackedForward, PackedRow, PackedState, Segments, block_kv, text_keys
 from engine.request import GenerationRequest
 from engine.sequence import Sequence
-from engine.vae import fast_decode
+from engine.tiny import t5_encoder, t5_tokenizer
+from engine.vae import fast_decode, fast_pieces, temporal_tile_pieces
 
 
 class LTXAdapter(FamilyAdapter):
@@ -134,6 +137,14 @@ class LTXAdapter(FamilyAdapter):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, seqs: list[Sequence]) -> list[np.ndarray]:
+        latents, timestep = self._vae_input(latents, seqs)
+        with fast_decode(self.vae):  # heavy batch-1 3-D convolutions on oneDNN (engine/vae.py)
+            video = self.vae.decode(latents, timestep, return_dict=False)[0]
+        return self.to_frames(video)
+
+    def _vae_input(self, latents: torch.Tensor, seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Packed latents -> the VAE's (B, C, F, H, W), un-normalised and, for a timestep-conditioned VAE, noised to
+        the decode timestep (which the VAE also takes), as the pipeline decodes."""
         pipe, vae = self.pipe, self.vae
         f, h, w = self.latent_dims(seqs[0].request)
         latents = pipe._unpack_latents(
@@ -150,9 +161,21 @@ class LTXAdapter(FamilyAdapter):
             scale = torch.tensor([self.decode_noise_scale] * n, device=latents.device, dtype=latents.dtype)
             scale = scale[:, None, None, None, None]
             latents = (1 - scale) * latents + scale * noise
-        with fast_decode(vae):  # heavy batch-1 3-D convolutions on oneDNN (engine/vae.py)
-            video = vae.decode(latents.to(vae.dtype), timestep, return_dict=False)[0]
-        return self.to_frames(video)
+        return latents.to(vae.dtype), timestep
+
+    def decode_stream(self, latents: torch.Tensor, seq: Sequence, long: bool) -> Iterator[np.ndarray]:
+        """Beyond the native window (or with the VAE's framewise decoding on), temporal tiles of 16 frames, stride 8,
+        blended over their overlap as the VAE's framewise decoding does: close to, not equal to, the whole decode
+        (the tiles do not see each other). Within the window, the whole decode in one piece, as `decode`."""
+        vae = self.vae
+        tile = vae.tile_sample_min_num_frames // vae.temporal_compression_ratio
+        if not ((long or vae.use_framewise_decoding) and self.latent_dims(seq.request)[0] > tile):
+            yield from self.decode(latents, [seq])
+            return
+        with torch.no_grad():
+            z, timestep = self._vae_input(latents, [seq])
+        for piece in fast_pieces(vae, temporal_tile_pieces(vae, z, timestep)):
+            yield self.to_frames(piece)[0]
 
 
 class LTXPackedForward:
@@ -254,3 +277,97 @@ class LTXPackedForward:
         hidden = model.norm_out(state.hidden)
         hidden = hidden * (1 + tokens.expand(shift_scale[:, 1])) + tokens.expand(shift_scale[:, 0])
         return tokens.split(model.proj_out(hidden))
+
+
+# --- layer split: the output head the last stage runs (engine.layer_split) ----------------------------------------
+
+
+def _layer_split_tail(model, hidden, call, extras, shape):
+    embedded_timestep = extras[0]
+    embedded_timestep = embedded_timestep.view(shape[0], -1, embedded_timestep.size(-1))
+    values = model.scale_shift_table[None, None] + embedded_timestep[:, :, None]
+    shift, scale = values[:, :, 0], values[:, :, 1]
+    hidden = model.norm_out(hidden)
+    hidden = hidden * (1 + scale) + shift
+    return model.proj_out(hidden)
+
+
+# --- tiny random-weight pipeline (engine.tiny) --------------------------------------------------------------------
+
+
+def _tiny_pipeline(small: bool = False):
+    from diffusers import (
+        AutoencoderKLLTXVideo,
+        FlowMatchEulerDiscreteScheduler,
+        LTXPipeline,
+        LTXVideoTransformer3DModel,
+    )
+
+    tokenizer = t5_tokenizer()
+    transformer = LTXVideoTransformer3DModel(
+        in_channels=8,
+        out_channels=8,
+        patch_size=1,
+        patch_size_t=1,
+        num_attention_heads=4,
+        attention_head_dim=64 if small else 8,
+        cross_attention_dim=256 if small else 32,
+        num_layers=4 if small else 1,
+        caption_channels=256 if small else 32,
+    )
+    vae = AutoencoderKLLTXVideo(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=8,
+        block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        layers_per_block=(1, 1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1, 1),
+        # LTX-Video's own compression (32x space, 8x time: 3 scaling blocks x a 4-pixel patch), so the tiny
+        # model obeys the family's 8k+1 frames and multiples of 32, and its latents are as short as the real one's.
+        spatio_temporal_scaling=(True, True, True, False),
+        decoder_spatio_temporal_scaling=(True, True, True, False),
+        decoder_inject_noise=(False, False, False, False, False),
+        upsample_residual=(False, False, False, False),
+        upsample_factor=(1, 1, 1, 1),
+        timestep_conditioning=False,
+        patch_size=4,
+        patch_size_t=1,
+        encoder_causal=True,
+        decoder_causal=False,
+    )
+    return LTXPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae.eval(),
+        text_encoder=t5_encoder(tokenizer, small),
+        tokenizer=tokenizer,
+        transformer=transformer.eval(),
+    )
+
+
+# --- the reference pipeline's own arguments (engine.reference) ----------------------------------------------------
+
+
+def _pipeline_kwargs(kwargs: dict[str, Any], options: dict[str, Any], request: GenerationRequest) -> dict[str, Any]:
+    """LTXPipeline's own arguments: the request's frame rate, and the registry entry's guidance and decode options."""
+    kwargs["frame_rate"] = request.fps
+    for name in ("guidance_rescale", "decode_timestep", "decode_noise_scale"):
+        if name in options:
+            kwargs[name] = options[name]
+    return kwargs
+
+
+FAMILY = FamilyParts(
+    adapter=LTXAdapter,
+    layout=Layout(
+        ("transformer_blocks",),
+        ("norm_out", "proj_out", "scale_shift_table"),
+        _layer_split_tail,
+        (("time_embed", 1),),
+        packed=LTXPackedForward,
+    ),
+    tiny={"ltx": _tiny_pipeline},
+    bench_shapes=((9, 17), ((32, 32), (32, 64))),
+    mixed_bench_shapes=((9, 17, 25), ((32, 32), (32, 64), (64, 32), (64, 64))),
+    pipeline_kwargs=_pipeline_kwargs,
+)

@@ -6,6 +6,7 @@ pipeline says so), a linear-quadratic sigma schedule, CFG in float32, and the VA
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -14,11 +15,21 @@ import torch.nn.functional as F
 from diffusers.pipelines.mochi.pipeline_mochi import linear_quadratic_schedule, retrieve_timesteps
 
 from engine.attention import self_attention
-from engine.families.base import FamilyAdapter, ModelCall, TextEmbedding, pad_positions, stack_rows, trim_padding
+from engine.families.base import (
+    FamilyAdapter,
+    FamilyParts,
+    ModelCall,
+    TextEmbedding,
+    pad_positions,
+    stack_rows,
+    trim_padding,
+)
+from engine.layer_split.layout import Layout, call_arg
 from engine.packing import PackedForward, PackedRow, PackedState, Segments
 from engine.request import GenerationRequest, InvalidRequest
 from engine.sequence import Sequence
-from engine.vae import fast_decode
+from engine.tiny import t5_encoder, t5_tokenizer
+from engine.vae import fast_decode, fast_pieces, mochi_pieces
 
 _THRESHOLD_NOISE = 0.025  # MochiPipeline's fixed schedule parameter
 
@@ -110,16 +121,23 @@ class MochiAdapter(FamilyAdapter):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, seqs: list[Sequence]) -> list[np.ndarray]:
+        with fast_decode(self.vae):  # heavy batch-1 3-D convolutions on oneDNN (engine/vae.py)
+            return self.to_frames(self.vae.decode(self._vae_input(latents), return_dict=False)[0])
+
+    def _vae_input(self, latents: torch.Tensor) -> torch.Tensor:
+        """The latents un-normalised with the VAE's statistics, as the pipeline does before decoding."""
         config = self.vae.config
         if getattr(config, "latents_mean", None) is not None and getattr(config, "latents_std", None) is not None:
             c = config.latent_channels
             mean = torch.tensor(config.latents_mean).view(1, c, 1, 1, 1).to(latents.device, latents.dtype)
             std = torch.tensor(config.latents_std).view(1, c, 1, 1, 1).to(latents.device, latents.dtype)
-            latents = latents * std / config.scaling_factor + mean
-        else:
-            latents = latents / config.scaling_factor
-        with fast_decode(self.vae):  # heavy batch-1 3-D convolutions on oneDNN (engine/vae.py)
-            return self.to_frames(self.vae.decode(latents, return_dict=False)[0])
+            return latents * std / config.scaling_factor + mean
+        return latents / config.scaling_factor
+
+    def decode_stream(self, latents: torch.Tensor, seq: Sequence, long: bool) -> Iterator[np.ndarray]:
+        """Framewise, two latent frames (12 frames) at a time through the VAE's convolution cache."""
+        for piece in fast_pieces(self.vae, mochi_pieces(self.vae, self._vae_input(latents))):
+            yield self.to_frames(piece)[0]
 
 
 class MochiPackedForward:
@@ -303,3 +321,69 @@ def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     rotated_cos = (even * cos - odd * sin).to(x.dtype)
     rotated_sin = (even * sin + odd * cos).to(x.dtype)
     return torch.stack([rotated_cos, rotated_sin], dim=-1).flatten(-2)
+
+
+# --- layer split: the output head the last stage runs (engine.layer_split) ----------------------------------------
+
+
+def _layer_split_tail(model, hidden, call, extras, shape):
+    temb = call_arg(call, 2, "temb")
+    batch, _, frames, height, width = shape
+    p = model.config.patch_size
+    hidden = model.norm_out(hidden, temb)
+    hidden = model.proj_out(hidden)
+    hidden = hidden.reshape(batch, frames, height // p, width // p, p, p, -1)
+    hidden = hidden.permute(0, 6, 1, 2, 4, 3, 5)
+    return hidden.reshape(batch, -1, frames, height, width)
+
+
+# --- tiny random-weight pipeline (engine.tiny) --------------------------------------------------------------------
+
+
+def _tiny_pipeline(small: bool = False):
+    from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, MochiPipeline, MochiTransformer3DModel
+
+    tokenizer = t5_tokenizer()
+    transformer = MochiTransformer3DModel(
+        patch_size=2,
+        num_attention_heads=4 if small else 2,
+        attention_head_dim=64 if small else 8,
+        num_layers=4 if small else 2,
+        pooled_projection_dim=64 if small else 16,
+        in_channels=12,
+        out_channels=None,
+        qk_norm="rms_norm",
+        text_embed_dim=256 if small else 32,
+        time_embed_dim=64 if small else 4,
+        activation_fn="swiglu",
+        max_sequence_length=256,
+    )
+    vae = AutoencoderKLMochi(
+        latent_channels=12,
+        out_channels=3,
+        encoder_block_out_channels=(32, 32, 32, 32),
+        decoder_block_out_channels=(32, 32, 32, 32),
+        layers_per_block=(1, 1, 1, 1, 1),
+    )
+    return MochiPipeline(
+        tokenizer=tokenizer,
+        text_encoder=t5_encoder(tokenizer, small),
+        vae=vae.eval(),
+        transformer=transformer.eval(),
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+    )
+
+
+FAMILY = FamilyParts(
+    adapter=MochiAdapter,
+    layout=Layout(
+        ("transformer_blocks",),
+        ("norm_out", "proj_out"),
+        _layer_split_tail,
+        shared=("pos_frequencies",),
+        packed=MochiPackedForward,
+    ),
+    tiny={"mochi": _tiny_pipeline},
+    bench_shapes=((7, 13), ((32, 32), (32, 48))),
+    mixed_bench_shapes=((7, 13, 19), ((32, 32), (32, 48), (48, 32), (48, 48))),
+)

@@ -7,6 +7,7 @@ float32 latents from the request's generator, flow-matching timesteps, CFG, then
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -14,11 +15,13 @@ import torch
 from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 
 from engine.attention import cross_attention, self_attention
-from engine.families.base import FamilyAdapter, ModelCall, TextEmbedding, stack_rows, trim_padding
+from engine.families.base import FamilyAdapter, FamilyParts, ModelCall, TextEmbedding, stack_rows, trim_padding
+from engine.layer_split.layout import Layout
 from engine.packing import PackedForward, PackedRow, PackedState, Segments, block_kv, text_keys
 from engine.request import GenerationRequest
 from engine.sequence import Sequence
-from engine.vae import fast_decode
+from engine.tiny import t5_encoder, t5_tokenizer
+from engine.vae import fast_decode, fast_pieces, wan_pieces
 
 
 class WanAdapter(FamilyAdapter):
@@ -124,14 +127,26 @@ class WanAdapter(FamilyAdapter):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, seqs: list[Sequence]) -> list[np.ndarray]:
+        with fast_decode(self.vae):  # engine/vae.py
+            return self.to_frames(self.vae.decode(self._vae_input(latents), return_dict=False)[0])
+
+    def _vae_input(self, latents: torch.Tensor) -> torch.Tensor:
+        """The latents un-normalised for the VAE, as the pipeline does before decoding."""
         vae = self.vae
         latents = latents.to(vae.device, dtype=vae.dtype)
         z = vae.config.z_dim
         mean = torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
         inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
-        with fast_decode(vae):  # engine/vae.py
-            video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
-        return self.to_frames(video)
+        return latents / inv_std + mean
+
+    def decode_stream(self, latents: torch.Tensor, seq: Sequence, long: bool) -> Iterator[np.ndarray]:
+        """One latent frame at a time through the VAE's causal cache: the frames of `decode`, exactly."""
+        for piece in fast_pieces(self.vae, wan_pieces(self.vae, self._vae_input(latents))):
+            yield self.to_frames(piece)[0]
+
+    def embeds_frame_timesteps(self) -> bool:
+        """Wan's packed forward embeds a timestep per latent frame (`PackedRow.timestep` of shape (F,))."""
+        return self.packs and all(p.patch_size[0] == 1 for p in self._packed.values())
 
 
 class WanPackedForward:
@@ -139,8 +154,9 @@ class WanPackedForward:
 
     Follows `WanTransformer3DModel.forward` and `WanTransformerBlock.forward` (Wan 2.1 / 2.2 text-to-video) step by
     step; what differs is only where a row's own values enter: its timestep modulation is repeated over its own
-    tokens (as Wan 2.2 TI2V's per-token timesteps do), its rotary table comes from its own F x H x W, and attention
-    stays within the row (engine.attention).
+    tokens (as Wan 2.2 TI2V's per-token timesteps do; a row may also give each latent frame its own timestep, which
+    its frame's tokens take), its rotary table comes from its own F x H x W, and attention stays within the row
+    (engine.attention).
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
@@ -208,13 +224,19 @@ class WanPackedForward:
         hidden = torch.cat(parts, dim=1).contiguous() if len(parts) > 1 else parts[0].contiguous()
         tokens = Segments(tuple(p.shape[1] for p in parts))
 
+        # A row's timestep, or one per latent frame (a continuation's clean context at 0): embedded together.
+        levels = [row.timestep.reshape(-1) for row in rows]
         embedder = model.condition_embedder
-        timestep = embedder.timesteps_proj(torch.stack([row.timestep.reshape(()) for row in rows]))
+        timestep = embedder.timesteps_proj(torch.cat(levels))
         time_dtype = next(iter(embedder.time_embedder.parameters())).dtype
         if timestep.dtype != time_dtype and time_dtype != torch.int8:
             timestep = timestep.to(time_dtype)
         temb = embedder.time_embedder(timestep).type_as(hidden)
         timestep_proj = embedder.time_proj(embedder.act_fn(temb)).unflatten(1, (6, -1))
+        counts = [len(level) for level in levels]
+        per_frame = [row.timestep.dim() > 0 for row in rows]
+        temb_rows = [t if f else t[0] for t, f in zip(temb.split(counts), per_frame, strict=True)]
+        proj_rows = [t if f else t[0] for t, f in zip(timestep_proj.split(counts), per_frame, strict=True)]
 
         rotary = [self._rotary(shape) for shape in shapes]
         text_kv = [row.text_kv if row.text_kv is not None else self.text_kv(row.text) for row in rows]
@@ -226,17 +248,18 @@ class WanPackedForward:
                 "rope_cos": torch.cat([cos for cos, _ in rotary], dim=1),
                 "rope_sin": torch.cat([sin for _, sin in rotary], dim=1),
             },
-            per_row={"temb": list(temb), "timestep_proj": list(timestep_proj), "text_kv": text_kv},
+            per_row={"temb": temb_rows, "timestep_proj": proj_rows, "text_kv": text_kv},
         )
 
     @torch.no_grad()
     def block(self, index: int, state: PackedState) -> PackedState:
         block = self.model.blocks[index]
         tokens, hidden = state.tokens, state.hidden
-        modulation = block.scale_shift_table + torch.stack(state.per_row["timestep_proj"]).float()  # (R, 6, D)
+        levels, runs = _levels(state, "timestep_proj", 2)
+        modulation = block.scale_shift_table + levels.float()  # (levels, 6, D)
 
         def per_token(i: int) -> torch.Tensor:  # shift_msa, scale_msa, gate_msa, c_shift, c_scale, c_gate
-            return tokens.expand(modulation[:, i])
+            return runs.expand(modulation[:, i])
 
         # 1. Self-attention
         norm = (block.norm1(hidden.float()) * (1 + per_token(1)) + per_token(0)).type_as(hidden)
@@ -272,9 +295,9 @@ class WanPackedForward:
     @torch.no_grad()
     def head(self, state: PackedState) -> list[torch.Tensor]:
         model, tokens, hidden = self.model, state.tokens, state.hidden
-        temb = torch.stack(state.per_row["temb"])  # (R, D)
+        temb, runs = _levels(state, "temb", 1)  # (levels, D)
         shift, scale = (model.scale_shift_table.to(temb.device) + temb.unsqueeze(1)).chunk(2, dim=1)
-        shift, scale = tokens.expand(shift[:, 0]), tokens.expand(scale[:, 0])
+        shift, scale = runs.expand(shift[:, 0]), runs.expand(scale[:, 0])
         hidden = (model.norm_out(hidden.float()) * (1 + scale) + shift).type_as(hidden)
         hidden = model.proj_out(hidden)
         pt, ph, pw = self.patch_size
@@ -285,6 +308,26 @@ class WanPackedForward:
         return outputs
 
 
+def _levels(state: PackedState, name: str, dims: int) -> tuple[torch.Tensor, Segments]:
+    """A per-row timestep embedding (`dims` dimensions per row) as levels and the tokens each level covers.
+
+    A row with one timestep is one level over all its tokens; a row with one per latent frame (`PackedRow.timestep`
+    of shape (F,), as Wan 2.2 TI2V's per-token timesteps) one level per frame over that frame's tokens.
+    """
+    entries = state.per_row[name]
+    if all(entry.dim() == dims for entry in entries):
+        return torch.stack(entries), state.tokens
+    parts, runs = [], []
+    for entry, tokens in zip(entries, state.tokens.lengths, strict=True):
+        if entry.dim() == dims:
+            parts.append(entry.unsqueeze(0))
+            runs.append(tokens)
+        else:
+            parts.append(entry)
+            runs += [tokens // entry.shape[0]] * entry.shape[0]
+    return torch.cat(parts), Segments(tuple(runs))
+
+
 def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """WanAttnProcessor's rotary embedding (interleaved pairs), on (1, T, heads, d) with per-token tables."""
     x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
@@ -293,3 +336,81 @@ def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     out[..., 0::2] = x1 * cos - x2 * sin
     out[..., 1::2] = x1 * sin + x2 * cos
     return out.type_as(x)
+
+
+# --- layer split: the output head the last stage runs (engine.layer_split) ----------------------------------------
+
+
+def _layer_split_tail(model, hidden, call, extras, shape):
+    temb = extras[0]
+    batch, _, frames, height, width = shape
+    p_t, p_h, p_w = model.config.patch_size
+    if temb.ndim == 3:
+        shift, scale = (model.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)).chunk(2, dim=2)
+        shift, scale = shift.squeeze(2), scale.squeeze(2)
+    else:
+        shift, scale = (model.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
+    hidden = (model.norm_out(hidden.float()) * (1 + scale) + shift).type_as(hidden)
+    hidden = model.proj_out(hidden)
+    hidden = hidden.reshape(batch, frames // p_t, height // p_h, width // p_w, p_t, p_h, p_w, -1)
+    hidden = hidden.permute(0, 7, 1, 4, 2, 5, 3, 6)
+    return hidden.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+
+# --- tiny random-weight pipeline (engine.tiny) --------------------------------------------------------------------
+
+
+def _tiny_pipeline(small: bool = False, two_experts: bool = False):
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    tokenizer = t5_tokenizer()
+    experts = [_tiny_transformer(small) for _ in range(2 if two_experts else 1)]
+    # base_dim 8 rather than diffusers' test value 3: a 3-channel causal conv hits a slow CPU kernel (4x slower).
+    vae = AutoencoderKLWan(
+        base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
+    return WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=t5_encoder(tokenizer, small),
+        vae=vae.eval(),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+        transformer=experts[0],
+        transformer_2=experts[1] if two_experts else None,
+        # Wan 2.2 A14B's split: the high-noise expert serves timesteps >= 875, the low-noise one the rest.
+        boundary_ratio=0.875 if two_experts else None,
+    )
+
+
+def _tiny_transformer(small: bool = False):
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=4 if small else 2,
+        attention_head_dim=64 if small else 12,
+        in_channels=16,
+        out_channels=16,
+        text_dim=256 if small else 32,
+        freq_dim=256,
+        ffn_dim=1024 if small else 32,
+        num_layers=4 if small else 2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    ).eval()
+
+
+FAMILY = FamilyParts(
+    adapter=WanAdapter,
+    layout=Layout(
+        ("blocks",),
+        ("norm_out", "proj_out", "scale_shift_table"),
+        _layer_split_tail,
+        (("condition_embedder", 0),),
+        packed=WanPackedForward,
+    ),
+    # "wan2.2" (two experts) is built only on request: it is not a family of its own.
+    tiny={"wan": _tiny_pipeline, "wan2.2": lambda small: _tiny_pipeline(small, two_experts=True)},
+    bench_shapes=((9, 17), ((32, 32), (32, 48))),
+    mixed_bench_shapes=((5, 9, 13, 17), ((32, 32), (32, 48), (48, 32), (48, 48))),
+)

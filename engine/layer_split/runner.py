@@ -16,14 +16,15 @@ from typing import Any
 
 import torch
 
+from engine import families
 from engine.families.base import FamilyAdapter
 from engine.layer_split.checkpoint import SplitPlan, drop_unowned, plan_split
-from engine.layer_split.layout import LAYOUTS, blocks_of
+from engine.layer_split.layout import blocks_of
 from engine.layer_split.stage import StageModel, StageSpec, encode_rope_call, stage_main, strip_rope
 from engine.layer_split.transport import Channel, checked_wait, make_group
 from engine.planner import Batch
 from engine.request import EngineError
-from engine.runner import ForwardResult, guide_rows, packed_rows
+from engine.runner import ForwardResult, guide_grouped, guide_rows, packed_rows
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +49,11 @@ def stage_devices(devices: tuple[str, ...], stages: int) -> tuple[str, ...]:
 
 
 class SplitRunner:
-    """The `Runner` over S stages: `run_all(batches)` pipelines them, `run(batch)` runs one, `close()`."""
+    """The `Runner` over S stages: `run_all(batches)` pipelines them through the stages, `close()` ends them."""
 
     def __init__(self, adapter: FamilyAdapter, spec: Any, stages: int, start_timeout_s: float = 300.0) -> None:
-        if adapter.family not in LAYOUTS:
-            raise ValueError(f"layer split is not available for family {adapter.family!r}")
         self.adapter = adapter
-        self.layout = LAYOUTS[adapter.family]
+        self.layout = families.get(adapter.family).parts.layout
         self.stages = stages
         self.start_timeout_s = start_timeout_s
         self.models = adapter.models()
@@ -244,14 +243,6 @@ class SplitRunner:
         return {"op": "forward", "tag": tag, "model": index, "packed": message}
 
     @torch.no_grad()
-    def run(self, batch: Batch) -> ForwardResult:
-        """One forward (a pipeline of one micro-batch)."""
-        outcome = self.run_all([batch])[0]
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
-
-    @torch.no_grad()
     def run_all(self, batches: list[Batch]) -> list[ForwardResult | BaseException]:
         """Every batch's forward with up to S in flight; per batch its predictions, or the error that failed it."""
         if self._broken is not None or self._channel is None:
@@ -297,7 +288,6 @@ class SplitRunner:
         """Each request's own guidance on its own rows, as ModelRunner (packed: a request's rows are neighbours;
         otherwise conditional rows first, then unconditional)."""
         seqs = batch.seqs
-        n = len(seqs)
         blocks = len(blocks_of(self.models[0], self.layout))
         if isinstance(output, list):
             owned, row = [], 0
@@ -305,14 +295,9 @@ class SplitRunner:
                 owned.append(list(range(row, row + seq.rows)))
                 row += seq.rows
             preds = guide_rows(self.adapter, seqs, owned, output)
-            return ForwardResult(preds, [False] * n, [seq.rows * blocks for seq in seqs], batch.tokens)
-        preds, u = [], n
-        for i, seq in enumerate(seqs):
-            uncond = None
-            if seq.uncond is not None:
-                uncond, u = output[u : u + 1], u + 1
-            preds.append(self.adapter.guide(seq, output[i : i + 1], uncond))
-        return ForwardResult(preds, [False] * n, [seq.rows * blocks for seq in seqs], batch.tokens)
+        else:
+            preds = guide_grouped(self.adapter, seqs, output)
+        return ForwardResult(preds, [False] * len(seqs), [seq.rows * blocks for seq in seqs], batch.tokens)
 
     # --- measurements ---------------------------------------------------------------------------
 

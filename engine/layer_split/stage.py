@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from engine.layer_split.checkpoint import SplitPlan, load_stage, resident_bytes
-from engine.layer_split.layout import LAYOUTS, BlockCall, Layout, blocks_of
+from engine.layer_split.layout import BlockCall, Layout, blocks_of
 from engine.layer_split.transport import Channel, make_group
 from engine.packing import PackedState
 
@@ -165,9 +165,10 @@ def stage_main(rank: int, world: int, port: int, spec: StageSpec) -> None:
     store = dist.TCPStore("127.0.0.1", port, world, False, timeout)
     device = spec.devices[rank]
     try:
+        from engine import families
         from engine.families.base import DTYPES
 
-        layout = LAYOUTS[spec.family]
+        layout = families.get(spec.family).parts.layout
         models = [
             load_stage(folder, layout, plan, rank, DTYPES[spec.dtype], device)
             for folder, plan in zip(spec.folders, spec.plans, strict=True)

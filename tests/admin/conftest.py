@@ -1,4 +1,5 @@
-"""The admin tests run on the real stack of tests/e2e, with an admin token set, plus a headless Chromium."""
+"""The admin tests run on the suite's shared real stack (its admin token set, heartbeats each second), plus a
+headless Chromium."""
 
 from __future__ import annotations
 
@@ -6,27 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e.conftest import receiver, stack  # noqa: F401  (the worker engineer's real-stack fixtures, reused)
-from service_harness import SERVED_MODEL, isolated, require, write_test_registry
+from e2e.conftest import receiver  # noqa: F401  (the webhook receiver of tests/e2e, reused)
+from service_harness import require
 
-from vidserve.settings import Settings
-
-ADMIN_TOKEN = "admin-test-token"
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "artifacts" / "admin"
-
-
-@pytest.fixture(scope="module")
-def e2e_settings(settings: Settings, model_dir: Path) -> Settings:
-    return isolated(
-        settings,
-        model_dir=str(model_dir),
-        models_file=write_test_registry(model_dir),
-        worker_models=SERVED_MODEL,
-        worker_slots=4,
-        admin_token=ADMIN_TOKEN,
-        heartbeat_seconds=1.0,
-    )
 
 
 @pytest.fixture(scope="module")

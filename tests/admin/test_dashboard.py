@@ -14,9 +14,10 @@ import pytest
 import requests
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
-from service_harness import LONG_JOB, SERVED_MODEL, Stack, WebhookReceiver, wait_until
+from service_harness import GATED_JOB, GATED_STEPS, SERVED_MODEL, Stack, WebhookReceiver, held_at_gate, wait_until
 
 from api.app import create_app
+from worker.step_gate import StepGate
 
 HTML = {"Accept": "text/html"}
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "admin"
@@ -87,9 +88,9 @@ def test_jobs_list_search_and_filters(stack: Stack, admin: requests.Session) -> 
 
 
 def test_bulk_cancel_needs_csrf_then_cancels_and_bulk_retry_makes_new_jobs(
-    stack: Stack, admin: requests.Session
+    stack: Stack, admin: requests.Session, gated_jobs: StepGate
 ) -> None:
-    jobs = [submit(stack, **LONG_JOB) for _ in range(2)]
+    jobs = [submit(stack, **GATED_JOB) for _ in range(2)]  # never released: unfinished until canceled
     ids = [j["id"] for j in jobs]
     forged = admin.post(f"{stack.api_url}/admin/jobs/bulk", data={"action": "cancel", "ids": ids})
     assert forged.status_code == 403
@@ -103,7 +104,7 @@ def test_bulk_cancel_needs_csrf_then_cancels_and_bulk_retry_makes_new_jobs(
     assert "retried 1 job(s)" in retried.text
     newest = stack.store.list(limit=1)[0]
     assert str(newest.id) not in ids and newest.params == stack.store.get(ids[0]).params
-    requests.post(f"{stack.api_url}/v1/jobs/{newest.id}/cancel", timeout=10)  # it is a long job: free the slot
+    requests.post(f"{stack.api_url}/v1/jobs/{newest.id}/cancel", timeout=10)  # it waits at the gate: free its slot
 
 
 def test_job_detail_shows_timeline_stats_deliveries_and_redeliver_resends(
@@ -214,9 +215,9 @@ def test_submitted_job_appears_and_its_video_plays(stack: Stack, browser: Any) -
     browser.save_screenshot(str(ARTIFACTS / "job-detail.png"))
 
 
-def test_cancel_from_the_ui_cancels_a_running_job(stack: Stack, browser: Any) -> None:
-    job = submit(stack, **LONG_JOB)
-    wait_until(lambda: stack.store.get(job["id"]).status.value == "running", 60, 0.1, "job running")
+def test_cancel_from_the_ui_cancels_a_running_job(stack: Stack, browser: Any, gated_jobs: StepGate) -> None:
+    job = submit(stack, **GATED_JOB)
+    wait_until(lambda: held_at_gate(stack.store, job["id"], GATED_STEPS), 60, 0.1, "job running, held at the gate")
     browser.get(f"{stack.api_url}/admin/jobs/{job['id']}")
     browser.find_element(By.ID, "cancel").click()
     WebDriverWait(browser, WAIT).until(lambda d: d.find_elements(By.ID, "message"))

@@ -20,9 +20,9 @@ from sqlalchemy import text
 
 from api.auth import Principal
 from vidserve import db
-from vidserve.devserver import auth_banner, local_auth
 from vidserve.keys import KeyStore
 from vidserve.settings import Settings
+from vidserve.tools.devserver import auth_banner, local_auth
 
 MakeKey = Callable[..., Any]  # tests/api/conftest.py's make_key: (*scopes, **limits) -> Key(token, id, headers)
 

@@ -9,9 +9,9 @@ import dataclasses
 from pathlib import Path
 
 from api.app import create_app
-from vidserve.s3server import start_s3_server
 from vidserve.settings import Settings
 from vidserve.storage import VideoStore
+from vidserve.tools.s3server import start_s3_server
 
 NOTHING_LISTENS = "127.0.0.1:1"
 

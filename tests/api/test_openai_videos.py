@@ -11,18 +11,18 @@ import io
 import openai
 import pytest
 import requests
-from e2e.conftest import e2e_settings, stack  # noqa: F401  (the real stack: gunicorn API, worker, webhooks)
-from service_harness import LONG_JOB, SERVED_MODEL, Stack, wait_until
+from service_harness import GATED_JOB, GATED_STEPS, SERVED_MODEL, Stack, held_at_gate, wait_until
 
+from worker.step_gate import StepGate
 from worker.video import decode_mp4
 
 
 @pytest.fixture(scope="module")
-def sdk(stack: Stack) -> openai.OpenAI:  # noqa: F811
+def sdk(stack: Stack) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{stack.api_url}/v1", api_key="not-checked", max_retries=0, timeout=30)
 
 
-def test_create_poll_download_list_and_delete_with_the_openai_sdk(sdk: openai.OpenAI, stack: Stack) -> None:  # noqa: F811
+def test_create_poll_download_list_and_delete_with_the_openai_sdk(sdk: openai.OpenAI, stack: Stack) -> None:
     # tiny-wan makes 4k+1 frames at 8 fps: 1 second is 8 frames, whose nearest such count is 9.
     video = sdk.videos.create(model=SERVED_MODEL, prompt="a paper boat on a pond", seconds="1", size="48x32")
     assert video.object == "video" and video.status in ("queued", "in_progress")
@@ -64,18 +64,19 @@ def test_list_pages_with_after_and_order(sdk: openai.OpenAI) -> None:
     assert oldest_first == newest_first[::-1]
 
 
-def test_delete_of_a_running_video_stops_it(sdk: openai.OpenAI, stack: Stack) -> None:  # noqa: F811
+def test_delete_of_a_running_video_stops_it(sdk: openai.OpenAI, stack: Stack, gated_jobs: StepGate) -> None:
     video = sdk.videos.create(model=SERVED_MODEL, prompt="a short walk", seconds="1")
-    # A long job through the native API, so it is caught while running; the OpenAI DELETE stops it.
-    long_job = requests.post(f"{stack.api_url}/v1/jobs", json={"model": SERVED_MODEL, **LONG_JOB}, timeout=10).json()
-    wait_until(lambda: sdk.videos.retrieve(long_job["id"]).status == "in_progress", 60, 0.1, "long job running")
-    running = sdk.videos.retrieve(long_job["id"])
-    assert running.status == "in_progress"
-    wait_until(lambda: sdk.videos.retrieve(long_job["id"]).progress > 0, 60, 0.1, "progress")
-    assert sdk.videos.delete(long_job["id"]).deleted
+    # A job held at the step gate (never released), through the native API: running when the OpenAI DELETE comes.
+    held = requests.post(f"{stack.api_url}/v1/jobs", json=GATED_JOB, timeout=10).json()
+    wait_until(lambda: held_at_gate(stack.store, held["id"], GATED_STEPS), 60, 0.1, "the job held at the gate")
+    running = sdk.videos.retrieve(held["id"])
+    assert running.status == "in_progress" and 0 < running.progress < 100
+    assert sdk.videos.delete(held["id"]).deleted
     with pytest.raises(openai.NotFoundError):
-        sdk.videos.retrieve(long_job["id"])
-    # The worker notices at its next write that the job is gone and frees its slot: the short video finishes.
+        sdk.videos.retrieve(held["id"])
+    # The worker notices at its next write that the job is gone and stops it, freeing its slot.
+    lost = f"job {held['id']}: lease lost"
+    wait_until(lambda: lost in stack.worker.log_tail(1_000_000), 30, 0.1, "the worker to stop the deleted job")
     assert sdk.videos.poll(video.id, poll_interval_ms=200).status == "completed"
 
 
@@ -98,7 +99,7 @@ def test_bad_requests_are_400_in_openai_error_shape(sdk: openai.OpenAI, fields: 
     assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"]
 
 
-def test_content_of_an_unfinished_or_unknown_video(stack: Stack, sdk: openai.OpenAI) -> None:  # noqa: F811
+def test_content_of_an_unfinished_or_unknown_video(stack: Stack, sdk: openai.OpenAI) -> None:
     response = requests.get(f"{stack.api_url}/v1/videos/00000000-0000-0000-0000-000000000000/content", timeout=10)
     assert response.status_code == 404
     assert response.json()["error"]["type"] == "invalid_request_error"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -200,3 +201,23 @@ def test_the_readiness_schema_names_every_checked_dependency(client: FlaskClient
 
     assert set(schema["properties"]) == set(body)
     assert set(schema["properties"]["failed"]["items"]["enum"]) == set(body["checks"])
+
+
+def test_the_family_enum_and_a_models_rules_come_from_the_family_registry(
+    document: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from api.openapi import build_openapi
+    from engine.families import FAMILIES, Family, FamilyRules
+    from engine.registry import ModelRegistry
+
+    assert document["components"]["schemas"]["Model"]["properties"]["family"]["enum"] == list(FAMILIES)
+    # A family registered in engine.families alone: the model registry accepts it, and the document lists it and
+    # states its frame and size rules, with nothing changed in the API.
+    monkeypatch.setitem(FAMILIES, "newfamily", Family("newfamily", FamilyRules(frame_multiple=3, size_multiple=8)))
+    models = tmp_path / "models.toml"
+    models.write_text('[models.new]\nfamily = "newfamily"\npath = "new"\nlimits = {max_frames = 10, max_height = 32}\n')
+    built = build_openapi(ModelRegistry.from_file(models))
+    assert built["components"]["schemas"]["Model"]["properties"]["family"]["enum"][-1] == "newfamily"
+    body = built["components"]["schemas"]["JobRequest.new"]["properties"]
+    assert body["num_frames"]["enum"] == [1, 4, 7, 10, None]
+    assert (body["height"]["multipleOf"], body["height"]["minimum"], body["height"]["maximum"]) == (8, 8, 32)

@@ -85,3 +85,35 @@ def _events(chunks: Any) -> Any:
             fields = dict(line.split(": ", 1) for line in lines)
             if "event" in fields:
                 yield {"event": fields["event"], "data": json.loads(fields["data"])}
+
+
+def test_the_lists_show_each_queued_jobs_place_from_a_constant_number_of_queries(
+    client: FlaskClient, no_jobs: None
+) -> None:
+    ids = [client.post("/v1/jobs", json={"prompt": f"a crane {i}", "model": MODEL}).get_json()["id"] for i in range(6)]
+    for path in ("/v1/jobs?limit={}", "/v1/videos?limit={}"):
+        few, few_queries = _counting_statements(lambda path=path: client.get(path.format(2)).get_json()["data"])
+        many, many_queries = _counting_statements(lambda path=path: client.get(path.format(6)).get_json()["data"])
+        assert len(few) == 2 and len(many) == 6
+        assert many_queries == few_queries, f"{path}: {few_queries} statements for 2 jobs, {many_queries} for 6"
+        # One key, one priority: the queue's order is the order of submission.
+        positions = {item["id"]: item["queue"]["position"] for item in many}
+        assert positions == {job_id: place for place, job_id in enumerate(ids)}
+
+
+def _counting_statements(call: Callable[[], Any]) -> tuple[Any, int]:
+    """`call()`'s result and the number of SQL statements run meanwhile (the API runs in this process)."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    seen: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        result = call()
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+    return result, len(seen)

@@ -17,9 +17,9 @@ from service_harness import isolated, start_api, write_test_registry
 from sqlalchemy import text
 
 from vidserve import db
-from vidserve.cli import main
 from vidserve.keys import KeyStore
 from vidserve.settings import ENV_VARS, Settings
+from vidserve.tools.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """The real `vidserve` command in a subprocess (seconds on a loaded machine: used once)."""
     return subprocess.run(
-        [sys.executable, "-m", "vidserve.cli", *args],
+        [sys.executable, "-m", "vidserve.tools.cli", *args],
         env={**env, "PYTHONPATH": str(REPO)},
         capture_output=True,
         text=True,

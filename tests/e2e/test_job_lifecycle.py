@@ -9,10 +9,21 @@ import uuid
 from typing import Any
 
 import requests
-from service_harness import LONG_JOB, SERVED_MODEL, UNSERVED_MODEL, Stack, WebhookReceiver, wait_until
+from service_harness import (
+    GATE_STEP,
+    GATED_JOB,
+    GATED_STEPS,
+    SERVED_MODEL,
+    UNSERVED_MODEL,
+    Stack,
+    WebhookReceiver,
+    held_at_gate,
+    wait_until,
+)
 from standardwebhooks import Webhook
 
 from vidserve.queue import make_celery, publish_job
+from worker.step_gate import StepGate
 from worker.video import decode_mp4
 
 TERMINAL = {"succeeded", "failed", "canceled"}
@@ -97,9 +108,12 @@ def test_cancel_while_queued_cancels_at_once(stack: Stack, receiver: WebhookRece
     assert Webhook(stack.settings.webhook_secret).verify(hooks[0].body, hooks[0].headers)["type"] == "job.canceled"
 
 
-def test_cancel_while_running_stops_at_the_next_step(stack: Stack, receiver: WebhookReceiver) -> None:
-    job = submit(stack, **LONG_JOB, webhook_url=receiver.url("/hooks/running"))
-    wait_until(lambda: get_job(stack, job["id"])["progress"] > 0, 120, interval=0.05, what="progress")
+def test_cancel_while_running_stops_at_the_next_step(
+    stack: Stack, receiver: WebhookReceiver, gated_jobs: StepGate
+) -> None:
+    # The job waits at the step gate (never released): running, mid-way, when the cancel comes.
+    job = submit(stack, **GATED_JOB, webhook_url=receiver.url("/hooks/running"))
+    wait_until(lambda: held_at_gate(stack.store, job["id"], GATED_STEPS), 120, interval=0.05, what="job held")
 
     asked = time.monotonic()
     assert requests.post(f"{stack.api_url}/v1/jobs/{job['id']}/cancel", timeout=10).status_code == 202
@@ -107,7 +121,7 @@ def test_cancel_while_running_stops_at_the_next_step(stack: Stack, receiver: Web
     stopped_after = time.monotonic() - asked
 
     assert done["status"] == "canceled", done
-    assert done["progress"] < 0.5 and done["output"] is None
+    assert done["progress"] == GATE_STEP / GATED_STEPS and done["output"] is None
     assert stopped_after < 10, stopped_after
     assert event_types(stack, job["id"]) == ["job.queued", "job.running", "job.canceled"]
     hooks = receiver.wait_for("/hooks/running", lambda got: len(got) >= 2)

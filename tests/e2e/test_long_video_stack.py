@@ -8,8 +8,9 @@ from typing import Any
 import openai
 import pytest
 import requests
-from service_harness import SERVED_MODEL, Stack, wait_until
+from service_harness import GATED_JOB, SERVED_MODEL, Stack, wait_until
 
+from worker.step_gate import StepGate
 from worker.video import decode_mp4
 
 TERMINAL = {"succeeded", "failed", "canceled"}
@@ -65,8 +66,8 @@ def test_extend_over_http_continues_a_finished_job(stack: Stack) -> None:
     assert video_frames(both).shape == (17 + 33, 32, 32, 3)
 
 
-def test_extend_of_an_unfinished_job_is_a_409_and_of_an_unknown_one_a_404(stack: Stack) -> None:
-    running = post(stack, "/v1/jobs", {"model": SERVED_MODEL, "prompt": "slow", "num_inference_steps": 3000})
+def test_extend_of_an_unfinished_job_is_a_409_and_of_an_unknown_one_a_404(stack: Stack, gated_jobs: StepGate) -> None:
+    running = post(stack, "/v1/jobs", GATED_JOB)  # held at the step gate, never released: unfinished
 
     unfinished = requests.post(f"{stack.api_url}/v1/jobs/{running['id']}/extend", json={"prompt": "x"}, timeout=10)
     unknown = requests.post(
@@ -75,7 +76,6 @@ def test_extend_of_an_unfinished_job_is_a_409_and_of_an_unknown_one_a_404(stack:
 
     assert unfinished.status_code == 409 and unfinished.json()["error"]["code"] == "job_not_succeeded"
     assert unknown.status_code == 404
-    requests.post(f"{stack.api_url}/v1/jobs/{running['id']}/cancel", timeout=10)
 
 
 def sdk_extend(sdk: openai.OpenAI, video_id: str, prompt: str, seconds: str) -> Any:
@@ -102,12 +102,10 @@ def test_extend_with_the_openai_sdk(sdk: openai.OpenAI) -> None:
     assert decode_mp4(sdk.videos.download_content(extension.id).content).shape == (33, 32, 32, 3)
 
 
-def test_openai_sdk_extend_of_a_bad_reference_raises(sdk: openai.OpenAI, stack: Stack) -> None:
+def test_openai_sdk_extend_of_a_bad_reference_raises(sdk: openai.OpenAI, stack: Stack, gated_jobs: StepGate) -> None:
     with pytest.raises(openai.NotFoundError):
         sdk_extend(sdk, "00000000-0000-4000-8000-000000000000", "x", "4")
-    # Thousands of steps: still unfinished when the extension is asked for.
-    slow = post(stack, "/v1/jobs", {"model": SERVED_MODEL, "prompt": "slow", "num_inference_steps": 3000})
+    held = post(stack, "/v1/jobs", GATED_JOB)  # held at the step gate, never released: unfinished
     with pytest.raises(openai.ConflictError) as caught:
-        sdk_extend(sdk, slow["id"], "x", "4")
+        sdk_extend(sdk, held["id"], "x", "4")
     assert caught.value.body["param"] == "video"
-    requests.post(f"{stack.api_url}/v1/jobs/{slow['id']}/cancel", timeout=10)

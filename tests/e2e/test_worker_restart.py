@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from service_harness import (
+    GATED_JOB,
     GATED_MODEL,
-    LONG_JOB,
     held_at_gate,
     isolated,
     new_gate,
@@ -25,13 +25,13 @@ from service_harness import (
 
 from vidserve.job_view import job_to_dict
 from vidserve.jobs import JobStore
-from vidserve.processes import ManagedProcess
 from vidserve.queue import make_celery, publish_job
 from vidserve.schema import JobStatus
 from vidserve.settings import Settings
+from vidserve.tools.processes import ManagedProcess
 from worker.step_gate import StepGate
 
-RESTARTED_JOB = {**LONG_JOB, "num_inference_steps": 8}
+RESTARTED_JOB = {k: v for k, v in GATED_JOB.items() if k != "model"}
 
 
 @pytest.fixture

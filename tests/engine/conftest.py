@@ -23,7 +23,7 @@ if _ROOT not in sys.path:
 if getattr(sys.modules.get("engine"), "__file__", "") is None:
     del sys.modules["engine"]
 
-from engine.family_rules import FAMILIES  # noqa: E402
+from engine.families import FAMILIES  # noqa: E402
 from engine.registry import ModelRegistry, ModelSpec  # noqa: E402
 from engine.request import GenerationRequest  # noqa: E402
 
@@ -124,3 +124,46 @@ def _make_request(family: str, request_id: str = "r", **overrides: object) -> Ge
     )
     fields.update(overrides)
     return GenerationRequest(**fields)
+
+
+# A second frame count each joint-attention family's rules allow.
+_OTHER_FRAMES = {"cogvideox": 17, "mochi": 13, "hunyuanvideo": 5}
+
+
+@pytest.fixture(scope="session")
+def mixed_requests():
+    """`mixed_requests(name)`: three requests of other frames, sizes, prompt lengths, steps and guidance (with and
+    without CFG rows; for LTX, frame rates) and a fourth that joins later, for a family or variant of `specs`."""
+    return _mixed_requests
+
+
+def _mixed_requests(name: str) -> list[GenerationRequest]:
+    family = name.split("-")[0]  # "cogvideox-dpm" and "hunyuanvideo-true-cfg" are variants of their family
+    if family == "ltx":
+        return [
+            _make_request("ltx", "a", prompt="a cat running on the beach at sunset", num_inference_steps=4, seed=1),
+            _make_request("ltx", "b", num_frames=17, prompt="rain", guidance_scale=1.0, num_inference_steps=3, fps=24),
+            _make_request("ltx", "c", width=64, negative_prompt="blurry", guidance_scale=3.0, num_inference_steps=5),
+            _make_request("ltx", "late", prompt="snow", guidance_scale=2.0, num_inference_steps=4, seed=9, fps=12),
+        ]
+    if family == "wan":
+        return [
+            _make_request("wan", "a", prompt="a cat running on the beach at sunset", num_inference_steps=4, seed=1),
+            _make_request(
+                "wan", "b", num_frames=5, height=48, prompt="rain", guidance_scale=1.0, num_inference_steps=3
+            ),
+            _make_request("wan", "c", width=48, negative_prompt="blurry", guidance_scale=3.0, num_inference_steps=5),
+            _make_request(
+                "wan", "late", num_frames=1, prompt="snow", guidance_scale=2.0, num_inference_steps=4, seed=9
+            ),
+        ]
+    # An empty negative prompt pools to NaN in HunyuanVideo's true CFG (diffusers too): say something.
+    negative = {"negative_prompt": "low quality"} if family == "hunyuanvideo" else {}
+    other = _OTHER_FRAMES[family]
+    b = dict(num_frames=other, width=48, prompt="rain", guidance_scale=1.0, num_inference_steps=3, seed=2)  # no CFG
+    return [
+        _make_request(family, "a", prompt="a cat running on the beach at sunset", seed=1, **negative),
+        _make_request(family, "b", **b, **negative),
+        _make_request(family, "c", height=48, guidance_scale=3.0, num_inference_steps=5, seed=3, **negative),
+        _make_request(family, "late", num_frames=other, prompt="snow", seed=9, **negative),
+    ]

@@ -6,12 +6,13 @@ import re
 
 import numpy as np
 
+from engine import families
 from engine.bench.__main__ import main
 from engine.bench.mix import mixed_request_mix
 from engine.bench.mixed import run_diffusers_batched
 from engine.bench.report import write_section
 from engine.bench.stages import SCHEDULER, STAGES, TEXT, TRANSFORMER, VAE, engine_clock
-from engine.family_rules import FAMILIES, rules_for
+from engine.families import FAMILIES
 from engine.reference import run_pipeline
 
 
@@ -69,7 +70,7 @@ def test_every_familys_mixed_mix_has_twelve_valid_shapes_and_mixed_steps_guidanc
         assert len({r.num_inference_steps for r in mix}) >= 3
         assert {r.guidance_scale > 1.0 for r in mix} == {True, False}
         assert len({len(r.prompt.split()) for r in mix}) >= 6
-        rules = rules_for(family)
+        rules = families.get(family).rules
         for r in mix:
             rules.check_frames(r.num_frames)
             rules.check_size("height", r.height)
@@ -118,7 +119,7 @@ def test_the_stage_clock_times_each_engine_stage_counts_flops_and_leaves_nothing
         assert abs(sum(parts.values()) - clock.total) < 1e-6
         assert clock.flops > 0
         adapter = engine.adapter
-        assert not {"encode_prompts", "scheduler_step", "decode"} & set(vars(adapter)) and "run" not in vars(
+        assert not {"encode_prompts", "scheduler_step", "decode"} & set(vars(adapter)) and "run_all" not in vars(
             engine.runner
         )
         seconds = dict(clock.seconds)

@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 
-from engine.family_rules import FAMILIES
+from engine.families import FAMILIES
 from engine.reference import load_pipeline, run_pipeline
 
 TOLERANCE = 1e-5  # float32, max abs difference on decoded frames in [0, 1]
@@ -87,7 +87,7 @@ def test_every_request_of_a_mixed_batch_equals_the_diffusers_pipeline(name, spec
         assert results[1].stats.batch_sizes == [3, 3, 3, 1, 1]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_a_request_gives_the_same_frames_alone_and_joining_a_running_batch_midway(family, engines, make_request):
     engine = engines[family]
     probe = make_request(family, "probe", prompt="a bird flying over the ocean", num_inference_steps=5, seed=11)

@@ -2,12 +2,14 @@
 
 The tiny models are given a window of three latent frames here, so a long request of a few windows stays cheap.
 A long request that fits one window is an ordinary request bit for bit; its windows batch with other requests'
-rows without depending on them; checkpoints resume it exactly; it can be canceled; its frames stream.
+rows without depending on them; checkpoints resume it exactly; it can be canceled; its frames stream in pieces
+of a bounded size, equal to the whole decode; a Wan continuation's context frames run at timestep 0.
 """
 
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future
 from dataclasses import replace
 
 import numpy as np
@@ -16,8 +18,10 @@ import torch
 
 from engine import Engine, InvalidRequest, RequestCanceled
 from engine.checkpoint import Checkpoint
-from engine.family_rules import FAMILIES
+from engine.families import FAMILIES
+from engine.packing import PackedRow
 from engine.request import CONTINUATION, WINDOWS, LongVideo
+from engine.sequence import Sequence
 
 TOLERANCE = 1e-5  # as tests/engine/test_exactness.py: a request's frames alone vs inside a batch
 METHODS = (WINDOWS, CONTINUATION)
@@ -73,7 +77,7 @@ def test_a_long_request_that_fits_one_window_equals_an_ordinary_request_bit_for_
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_every_family_makes_a_video_several_windows_long(family, method, long_engines, long_specs, make_request):
     request = long_request(long_specs[family], family, method, make_request)
     progress: list[tuple[int, int]] = []
@@ -192,6 +196,17 @@ def test_a_finished_video_is_continued_from_its_latents(long_engines, long_specs
     assert np.array_equal(again.frames, result.frames)  # the context fully determines the continuation
 
 
+@pytest.mark.parametrize("family", ["ltx", "mochi"])
+def test_a_finished_video_of_another_family_is_continued_with_only_its_new_frames(
+    family, long_engines, long_specs, make_request
+):
+    spec, engine = long_specs[family], long_engines[family]
+    first = engine.generate([make_request(family, "first", prompt="a clip to extend", num_frames=WINDOW[family])])[0]
+    params = {"prompt": "later", "num_frames": WINDOW[family], "num_inference_steps": 2, "seed": 3}
+    result = engine.generate([spec.resolve("ext", params, context=first.latents)])[0]
+    assert result.frames.shape == (WINDOW[family], 32, 32, 3) and np.isfinite(result.frames).all()
+
+
 def test_continuing_latents_of_another_shape_is_refused_naming_context(long_engines, long_specs, make_request):
     spec = long_specs["wan"]
     wrong = torch.zeros(1, 4, 3, 8, 8)  # the tiny Wan's latents of 128 x 128 pixels, not 32 x 32
@@ -227,3 +242,105 @@ def test_colour_matching_gives_later_chunks_the_first_chunks_latent_statistics(l
         torch.testing.assert_close(have, want, atol=1e-4, rtol=1e-4)
     plain_last = stats(plain.latents, slice(5, 7))
     assert not torch.allclose(plain_last[0], first[0], atol=1e-4)  # unmatched, the statistics differ
+
+
+# The most frames one streamed piece holds, per family (engine/vae.py): Wan one latent frame; CogVideoX two latent
+# frames (the first piece three); Mochi two latent frames of six; LTX and HunyuanVideo a temporal tile's stride,
+# the first one frame more. None depends on the video's length.
+PIECE = {"wan": 4, "cogvideox": 9, "mochi": 12, "ltx": 9, "hunyuanvideo": 13}
+# Streamed vs the one-call decode of the same latent: the same operations in Wan, CogVideoX and HunyuanVideo (whose
+# VAE decodes long latents in these temporal tiles itself); Mochi's convolutions run over shorter inputs (measured
+# 3e-7). LTX's temporal tiles do not see each other: they are its VAE's own framewise decoding, and on the tiny
+# model's random weights differ from its one-call decode by up to 0.83 (mean 0.12), so LTX is held to the former.
+STREAM_TOLERANCE = {"wan": 0.0, "cogvideox": 0.0, "hunyuanvideo": 0.0, "mochi": 1e-6, "ltx": 1e-6}
+
+
+def _whole_decode(engine: Engine, request, latents: torch.Tensor) -> np.ndarray:
+    """The adapter's one-call decode of the full latent (the path of ordinary requests)."""
+    seq = Sequence(request=request, future=Future(), generator=torch.Generator(), extra={"additional_frames": 0})
+    return engine.adapter.decode(latents, [seq])[0]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_streams_a_long_video_in_bounded_pieces_equal_to_its_whole_decode(
+    family, long_engines, long_specs, make_request
+):
+    engine = long_engines[family]
+    request = long_request(
+        long_specs[family], family, WINDOWS, make_request, prompt=f"streamed {family}", num_inference_steps=2
+    )
+    pieces: list[np.ndarray] = []
+    result = engine.submit(request, on_frames=pieces.append).result(timeout=300)
+    assert result.frames is None
+    assert len(pieces) >= 2 and max(len(p) for p in pieces) <= PIECE[family]  # bounded, whatever the length
+    streamed = np.concatenate(pieces)
+    vae = engine.adapter.vae
+    if family == "ltx":  # its VAE's own framewise decoding: the temporal tiles streamed
+        vae.use_framewise_decoding = True
+    try:
+        whole = _whole_decode(engine, request, result.latents)
+    finally:
+        if family == "ltx":
+            vae.use_framewise_decoding = False
+    assert streamed.shape == whole.shape == (LONG[family], 32, 32, 3)
+    assert float(np.abs(streamed - whole).max()) <= STREAM_TOLERANCE[family]
+
+
+def test_wan_packed_forward_gives_each_latent_frame_its_own_timestep_as_diffusers_per_token_timesteps(engines):
+    adapter = engines["wan"].adapter
+    model = adapter.transformer
+    packed = adapter.packed_forward(model)
+    assert adapter.embeds_frame_timesteps()
+    text, other = adapter.encode_prompts(["a continued clip", "a batch mate"])
+    generator = torch.Generator().manual_seed(5)
+    latents = torch.randn((16, 3, 4, 4), generator=generator)
+    frame_timesteps = torch.tensor([0.0, 0.0, 700.0])  # two clean context frames, one new frame at t = 700
+    mate = PackedRow(latents=torch.randn((16, 2, 4, 6), generator=generator), timestep=torch.tensor(300.0), text=other)
+    rows = [mate, PackedRow(latents=latents, timestep=frame_timesteps, text=text), mate]
+    with torch.no_grad():
+        state = packed.embed(rows)
+        for index in range(packed.num_blocks):
+            state = packed.block(index, state)
+        outputs = packed.head(state)
+        # diffusers' Wan takes a timestep per token, (B, tokens) as for Wan 2.2 TI2V: a frame's 2 x 2 patches share it.
+        reference = model(
+            hidden_states=latents[None],
+            timestep=frame_timesteps.repeat_interleave(4)[None],
+            encoder_hidden_states=text.embeds,
+            return_dict=False,
+        )[0]
+        at_700 = model(
+            hidden_states=latents[None], timestep=torch.tensor([700.0]), encoder_hidden_states=text.embeds
+        ).sample
+        mate_alone = model(
+            hidden_states=mate.latents[None], timestep=mate.timestep[None], encoder_hidden_states=other.embeds
+        ).sample
+    assert float((outputs[1] - reference).abs().max()) <= 1e-5
+    assert float((outputs[1] - at_700).abs().max()) > 1e-2  # the context frames' timestep changed the prediction
+    for output in (outputs[0], outputs[2]):
+        assert float((output - mate_alone).abs().max()) <= 1e-5
+
+
+def test_a_wan_continuation_runs_its_context_frames_clean_at_timestep_0(
+    long_engines, long_specs, make_request, monkeypatch
+):
+    engine = long_engines["wan"]
+    packed = engine.adapter.packed_forward(engine.adapter.transformer)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    embed = packed.embed
+
+    def recording(rows):
+        seen.extend((row.timestep.clone(), row.latents.clone()) for row in rows[:1])  # the conditional row
+        return embed(rows)
+
+    monkeypatch.setattr(packed, "embed", recording)
+    request = long_request(long_specs["wan"], "wan", CONTINUATION, make_request, "context", prompt="clean context")
+    result = engine.generate([request])[0]
+    # Seven latent frames in chunks at 0, 2 and 4 of three frames, four steps each; chunks 2 and 3 start from the
+    # previous chunk's last latent frame.
+    assert len(seen) == 12
+    assert all(timestep.dim() == 0 for timestep, _ in seen[:4])
+    for k, (timestep, latents) in enumerate(seen[4:]):
+        assert timestep.shape == (3,) and timestep[0] == 0 and bool((timestep[1:] > 0).all()), k
+        start = 2 if k < 4 else 4
+        assert torch.equal(latents[:, :, 0], result.latents[:, :, start].to(latents.dtype)), k

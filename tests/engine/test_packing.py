@@ -128,28 +128,11 @@ def pipelines(specs):
     return get
 
 
-def _mixed_requests(family, make_request):
-    """Other frames, sizes, prompt lengths, steps, guidance (with and without CFG) and, for LTX, frame rates."""
-    if family == "ltx":
-        return [
-            make_request("ltx", "a", prompt="a cat running on the beach at sunset", num_inference_steps=4, seed=1),
-            make_request("ltx", "b", num_frames=17, prompt="rain", guidance_scale=1.0, num_inference_steps=3, fps=24),
-            make_request("ltx", "c", width=64, negative_prompt="blurry", guidance_scale=3.0, num_inference_steps=5),
-            make_request("ltx", "late", prompt="snow", guidance_scale=2.0, num_inference_steps=4, seed=9, fps=12),
-        ]
-    return [
-        make_request("wan", "a", prompt="a cat running on the beach at sunset", num_inference_steps=4, seed=1),
-        make_request("wan", "b", num_frames=5, height=48, prompt="rain", guidance_scale=1.0, num_inference_steps=3),
-        make_request("wan", "c", width=48, negative_prompt="blurry", guidance_scale=3.0, num_inference_steps=5),
-        make_request("wan", "late", num_frames=1, prompt="snow", guidance_scale=2.0, num_inference_steps=4, seed=9),
-    ]
-
-
 @pytest.mark.parametrize("family", ["wan", "ltx"])
 def test_requests_of_every_shape_share_one_forward_and_each_equals_diffusers_and_itself_alone(
-    family, specs, pipelines, make_request
+    family, specs, pipelines, mixed_requests
 ):
-    *requests, late = _mixed_requests(family, make_request)
+    *requests, late = mixed_requests(family)
     engine = Engine(specs[family], output="float32", background=False)
     try:
         futures = [engine.submit(r) for r in requests]
@@ -191,12 +174,13 @@ def test_what_exceeds_the_token_budget_runs_in_a_further_forward_and_a_larger_re
     assert all(t <= budget for r in results[:3] for t in r.stats.forward_tokens)
 
 
-@pytest.mark.parametrize("family", ["wan", "ltx"])
-def test_a_checkpoint_taken_in_a_packed_forward_resumes_among_mates_of_other_shapes(family, specs, make_request):
+# Cross-attention (Wan, LTX) and joint-attention families (CogVideoX, Mochi, HunyuanVideo with unconditional rows).
+@pytest.mark.parametrize("name", ["wan", "ltx", "cogvideox", "mochi", "hunyuanvideo-true-cfg"])
+def test_a_checkpoint_taken_in_a_packed_forward_resumes_among_mates_of_other_shapes(name, specs, mixed_requests):
     from engine.checkpoint import Checkpoint
 
-    *mates, probe = _mixed_requests(family, make_request)
-    with Engine(specs[family], output="float32", background=False) as engine:
+    *mates, probe = mixed_requests(name)
+    with Engine(specs[name], output="float32", background=False) as engine:
         alone = engine.generate([probe])[0].frames
         taken: list[Checkpoint] = []
         futures = [engine.submit(r) for r in mates[:2]]
@@ -205,7 +189,7 @@ def test_a_checkpoint_taken_in_a_packed_forward_resumes_among_mates_of_other_sha
             engine.step()
     checkpoint = Checkpoint.from_bytes(next(c for c in taken if c.step == 2).to_bytes())
     assert checkpoint.stats["batch_sizes"].tolist() == [3, 3]  # taken inside packed forwards of three shapes
-    with Engine(specs[family], output="float32", background=False) as engine:
+    with Engine(specs[name], output="float32", background=False) as engine:
         futures = [engine.submit(mates[2]), engine.submit(probe, resume_from=checkpoint)]
         while not all(f.done() for f in futures):
             engine.step()

@@ -14,7 +14,7 @@ import pytest
 
 from engine import CheckpointMismatch, Engine
 from engine.checkpoint import Checkpoint
-from engine.family_rules import FAMILIES
+from engine.families import FAMILIES
 
 ALL = [*FAMILIES, "wan2.2", "cogvideox-dpm", "hunyuanvideo-true-cfg"]
 TOLERANCE = 1e-5  # as tests/engine/test_exactness.py: a request's frames alone vs inside a batch
@@ -75,7 +75,7 @@ def test_a_request_resumed_in_a_fresh_engine_gives_the_frames_of_an_uninterrupte
         assert progress == [(step, STEPS) for step in range(k, STEPS + 1)]  # progress goes on from step k
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_a_checkpoint_taken_in_a_mixed_batch_resumes_inside_another_mixed_batch(family, engines, fresh, make_request):
     probe = make_request(family, "probe", prompt="a bird over the sea", num_inference_steps=STEPS, seed=11)
     alone = engines[family].generate([probe])[0].frames

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from engine.cache_policy import parse_cache
-from engine.family_rules import FAMILIES
+from engine.families import FAMILIES
 from engine.registry import ModelRegistry
 from engine.request import InvalidRequest
 
@@ -47,7 +47,7 @@ def counting(module):
     return calls, handle
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_exact_reuse_gives_the_same_frames_as_no_reuse(family, engines, uncached_engines, make_request):
     requests = [
         make_request(family, "a", prompt="a red car", negative_prompt="blurry", seed=1),
@@ -71,7 +71,7 @@ def test_exact_reuse_gives_the_same_frames_as_no_reuse(family, engines, uncached
     if family in ("wan", "ltx"):
         assert len(calls) == 5  # a: 2 rows, b: 1, c: 2; steps 4 + 4 + 3 would have been 19 calls
     # The prompt cache served the repeated prompts: one embedding object for a and c.
-    assert engine._texts.get("a red car") is not None
+    assert engine.texts.get("a red car") is not None
 
 
 POLICIES = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.family_rules import FAMILIES
+from engine.families import FAMILIES
 from engine.tiny import build_tiny_models
 
 

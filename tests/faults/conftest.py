@@ -35,10 +35,10 @@ from service_harness import (
 from vidserve import db
 from vidserve.job_view import job_to_dict
 from vidserve.jobs import JobStore
-from vidserve.processes import ManagedProcess
-from vidserve.s3server import S3Server, free_port_block, start_s3_server
 from vidserve.settings import Settings
 from vidserve.storage import VideoStore
+from vidserve.tools.processes import ManagedProcess
+from vidserve.tools.s3server import S3Server, free_port_block, start_s3_server
 from worker.step_gate import StepGate
 
 MODEL = "tiny-wan"
@@ -52,14 +52,13 @@ REGISTRY = """
 family = "wan"
 path = "tiny/wan"
 defaults = { num_frames = 9, height = 32, width = 32, num_inference_steps = 4, guidance_scale = 5.0, fps = 8 }
-# Long jobs must outlast a grace period on a quiet machine, where a tiny step takes about 2 ms.
-limits = { max_frames = 33, max_height = 128, max_width = 128, max_steps = 50000 }
+limits = { max_frames = 33, max_height = 128, max_width = 128, max_steps = 50 }
 
 [models.tiny-wan-poison]
 family = "wan"
 path = "tiny/wan-poison"
 defaults = { num_frames = 9, height = 32, width = 32, num_inference_steps = 4, guidance_scale = 5.0, fps = 8 }
-limits = { max_frames = 33, max_height = 128, max_width = 128, max_steps = 5000 }
+limits = { max_frames = 33, max_height = 128, max_width = 128, max_steps = 50 }
 """
 # The tiny Wan whose jobs wait at GATE_STEP until the test releases them: how a fault lands mid-job whatever the
 # machine's speed. Served only by the workers a test starts with `gated_settings`.
@@ -68,7 +67,7 @@ GATED_REGISTRY = """
 family = "wan"
 path = "tiny/wan"
 defaults = {{ num_frames = 9, height = 32, width = 32, num_inference_steps = 8, guidance_scale = 5.0, fps = 8 }}
-limits = {{ max_frames = 33, max_height = 128, max_width = 128, max_steps = 5000 }}
+limits = {{ max_frames = 33, max_height = 128, max_width = 128, max_steps = 50 }}
 options = {{ step_gate = {{ at_step = {at_step}, release_dir = "{release_dir}" }} }}
 """
 
@@ -175,6 +174,7 @@ class Services:
     gate: StepGate
     api_url: str = ""
     processes: list[ManagedProcess] = field(default_factory=list)
+    api: ManagedProcess | None = None
 
     @property
     def store(self) -> JobStore:
@@ -251,7 +251,7 @@ def faults(model_dir: Path, webhook_secret: str, tmp_path_factory: pytest.TempPa
         VideoStore(settings).ensure_bucket()
         logs = tmp_path_factory.mktemp("faults-logs")
         api, api_url = start_api(settings, logs)
-        yield Services(pg, rds, s3, settings, logs, gate, api_url)
+        yield Services(pg, rds, s3, settings, logs, gate, api_url, api=api)
     finally:
         if api is not None:
             api.stop()

@@ -23,9 +23,9 @@ from test_load import percentile
 
 from vidserve.jobs import JobStore
 from vidserve.keys import KeyStore
-from vidserve.processes import ManagedProcess
 from vidserve.queue import announce_job, make_celery
 from vidserve.schema import Job
+from vidserve.tools.processes import ManagedProcess
 
 A_JOBS = int(os.environ.get("VIDSERVE_FAIR_A_JOBS", "20"))
 B_JOBS = int(os.environ.get("VIDSERVE_FAIR_B_JOBS", "5"))

@@ -10,6 +10,7 @@ import time
 
 import requests
 from conftest import (
+    GATE_STEP,
     GATED_MODEL,
     Services,
     event_types,
@@ -21,20 +22,26 @@ from conftest import (
     wait_terminal,
 )
 
-from vidserve.processes import ManagedProcess
+from vidserve.tools.processes import ManagedProcess
 
-GRACE_SECONDS = 10.0
+# Enough for the released jobs' last step, encoding and upload on a loaded machine (about a second each there); the
+# held job waits it out in full.
+GRACE_SECONDS = 6.0
 STEPS = 8
+SHORT_STEPS = GATE_STEP + 1  # released at the gate, one step is left
 
 
 def test_sigterm_finishes_short_jobs_and_hands_back_long_ones(
     faults: Services, processes: list[ManagedProcess]
 ) -> None:
     first = start_worker(faults, processes, gated_settings(faults, shutdown_grace_seconds=GRACE_SECONDS))
-    body = {"model": GATED_MODEL, "num_inference_steps": STEPS}
-    short = [submit(faults, prompt=f"a fish {i}", seed=i, **body) for i in range(2)]
-    long = submit(faults, prompt="a long walk", **body)  # held past the grace period
-    wait_held(faults, [*short, long], STEPS)
+    short = [
+        submit(faults, model=GATED_MODEL, prompt=f"a fish {i}", seed=i, num_inference_steps=SHORT_STEPS)
+        for i in range(2)
+    ]
+    long = submit(faults, model=GATED_MODEL, prompt="a long walk", num_inference_steps=STEPS)  # held past the grace
+    wait_held(faults, short, SHORT_STEPS)
+    wait_held(faults, [long], STEPS)
 
     asked = time.monotonic()
     first.terminate()  # SIGTERM: Celery's warm shutdown

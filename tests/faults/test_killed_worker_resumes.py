@@ -13,8 +13,8 @@ from conftest import GATED_MODEL, Services, gated_settings, start_worker, submit
 from service_harness import GATE_STEP, wait_until
 
 from engine.checkpoint import Checkpoint
-from vidserve.processes import ManagedProcess
 from vidserve.storage import VideoStore
+from vidserve.tools.processes import ManagedProcess
 from worker.video import decode_mp4
 
 STEPS = 8

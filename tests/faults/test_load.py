@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from conftest import Services, start_worker, submit, wait_terminal
 
-from vidserve.processes import ManagedProcess
 from vidserve.schema import JobEvent
+from vidserve.tools.processes import ManagedProcess
 
 JOBS = int(os.environ.get("VIDSERVE_LOAD_JOBS", "40"))
 CLIENTS = int(os.environ.get("VIDSERVE_LOAD_CLIENTS", "8"))

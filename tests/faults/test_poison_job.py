@@ -6,17 +6,26 @@ prompts of whole known words generate and any other prompt raises an IndexError 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from conftest import POISON_MODEL, POISON_PROMPT, Services, event_types, start_worker, submit, wait_terminal
 
-from vidserve.processes import ManagedProcess
+from vidserve.tools.processes import ManagedProcess
 
 GOOD_PROMPTS = ("cat", "dog in the city", "red car")
 
 
-@pytest.fixture
-def worker(faults: Services, processes: list[ManagedProcess]) -> ManagedProcess:
-    return start_worker(faults, processes, VIDSERVE_WORKER_MODELS=POISON_MODEL)
+@pytest.fixture(scope="module")
+def worker(faults: Services) -> Iterator[ManagedProcess]:
+    """One worker serving only the poisoned model for the module (a start costs seconds): it must keep serving
+    through every poison job anyway."""
+    started: list[ManagedProcess] = []
+    try:
+        yield start_worker(faults, started, VIDSERVE_WORKER_MODELS=POISON_MODEL)
+    finally:
+        for proc in started:
+            proc.stop(timeout=30)
 
 
 def assert_poisoned(faults: Services, failed: dict) -> None:

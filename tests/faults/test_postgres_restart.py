@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from typing import Any
 
 import requests
 from conftest import (
@@ -20,8 +21,8 @@ from conftest import (
 )
 from service_harness import wait_until
 
-from vidserve.client import VidserveClient
-from vidserve.processes import ManagedProcess
+from vidserve.tools.client import VidserveClient
+from vidserve.tools.processes import ManagedProcess
 
 
 def test_a_result_finished_while_postgres_is_down_is_recorded_when_it_returns(
@@ -63,15 +64,35 @@ def test_a_result_finished_while_postgres_is_down_is_recorded_when_it_returns(
 
 def test_the_client_rides_out_a_short_postgres_outage_and_makes_one_job(faults: Services) -> None:
     prompt = f"a kite over dunes {uuid.uuid4().hex[:6]}"
+    assert faults.api is not None and faults.api.log_path is not None
+    api_log = faults.api.log_path
+    seen = len(api_log.read_text(errors="replace"))
+    answers: list[dict[str, Any] | BaseException] = []
+
+    def submit_with_client() -> None:
+        try:
+            answers.append(VidserveClient(faults.api_url).submit(MODEL, prompt))
+        except BaseException as exc:  # reported by the assertion below
+            answers.append(exc)
+
     faults.postgres.stop("fast")
-    back = threading.Timer(2.0, faults.postgres.start)
-    back.start()
+    client = threading.Thread(target=submit_with_client)
     try:
         # The API answers 503 until Postgres is back; the client retries the submit under one Idempotency-Key.
-        submitted = VidserveClient(faults.api_url).submit(MODEL, prompt)
+        client.start()
+        # Postgres comes back once the API has refused the client's first try (each 503 is logged).
+        wait_until(
+            lambda: "database unavailable" in api_log.read_text(errors="replace")[seen:],
+            60,
+            interval=0.05,
+            what="the API to refuse the client's first try",
+        )
     finally:
-        back.join()
+        faults.postgres.start()
+    client.join(60)
 
+    assert len(answers) == 1 and isinstance(answers[0], dict), answers
+    submitted = answers[0]
     assert submitted["status"] == "queued"
     listed = requests.get(f"{faults.api_url}/v1/jobs", params={"limit": 100}, timeout=30).json()["data"]
     assert [job["id"] for job in listed if job["params"]["prompt"] == prompt] == [submitted["id"]]

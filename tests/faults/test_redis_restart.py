@@ -19,7 +19,7 @@ from conftest import (
     wait_terminal,
 )
 
-from vidserve.processes import ManagedProcess
+from vidserve.tools.processes import ManagedProcess
 
 
 def test_jobs_survive_a_redis_restart(faults: Services, processes: list[ManagedProcess]) -> None:

@@ -20,8 +20,8 @@ from sqlalchemy import select
 from standardwebhooks import Webhook
 
 from vidserve.db import session_factory
-from vidserve.processes import ManagedProcess
 from vidserve.schema import DeliveryStatus, WebhookDelivery
+from vidserve.tools.processes import ManagedProcess
 
 STEPS = 8
 

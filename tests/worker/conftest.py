@@ -81,3 +81,15 @@ def receiver() -> Iterator[WebhookReceiver]:
     server = WebhookReceiver.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_job_left_waiting(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test that ran a worker, cancel what it left queued in its module's database: the fair queue
+    hands a wake-up to the fairest waiting job, not the one it names, so a job one test left behind (a failed
+    assertion, an interrupted run) would be claimed by the next test's `tasks.generate` and fail that one too."""
+    yield
+    contexts = [request.getfixturevalue(name) for name in ("ctx", "gated_ctx") if name in request.fixturenames]
+    for context in contexts[:1]:
+        for job in context.store.list(status="queued", limit=500):
+            context.store.cancel(job.id)

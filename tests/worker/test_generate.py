@@ -9,10 +9,20 @@ from __future__ import annotations
 import dataclasses
 import threading
 import uuid
+from collections import Counter
 from typing import Any
 
-import pytest
-from service_harness import LONG_JOB, SERVED_MODEL, UNSERVED_MODEL, queued_messages, wait_until
+from service_harness import (
+    GATE_STEP,
+    GATED_JOB,
+    GATED_MODEL,
+    GATED_STEPS,
+    SERVED_MODEL,
+    UNSERVED_MODEL,
+    held_at_gate,
+    queued_messages,
+    wait_until,
+)
 
 from vidserve.queue import GENERATE_TASK, queue_for
 from vidserve.schema import JobStatus
@@ -81,11 +91,13 @@ def test_a_wake_up_spent_on_a_fairer_job_is_passed_on_to_the_job_it_named(ctx: W
     older = create_job(ctx, prompt="a dog in the snow")
     named = create_job(ctx, prompt="a cat in the rain")
     queue = queue_for(SERVED_MODEL)
-    before = queued_messages(ctx.settings, queue)
+    before = Counter(map(repr, queued_messages(ctx.settings, queue)))
     assert tasks.generate(ctx, named) == "succeeded"
     assert ctx.store.get(older).status == JobStatus.SUCCEEDED
     assert ctx.store.get(named).status == JobStatus.QUEUED
-    assert queued_messages(ctx.settings, queue)[len(before) :] == [(GENERATE_TASK, [named, SERVED_MODEL])]
+    # New messages are pushed at the head of the list: compare what was added, not a slice.
+    added = Counter(map(repr, queued_messages(ctx.settings, queue))) - before
+    assert added == Counter([repr((GENERATE_TASK, [named, SERVED_MODEL]))])
     assert tasks.generate(ctx, named) == "succeeded"  # that wake-up runs it
     assert ctx.store.get(named).status == JobStatus.SUCCEEDED
 
@@ -108,27 +120,27 @@ def test_parameters_the_model_cannot_serve_fail_the_job_with_invalid_request(ctx
     assert "num_frames" in job.error_message
 
 
-def test_cancel_while_running_stops_the_engine_and_marks_the_job_canceled(ctx: WorkerContext) -> None:
-    job_id = create_job(ctx, **LONG_JOB)
+def test_cancel_while_running_stops_the_engine_and_marks_the_job_canceled(gated_ctx: WorkerContext) -> None:
+    # The job waits at the gate's step (never released): it is running, mid-way, when the cancel comes.
+    params = {k: v for k, v in GATED_JOB.items() if k != "model"}
+    job_id = create_job(gated_ctx, model=GATED_MODEL, **params)
     outcome: list[str] = []
-    runner = threading.Thread(target=lambda: outcome.append(tasks.generate(ctx, job_id)))
+    runner = threading.Thread(target=lambda: outcome.append(tasks.generate(gated_ctx, job_id)))
     runner.start()
-    wait_until(lambda: ctx.store.get(job_id).progress > 0, 120, what="progress")
-    ctx.store.cancel(job_id)
+    wait_until(lambda: held_at_gate(gated_ctx.store, job_id, GATED_STEPS), 120, what="the job held at the gate")
+    gated_ctx.store.cancel(job_id)
     runner.join(30)
     assert outcome == ["canceled"]
-    job = ctx.store.get(job_id)
-    assert job.status == JobStatus.CANCELED and job.progress < 0.5 and job.output is None
+    job = gated_ctx.store.get(job_id)
+    assert job.status == JobStatus.CANCELED and job.progress == GATE_STEP / GATED_STEPS and job.output is None
     assert job.lease_owner is None
 
 
-def test_an_upload_that_keeps_failing_hands_the_job_back_then_fails_it(
-    ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(tasks, "STORE_RETRIES", 2)
-    monkeypatch.setattr(tasks, "RETRY_FIRST_SECONDS", 0.05)
+def test_an_upload_that_keeps_failing_hands_the_job_back_then_fails_it(ctx: WorkerContext) -> None:
     # Credentials the real S3 server rejects (403): every put fails, as during a key rotation gone wrong.
-    broken = dataclasses.replace(ctx.settings, s3_secret_key="not-the-secret", max_attempts=2)
+    broken = dataclasses.replace(
+        ctx.settings, s3_secret_key="not-the-secret", max_attempts=2, upload_tries=2, upload_retry_seconds=0.05
+    )
     broken_ctx = WorkerContext.build(broken, ctx.celery)
     broken_ctx.engines = ctx.engines  # share the loaded engine
     job_id = create_job(ctx)

@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 
 import torch
-from service_harness import SERVED_MODEL, wait_until
+from service_harness import GATED_MODEL, SERVED_MODEL, wait_until
 
 from vidserve.schema import JobStatus
 from worker import tasks
@@ -85,9 +85,11 @@ def test_an_extension_whose_source_is_gone_fails_with_source_unavailable(ctx: Wo
         assert job.status == JobStatus.FAILED and job.error_code == "source_unavailable", job.error_message
 
 
-def test_cancel_of_a_long_job_mid_way_stores_no_video(ctx: WorkerContext) -> None:
-    params = {**PARAMS, "num_frames": 97, "num_inference_steps": 3000}
-    job_id = str(ctx.store.create(model=SERVED_MODEL, params=params).id)
+def test_cancel_of_a_long_job_mid_way_stores_no_video(gated_ctx: WorkerContext) -> None:
+    # Its pieces wait at the gate's step (never released): the job is mid-way, running, when the cancel comes.
+    ctx = gated_ctx
+    params = {**PARAMS, "num_frames": 97, "num_inference_steps": 8}
+    job_id = str(ctx.store.create(model=GATED_MODEL, params=params).id)
     outcome: list[str] = []
     runner = threading.Thread(target=lambda: outcome.append(tasks.generate(ctx, job_id)))
     runner.start()

@@ -16,10 +16,10 @@ from service_harness import ManualClock, WebhookReceiver
 from sqlalchemy import select
 from test_webhooks import Scheduled, delivery, make_delivery
 
-from vidserve import cli
 from vidserve.db import session_factory
 from vidserve.schema import DeliveryStatus, WebhookEndpoint
 from vidserve.settings import Settings
+from vidserve.tools import cli
 from vidserve.webhook_store import WebhookStore
 from worker.webhooks import RETRY_AFTER_MAX, SCHEDULE, WebhookSender, retry_delay
 

@@ -1,4 +1,4 @@
-"""The client half of the `vidserve` command: `submit`, `status`, `cancel` and `list` over the public API.
+"""The client half of the `vidserve` command: `submit`, `extend`, `status`, `cancel` and `list` over the public API.
 
 The API's base URL comes from `--api` or `VIDSERVE_API_URL` (default http://127.0.0.1:8000), the API key from
 `--api-key` or `VIDSERVE_API_KEY`; nothing here
@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Any
 
-from vidserve.client import ApiError, VidserveClient
+from vidserve.tools.client import ApiError, VidserveClient
 
 
 def _client(args: argparse.Namespace) -> VidserveClient:
@@ -52,6 +53,34 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         webhook_url=args.webhook_url,
         idempotency_key=args.idempotency_key,
     )
+    return _follow(client, job, args)
+
+
+def _cmd_extend(args: argparse.Namespace) -> int:
+    """A new job continuing a succeeded one; `--seconds` becomes the model's nearest frame count (as the
+    OpenAI-shaped API rounds `seconds`), at the source's frame rate."""
+    client = _client(args)
+    frames = args.frames
+    if args.seconds is not None:
+        source = client.get(args.job_id)
+        model = next(m for m in client.models() if m["name"] == source["model"])
+        multiple = int(model["limits"]["frame_rule"].split("k")[0])
+        fps = source["params"].get("fps") or model["defaults"]["fps"]
+        frames = multiple * max(0, math.floor((args.seconds * fps - 1) / multiple + 0.5)) + 1
+    job = client.extend(
+        args.job_id,
+        args.prompt,
+        num_frames=frames,
+        num_inference_steps=args.steps,
+        seed=args.seed,
+        include_original=True if args.include_original else None,
+        idempotency_key=args.idempotency_key,
+    )
+    return _follow(client, job, args)
+
+
+def _follow(client: VidserveClient, job: dict[str, Any], args: argparse.Namespace) -> int:
+    """After a submit or extend: print the id, or wait with a progress bar and download with `--out`."""
     if not args.wait and not args.out:
         _print_job(job, args.json) if args.json else print(job["id"])
         return 0
@@ -142,6 +171,20 @@ def register(sub: Any) -> None:
     submit.add_argument("--wait", action="store_true", help="wait with a progress bar until the job finishes")
     submit.add_argument("--out", help="write the video here once it succeeds (implies --wait)")
     submit.set_defaults(func=_guarded(_cmd_submit))
+
+    extend = sub.add_parser("extend", parents=[common], help="continue a succeeded job's video (a new job)")
+    extend.add_argument("job_id")
+    extend.add_argument("--prompt", required=True, help="what happens next")
+    length = extend.add_mutually_exclusive_group()
+    length.add_argument("--frames", "--num-frames", type=int, help="new frames (the model's frame rule applies)")
+    length.add_argument("--seconds", type=float, help="new seconds at the source's fps, rounded to the frame rule")
+    extend.add_argument("--steps", type=int, help="num_inference_steps (default: the source's)")
+    extend.add_argument("--seed", type=int)
+    extend.add_argument("--include-original", action="store_true", help="the new video starts with the source's")
+    extend.add_argument("--idempotency-key", help="retrying with the same key returns the first job")
+    extend.add_argument("--wait", action="store_true", help="wait with a progress bar until the job finishes")
+    extend.add_argument("--out", help="write the video here once it succeeds (implies --wait)")
+    extend.set_defaults(func=_guarded(_cmd_extend))
 
     status = sub.add_parser("status", parents=[common], help="a job's status, progress and video URL")
     status.add_argument("job_id")

@@ -20,16 +20,31 @@ from urllib3.util import Retry
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 # Requests the server did not take or could not serve just now (connection refused or reset, 502/503/504 from a
-# restarting API or database) are retried, waiting 0, 1, 2, 4, 8 s or the server's Retry-After. Retrying a
-# submit is safe: it always carries an Idempotency-Key, so the server makes one job however often it arrives.
-RETRIES = Retry(
-    total=5,
-    backoff_factor=0.5,
-    status_forcelist=(502, 503, 504),
-    allowed_methods=None,
-    respect_retry_after_header=True,
-    raise_on_status=False,
-)
+# restarting API or database) are retried, by default 5 times waiting 0, 1, 2, 4, 8 s or the server's Retry-After
+# (`retries=` or $VIDSERVE_CLIENT_RETRIES sets how many). Retrying a submit is safe: it always carries an
+# Idempotency-Key, so the server makes one job however often it arrives.
+DEFAULT_RETRIES = 5
+
+
+def _retry_policy(retries: int) -> Retry:
+    return Retry(
+        total=retries,
+        backoff_factor=0.5,
+        status_forcelist=(502, 503, 504),
+        allowed_methods=None,
+        respect_retry_after_header=True,
+        raise_on_status=False,
+    )
+
+
+def retries_from_env() -> int:
+    """$VIDSERVE_CLIENT_RETRIES, or DEFAULT_RETRIES when unset; ValueError naming the variable when malformed."""
+    raw = os.environ.get("VIDSERVE_CLIENT_RETRIES", "")
+    if not raw:
+        return DEFAULT_RETRIES
+    if not raw.isdecimal() or not raw.isascii():
+        raise ValueError(f"VIDSERVE_CLIENT_RETRIES must be a whole number of 0 or more, got {raw!r}")
+    return int(raw)
 
 
 class ApiError(Exception):
@@ -45,12 +60,20 @@ def api_url_from_env(explicit: str | None = None) -> str:
 
 
 class VidserveClient:
-    def __init__(self, base_url: str | None = None, timeout: float = 30.0, api_key: str | None = None) -> None:
-        """`api_key` (default: $VIDSERVE_API_KEY) is sent as a bearer token; none is needed with auth off."""
+    def __init__(
+        self,
+        base_url: str | None = None,
+        timeout: float = 30.0,
+        api_key: str | None = None,
+        retries: int | None = None,
+    ) -> None:
+        """`api_key` (default: $VIDSERVE_API_KEY) is sent as a bearer token; none is needed with auth off.
+        `retries` (default: $VIDSERVE_CLIENT_RETRIES, else 5) is how often a refused or 502/503/504 request is
+        tried again."""
         self.base_url = api_url_from_env(base_url)
         self.timeout = timeout
         self.http = requests.Session()
-        adapter = HTTPAdapter(max_retries=RETRIES)
+        adapter = HTTPAdapter(max_retries=_retry_policy(retries_from_env() if retries is None else retries))
         self.http.mount("http://", adapter)
         self.http.mount("https://", adapter)
         api_key = api_key or os.environ.get("VIDSERVE_API_KEY")
@@ -73,8 +96,19 @@ class VidserveClient:
         headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
         return self._json("POST", "/v1/jobs", json=body, headers=headers)
 
+    def extend(self, job_id: str, prompt: str, idempotency_key: str | None = None, **fields: Any) -> dict[str, Any]:
+        """POST /v1/jobs/{id}/extend: a new job continuing a succeeded one from its kept final latents; `fields` are
+        the optional ones (num_frames, include_original, seed, ...). Idempotent like `submit`."""
+        body = {"prompt": prompt, **{k: v for k, v in fields.items() if v is not None}}
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        return self._json("POST", f"/v1/jobs/{job_id}/extend", json=body, headers=headers)
+
     def get(self, job_id: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/jobs/{job_id}")
+
+    def models(self) -> list[dict[str, Any]]:
+        """GET /v1/models: each model's name, family, limits (frame rule, windows) and defaults."""
+        return self._json("GET", "/v1/models")["data"]
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._json("POST", f"/v1/jobs/{job_id}/cancel")

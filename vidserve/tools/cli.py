@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--threads", type=int, default=4)
     api.set_defaults(func=_cmd_api)
 
-    from vidserve import cli_client  # submit, status, cancel, list: clients of the public API
+    from vidserve.tools import cli_client  # submit, status, cancel, list: clients of the public API
 
     cli_client.register(sub)
     return parser

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vidserve.processes import die_with_parent
+from vidserve.tools.processes import die_with_parent
 
 # weed mini's listeners, in the order their ports are assigned from the base port.
 _PORT_FLAGS = (

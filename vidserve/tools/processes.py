@@ -172,5 +172,5 @@ class RestartingProcess:
 
 
 def vidserve_command(*args: str) -> list[str]:
-    """`python -m vidserve.cli ARGS` with this interpreter: works before the console script is installed."""
-    return [sys.executable, "-m", "vidserve.cli", *args]
+    """`python -m vidserve.tools.cli ARGS` with this interpreter: works before the console script is installed."""
+    return [sys.executable, "-m", "vidserve.tools.cli", *args]

@@ -20,9 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from vidserve import db
-from vidserve.processes import ManagedProcess, RestartingProcess, vidserve_command
-from vidserve.s3server import S3Server, port_block_free, port_free, start_s3_server
 from vidserve.settings import ENV_VARS, Settings
+from vidserve.tools.processes import ManagedProcess, RestartingProcess, vidserve_command
+from vidserve.tools.s3server import S3Server, port_block_free, port_free, start_s3_server
 
 VAR = Path("var")
 # weed mini's block of 12 ports; fixed so presigned URLs stay stable across restarts, away from the
