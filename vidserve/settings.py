@@ -26,7 +26,9 @@ ENV_VARS: list[tuple[str, str, Any, str]] = [
      "S3 endpoint URL that clients can reach; presigned URLs are signed for it (default: the endpoint)"),
     ("VIDSERVE_S3_ACCESS_KEY", "s3_access_key", "vidserve", "S3 access key"),
     ("VIDSERVE_S3_SECRET_KEY", "s3_secret_key", "vidserve-secret", "S3 secret key"),
-    ("VIDSERVE_S3_BUCKET", "s3_bucket", "vidserve-videos", "bucket the videos are stored in (created if missing)"),
+    ("VIDSERVE_S3_BUCKET", "s3_bucket", "vidserve-videos",
+     "bucket of the videos and checkpoints (created if missing); one bucket per database: the sweeper deletes the "
+     "checkpoints of jobs its database does not know"),
     ("VIDSERVE_S3_REGION", "s3_region", "us-east-1", "S3 region used for signing"),
     ("VIDSERVE_URL_TTL_SECONDS", "url_ttl_seconds", 3600, "lifetime of presigned video URLs"),
     ("VIDSERVE_MODELS_FILE", "models_file", "", "model registry TOML (default: engine/models.toml)"),
