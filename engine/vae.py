@@ -111,7 +111,8 @@ def _install(vae: torch.nn.Module) -> None:
 
 @contextlib.contextmanager
 def fast_decode(vae: torch.nn.Module) -> Iterator[None]:
-    """Within this block, on this thread, `vae`'s heavy batch-1 3-D convolutions run on oneDNN."""
+    """Within this block, on this thread, `vae`'s heavy batch-1 3-D convolutions run on oneDNN and Wan's RMS norms
+    take a sum of squares over the channels."""
     _install(vae)
     _state.depth = getattr(_state, "depth", 0) + 1
     try:
