@@ -8,6 +8,7 @@ stubbed, for names that do not exist (StubDNS), to play the part of a DNS server
 from __future__ import annotations
 
 import dataclasses
+import errno
 import ipaddress
 import socket
 import ssl
@@ -141,13 +142,26 @@ def test_a_name_that_rebinds_to_loopback_after_submit_is_refused_at_delivery(
     assert receiver.received == []
 
 
+def receivers_on_one_port(first: str, second: str, tries: int = 20) -> tuple[WebhookReceiver, WebhookReceiver]:
+    """Receivers on `first` and `second` sharing a port: the free port found on `first` may be taken on `second`
+    (by any process's socket on that address; seen once in a full run), so another one is tried then."""
+    for _ in range(tries):
+        one = WebhookReceiver.start(first)
+        try:
+            return one, WebhookReceiver.start(second, one.port)
+        except OSError as error:
+            one.stop()
+            if error.errno != errno.EADDRINUSE:
+                raise
+    raise AssertionError(f"no port free on both {first} and {second} in {tries} tries")
+
+
 def test_the_connection_goes_to_the_checked_address_not_to_a_second_lookup(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two receivers on one port: 127.0.0.2 (the checked address) and 127.0.0.1 (what any later lookup of the
     name would answer). Only the checked one may get the webhook, with the name in its Host header."""
-    checked = WebhookReceiver.start("127.0.0.2")
-    other = WebhookReceiver.start("127.0.0.1", checked.port)
+    checked, other = receivers_on_one_port("127.0.0.2", "127.0.0.1")
     try:
         StubDNS(monkeypatch, {"pinned.test": ["127.0.0.2"]})
         real_getaddrinfo = socket.getaddrinfo
