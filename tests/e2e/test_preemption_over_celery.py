@@ -17,7 +17,6 @@ from service_harness import (
     GATED_MODEL,
     held_at_gate,
     isolated,
-    new_gate,
     start_celery_service,
     wait_until,
     write_gated_registry,
@@ -34,11 +33,6 @@ from worker.step_gate import StepGate
 STEPS = 8
 EVERY = 2
 PARAMS = {"prompt": "a slow river", "num_frames": 9, "height": 32, "width": 32, "num_inference_steps": STEPS}
-
-
-@pytest.fixture
-def gate(tmp_path: Path) -> StepGate:
-    return new_gate(tmp_path)
 
 
 @pytest.fixture

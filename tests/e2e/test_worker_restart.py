@@ -17,7 +17,6 @@ from service_harness import (
     GATED_MODEL,
     held_at_gate,
     isolated,
-    new_gate,
     start_celery_service,
     wait_until,
     write_gated_registry,
@@ -32,11 +31,6 @@ from vidserve.tools.processes import ManagedProcess
 from worker.step_gate import StepGate
 
 RESTARTED_JOB = {k: v for k, v in GATED_JOB.items() if k != "model"}
-
-
-@pytest.fixture
-def gate(tmp_path: Path) -> StepGate:
-    return new_gate(tmp_path)
 
 
 @pytest.fixture

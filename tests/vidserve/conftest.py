@@ -11,6 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from vidserve import db
+from vidserve.job_view import job_to_dict
+from vidserve.jobs import JobStore
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +32,15 @@ def empty_database(database_url: str) -> Iterator[str]:
     db.create_database(url)
     yield url
     db.drop_database(url)
+
+
+@pytest.fixture
+def store(private_database: str) -> JobStore:
+    """A job store on the private database (a module may override it)."""
+    return JobStore(private_database, view=lambda job: job_to_dict(job, None))
+
+
+@pytest.fixture
+def model() -> str:
+    """A model name of this test's own: the queue of its jobs holds no other test's jobs."""
+    return f"model-{uuid.uuid4().hex[:8]}"

@@ -11,26 +11,14 @@ import datetime as dt
 import threading
 import uuid
 
-import pytest
 from sqlalchemy import update
 
 from vidserve.db import session_factory
-from vidserve.job_view import job_to_dict
 from vidserve.jobs import PRIORITIES, JobStore
 from vidserve.keys import KeyStore
 from vidserve.schema import ApiKey, Job, JobStatus
 
 PARAMS = {"prompt": "a fox", "num_frames": 9, "height": 32, "width": 32, "num_inference_steps": 4, "seed": 1}
-
-
-@pytest.fixture
-def store(private_database: str) -> JobStore:
-    return JobStore(private_database, view=lambda job: job_to_dict(job, None))
-
-
-@pytest.fixture
-def model() -> str:
-    return f"fair-{uuid.uuid4().hex[:8]}"
 
 
 def new_key(database_url: str, weight: float = 1.0) -> uuid.UUID:

@@ -9,7 +9,6 @@ Postgres (`pg_stat_activity`), never from time. Each test uses a model name of i
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -18,21 +17,10 @@ from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from vidserve.db import session_factory
-from vidserve.job_view import job_to_dict
 from vidserve.jobs import PRIORITIES, JobStore
 from vidserve.schema import Job, JobStatus
 
 PARAMS = {"prompt": "a fox", "num_frames": 9, "height": 32, "width": 32, "num_inference_steps": 4, "seed": 1}
-
-
-@pytest.fixture
-def store(private_database: str) -> JobStore:
-    return JobStore(private_database, view=lambda job: job_to_dict(job, None))
-
-
-@pytest.fixture
-def model() -> str:
-    return f"claim-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture
