@@ -4,6 +4,10 @@ and direction it shows, so a generated clip can be scored against its prompt wit
 Colour: the palette entry nearest the mean foreground chroma. Direction: the dominant axis and sign of the
 foreground centroid's travel. Shape: per frame, the best intersection-over-union of the thresholded foreground
 against a square, circle and apex-up triangle fitted to its bounding box, then a vote over frames.
+
+The frame is read as a torus, so a shape that wraps around the edges (the long-video clips) reads like one inside
+the frame: centroids are circular means, unwrapped from frame to frame, and each frame's mask is rolled to put
+the shape's centroid in the middle before its bounding box is taken.
 """
 
 from __future__ import annotations
@@ -54,18 +58,26 @@ def _masks(frames: np.ndarray) -> np.ndarray:
     return frames.max(axis=-1) > _FOREGROUND_LEVEL * 1.5
 
 
+def _circular_mean(weight: np.ndarray, axis: int) -> float:
+    """The weighted mean position along `axis` of a frame whose edges meet, as an angle in (-pi, pi]."""
+    profile = weight.sum(axis=1 - axis)
+    angles = 2 * np.pi * (np.arange(len(profile)) + 0.5) / len(profile)
+    return float(np.angle((profile * np.exp(1j * angles)).sum()))
+
+
+def _to_pixels(angle: float | np.ndarray, n: int) -> float | np.ndarray:
+    return angle / (2 * np.pi) * n - 0.5
+
+
 def read_direction(frames: np.ndarray) -> str | None:
     weight = np.clip(frames.max(axis=-1) - _FOREGROUND_LEVEL, 0.0, None)
     h, w = weight.shape[1:]
-    ys, xs = np.mgrid[0:h, 0:w]
-    centres = []
-    for wf in weight:
-        total = wf.sum()
-        if total > 0:
-            centres.append(((wf * xs).sum() / total, (wf * ys).sum() / total))
-    if len(centres) < 2:
+    angles = [(_circular_mean(wf, 1), _circular_mean(wf, 0)) for wf in weight if wf.sum() > 0]
+    if len(angles) < 2:
         return None
-    c = np.asarray(centres)
+    # Unwrapped, a shape leaving at one edge and entering at the other keeps travelling the same way.
+    a = np.unwrap(np.asarray(angles), axis=0)
+    c = np.stack([_to_pixels(a[:, 0], w), _to_pixels(a[:, 1], h)], axis=1)
     t = np.arange(len(c)) - (len(c) - 1) / 2
     # A least-squares slope uses every frame, so one smeared frame does not flip the answer.
     vx, vy = (t[:, None] * (c - c.mean(axis=0))).sum(axis=0) / (t * t).sum()
@@ -95,8 +107,18 @@ def _frame_shape(mask: np.ndarray) -> str | None:
     return max(scores, key=scores.get)
 
 
+def _centred(mask: np.ndarray) -> np.ndarray:
+    """The mask rolled so the shape's circular centroid sits in the middle: a wrapped shape becomes whole again."""
+    if not mask.any():
+        return mask
+    h, w = mask.shape
+    cx = _to_pixels(_circular_mean(mask.astype(np.float32), 1), w)
+    cy = _to_pixels(_circular_mean(mask.astype(np.float32), 0), h)
+    return np.roll(mask, (int(round(h / 2 - cy)), int(round(w / 2 - cx))), axis=(0, 1))
+
+
 def read_shape(frames: np.ndarray) -> str | None:
-    votes = Counter(s for s in (_frame_shape(m) for m in _masks(frames)) if s is not None)
+    votes = Counter(s for s in (_frame_shape(_centred(m)) for m in _masks(frames)) if s is not None)
     return votes.most_common(1)[0][0] if votes else None
 
 

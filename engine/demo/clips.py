@@ -1,7 +1,9 @@
 """Synthetic training clips for the demo model: one coloured shape moving across a black frame.
 
-Every clip is described by a `ClipSpec` (colour, shape, direction, size, speed, start) and rendered with
-anti-aliased edges; prompts read "a {colour} {shape} moving {direction}". Seeded, pure numpy.
+Every clip is described by a `ClipSpec` (colour, shape, direction, size, speed, start, whether it wraps) and
+rendered with anti-aliased edges; prompts read "a {colour} {shape} moving {direction}". A clip either keeps the
+shape inside the frame (the first recipe) or lets it wrap around the edges, leaving on one side as it enters on the
+other, so its motion can go on for any number of frames (what long videos are made of). Seeded, pure numpy.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class ClipSpec:
     size: float  # side, diameter or triangle base/height, in pixels
     speed: float  # pixels per frame
     start: tuple[float, float]  # centre (x, y) in frame 0
+    wrap: bool = False  # the frame is a torus: what leaves one edge enters at the opposite one
 
     @property
     def prompt(self) -> str:
@@ -68,13 +71,23 @@ def training_combos() -> list[tuple[str, str, str]]:
     return [c for c in all_combos() if c not in held]
 
 
-def sample_spec(rng: np.random.Generator, combos: list[tuple[str, str, str]] | None = None) -> ClipSpec:
-    """Draw a random clip whose shape stays fully inside the frame for all frames."""
+def sample_spec(
+    rng: np.random.Generator,
+    combos: list[tuple[str, str, str]] | None = None,
+    frames: int = NUM_FRAMES,
+    wrap: bool = False,
+) -> ClipSpec:
+    """Draw a random clip of `frames` frames: wrapping from anywhere, or with the shape fully inside the frame for
+    all frames."""
     combos = combos or training_combos()
     colour, shape, direction = combos[rng.integers(len(combos))]
     size = float(rng.uniform(*SIZE_RANGE))
     speed = float(rng.uniform(*SPEED_RANGE))
-    travel = speed * (NUM_FRAMES - 1)
+    if wrap:
+        return ClipSpec(
+            colour, shape, direction, size, speed, (float(rng.uniform(0, SIZE)), float(rng.uniform(0, SIZE))), True
+        )
+    travel = speed * (frames - 1)
     half = size / 2 + _MARGIN
     dx, dy = DIRECTIONS[direction]
     lo, hi = half, SIZE - half
@@ -112,23 +125,38 @@ _GRID = np.meshgrid(
 )
 
 
-def render(spec: ClipSpec) -> np.ndarray:
-    """The clip as uint8 frames × height × width × 3."""
+def _wrapped_coverage(shape: str, cx: float, cy: float, size: float) -> np.ndarray:
+    """Coverage on a torus: the shape centred in its own period, plus the copies one frame width away."""
+    cx, cy = cx % SIZE, cy % SIZE
+    offsets = (-SIZE, 0, SIZE)
+    cover = sum(_coverage(shape, cx + ox, cy + oy, size, _GRID) for ox in offsets for oy in offsets)
+    return np.minimum(cover, 1.0)
+
+
+def render(spec: ClipSpec, frames: int = NUM_FRAMES) -> np.ndarray:
+    """The clip's first `frames` frames as uint8 frames × height × width × 3."""
     colour = np.asarray(COLOURS[spec.colour], dtype=np.float32)
     dx, dy = DIRECTIONS[spec.direction]
-    frames = np.empty((NUM_FRAMES, SIZE, SIZE, 3), dtype=np.uint8)
-    for f in range(NUM_FRAMES):
+    out = np.empty((frames, SIZE, SIZE, 3), dtype=np.uint8)
+    for f in range(frames):
         cx = spec.start[0] + dx * spec.speed * f
         cy = spec.start[1] + dy * spec.speed * f
-        cover = _coverage(spec.shape, cx, cy, spec.size, _GRID)
-        frames[f] = np.round(cover[..., None] * colour).astype(np.uint8)
-    return frames
+        if spec.wrap:
+            cover = _wrapped_coverage(spec.shape, cx, cy, spec.size)
+        else:
+            cover = _coverage(spec.shape, cx, cy, spec.size, _GRID)
+        out[f] = np.round(cover[..., None] * colour).astype(np.uint8)
+    return out
 
 
 def batch(
-    rng: np.random.Generator, n: int, combos: list[tuple[str, str, str]] | None = None
+    rng: np.random.Generator,
+    n: int,
+    combos: list[tuple[str, str, str]] | None = None,
+    frames: int = NUM_FRAMES,
+    wrap: bool = False,
 ) -> tuple[np.ndarray, list[ClipSpec]]:
     """`n` random clips as float32 n × 3 × frames × H × W in [-1, 1] (the VAE's layout) and their specs."""
-    specs = [sample_spec(rng, combos) for _ in range(n)]
-    video = np.stack([render(s) for s in specs]).astype(np.float32) / 127.5 - 1.0
+    specs = [sample_spec(rng, combos, frames, wrap) for _ in range(n)]
+    video = np.stack([render(s, frames) for s in specs]).astype(np.float32) / 127.5 - 1.0
     return np.ascontiguousarray(video.transpose(0, 4, 1, 2, 3)), specs

@@ -6,6 +6,12 @@ an EMA copy; (4) save an ordinary `WanPipeline` directory and evaluate it (JSON 
 Seeded and resumable: every phase checkpoints into the work directory and a rerun continues where it stopped.
 
     python -m engine.demo.train --out engine/weights/vidserve-shapes --report-dir docs/demo-model
+
+The shipped model was then continued for long videos (`--init-from`, no VAE phase 1): the VAE on longer clips, so
+its causal decoder stays true past the clip length it first learned, and the transformer on window-long clips whose
+shapes wrap around the edges, some with clean context frames at timestep 0 (what a continuation chunk sees):
+
+    python -m engine.demo.train --out engine/weights/vidserve-shapes --report-dir docs/demo-model --long-recipe
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +74,23 @@ class TrainConfig:
     eval_seeds: int = 2
     eval_steps: int = 20
     guidance_scale: float = 5.0
+    # A pipeline directory to continue from (its VAE, transformer, text encoder and latent statistics); "" trains
+    # from scratch.
+    init_from: str = ""
+    # Frames of the VAE's full-clip stage and of the transformer's clips (one latent set per length, used in turn).
+    vae_tune_frames: int = clips.NUM_FRAMES
+    clip_frames: tuple[int, ...] = (clips.NUM_FRAMES,)
+    # Shapes wrap around the frame's edges instead of staying inside it (motion that can go on).
+    wrap: bool = False
+    # Fraction of transformer samples whose first one or two latent frames are clean context at timestep 0.
+    context_prob: float = 0.0
+
+
+def long_recipe(cfg: TrainConfig, init_from: str) -> TrainConfig:
+    """The continuation for long videos, from a trained pipeline: no VAE phase 1, 150 VAE steps on 21-frame clips,
+    1500 transformer steps on 9- and 17-frame (the window) wrapping clips, 30% with context frames."""
+    return replace(cfg, init_from=init_from, vae_steps=0, vae_tune_steps=150, vae_tune_lr=5e-4, vae_tune_frames=21,
+                   clip_frames=(9, 17), wrap=True, context_prob=0.3, dit_steps=1500, dit_lr=3e-4)  # fmt: skip
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -156,7 +179,7 @@ def vae_loss(
 
 
 def train_vae(vae: torch.nn.Module, cfg: TrainConfig, work: Path, device: torch.device, stage: str = "short") -> None:
-    """One VAE stage: "short" (5-frame clips, from scratch) or "full" (9-frame clips, continuing)."""
+    """One VAE stage: "short" (5-frame clips, from scratch) or "full" (`vae_tune_frames`-frame clips, continuing)."""
     if stage == "short":
         ckpt_path, steps, frames, lr, warmup, phase = (
             work / "vae.pt",
@@ -170,7 +193,7 @@ def train_vae(vae: torch.nn.Module, cfg: TrainConfig, work: Path, device: torch.
         ckpt_path, steps, frames, lr, warmup = (
             work / "vae_full.pt",
             cfg.vae_tune_steps,
-            clips.NUM_FRAMES,
+            cfg.vae_tune_frames,
             cfg.vae_tune_lr,
             10,
         )
@@ -191,7 +214,9 @@ def train_vae(vae: torch.nn.Module, cfg: TrainConfig, work: Path, device: torch.
     t0 = time.time()
     for step in range(start, steps):
         rng, gen = step_rng(cfg.seed, phase, step)
-        video, _ = clips.batch(rng, cfg.vae_batch, clips.all_combos())
+        # The first recipe drew 9-frame clips and cut them to the stage's length; drawing the same keeps it exact.
+        drawn = frames if cfg.wrap else max(frames, clips.NUM_FRAMES)
+        video, _ = clips.batch(rng, cfg.vae_batch, clips.all_combos(), drawn, cfg.wrap)
         video = np.ascontiguousarray(video[:, :, :frames])
         loss, parts = vae_loss(vae, torch.from_numpy(video).to(device), gen, cfg.vae_foreground_weight)
         opt.zero_grad(set_to_none=True)
@@ -218,24 +243,24 @@ def reconstruction_check(vae: torch.nn.Module, cfg: TrainConfig, device: torch.d
     from engine.demo import checker
 
     rng, _ = step_rng(cfg.seed, PHASE_LATENTS, 1)
-    video, specs = clips.batch(rng, n, clips.all_combos())
+    video, specs = clips.batch(rng, n, clips.all_combos(), cfg.vae_tune_frames, cfg.wrap)
     rec = vae.decode(vae.encode(torch.from_numpy(video).to(device)).latent_dist.mean).sample.cpu()
     frames = ((rec.permute(0, 2, 3, 4, 1).numpy() + 1.0) / 2.0).clip(0.0, 1.0)
     return checker.score(list(frames), [(s.colour, s.shape, s.direction) for s in specs])
 
 
 @torch.no_grad()
-def encode_latents(vae: torch.nn.Module, cfg: TrainConfig, work: Path, device: torch.device) -> dict:
-    """Encode `latent_clips` training clips once; the transformer then never runs the VAE."""
-    path = work / "latents.pt"
+def encode_latents(vae: torch.nn.Module, cfg: TrainConfig, work: Path, device: torch.device, frames: int) -> dict:
+    """Encode `latent_clips` training clips of `frames` frames once; the transformer then never runs the VAE."""
+    path = work / ("latents.pt" if frames == clips.NUM_FRAMES else f"latents-{frames}.pt")
     if (state := load_checkpoint(path)) is not None:
         log.info("latents: loaded %d from %s", len(state["latents"]), path)
         return state
-    rng, _ = step_rng(cfg.seed, PHASE_LATENTS, 0)
+    rng, _ = step_rng(cfg.seed, PHASE_LATENTS, 0 if frames == clips.NUM_FRAMES else frames)
     combos = clips.training_combos()
     latents, prompts = [], []
-    for _ in tqdm(range(0, cfg.latent_clips, 64), desc="encode", mininterval=5.0, file=sys.stderr):
-        video, specs = clips.batch(rng, 64, combos)
+    for _ in tqdm(range(0, cfg.latent_clips, 64), desc=f"encode {frames}", mininterval=5.0, file=sys.stderr):
+        video, specs = clips.batch(rng, 64, combos, frames, cfg.wrap)
         latents.append(vae.encode(torch.from_numpy(video).to(device)).latent_dist.mean.cpu())
         prompts.extend(s.prompt for s in specs)
     z = torch.cat(latents)[: cfg.latent_clips]
@@ -246,16 +271,26 @@ def encode_latents(vae: torch.nn.Module, cfg: TrainConfig, work: Path, device: t
     return state
 
 
+def frame_timesteps(sigma: torch.Tensor, context: torch.Tensor, frames: int, tokens_per_frame: int) -> torch.Tensor:
+    """Per-token timesteps (batch × tokens): each sample's own noise level, 0 on its first `context[i]` latent
+    frames (clean context, as a continuation chunk's; Wan 2.2 TI2V conditions on its image the same way)."""
+    noisy = torch.arange(frames)[None, :] >= context[:, None]
+    per_frame = torch.where(noisy, sigma[:, None] * 1000.0, torch.zeros(()))
+    return per_frame.repeat_interleave(tokens_per_frame, dim=1)
+
+
 def train_transformer(
     transformer: torch.nn.Module,
-    data: dict,
+    data: list[dict],
     text: dict[str, tuple[torch.Tensor, int]],
     cfg: TrainConfig,
     work: Path,
     device: torch.device,
     export_now: bool = False,
+    stats: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.nn.Module:
-    """Rectified flow on normalised latents; returns the EMA copy (as checkpointed, if `export_now`)."""
+    """Rectified flow on normalised latents, one latent set per clip length in turn (normalised by `stats`, else
+    the first set's mean and std); returns the EMA copy (as checkpointed, if `export_now`)."""
     ckpt_path = work / "transformer.pt"
     transformer.to(device)
     ema = copy.deepcopy(transformer).requires_grad_(False)
@@ -270,9 +305,10 @@ def train_transformer(
         start = state["step"]
         log.info("transformer: resumed at step %d", start)
     wrappers = C.install_padding_bias(transformer)
-    mean = data["mean"].view(1, -1, 1, 1, 1)
-    std = data["std"].view(1, -1, 1, 1, 1)
-    x_all = ((data["latents"] - mean) / std).to(device)
+    mean, std = stats if stats is not None else (data[0]["mean"], data[0]["std"])
+    mean, std = mean.view(1, -1, 1, 1, 1), std.view(1, -1, 1, 1, 1)
+    sets = [((d["latents"] - mean) / std).to(device) for d in data]
+    patch = transformer.config.patch_size
     embeds = {p: e.to(device) for p, (e, _) in text.items()}
     lengths = {p: n for p, (_, n) in text.items()}
     transformer.train()
@@ -280,10 +316,11 @@ def train_transformer(
     t0 = time.time()
     for step in range(start, start if export_now else cfg.dit_steps):
         rng, gen = step_rng(cfg.seed, PHASE_DIT, step)
-        idx = rng.integers(len(x_all), size=cfg.dit_batch)
-        x0 = x_all[torch.from_numpy(idx).to(device)]
+        which = step % len(sets)
+        idx = rng.integers(len(sets[which]), size=cfg.dit_batch)
+        x0 = sets[which][torch.from_numpy(idx).to(device)]
         # Dropping the prompt teaches the unconditional prediction that classifier-free guidance needs.
-        prompts = ["" if rng.random() < cfg.prompt_dropout else data["prompts"][i] for i in idx]
+        prompts = ["" if rng.random() < cfg.prompt_dropout else data[which]["prompts"][i] for i in idx]
         enc = torch.stack([embeds[p] for p in prompts])
         n = torch.tensor([lengths[p] for p in prompts])
         # Mostly the pipeline's 512 positions, sometimes shorter: robust to callers that pad less.
@@ -300,8 +337,21 @@ def train_transformer(
         noise = torch.randn(x0.shape, generator=gen).to(device)
         s = sigma.view(-1, 1, 1, 1, 1)
         xt = (1 - s) * x0 + s * noise
-        pred = transformer(xt, sigma * 1000.0, enc, return_dict=False)[0]
-        loss = F.mse_loss(pred, noise - x0)
+        if cfg.context_prob > 0:
+            frames = x0.shape[2]
+            with_context = torch.rand(cfg.dit_batch, generator=gen) < cfg.context_prob
+            context = torch.where(with_context, torch.randint(1, 3, (cfg.dit_batch,), generator=gen), 0)
+            context = context.clamp(max=frames - 1)
+            noisy = (torch.arange(frames)[None, :] >= context[:, None]).to(device).view(-1, 1, frames, 1, 1)
+            xt = torch.where(noisy, xt, x0)
+            per_frame = x0.shape[3] * x0.shape[4] // (patch[1] * patch[2])
+            t = frame_timesteps(sigma.cpu(), context, frames, per_frame).to(device)
+            pred = transformer(xt, t, enc, return_dict=False)[0]
+            weight = noisy.expand_as(x0).float()
+            loss = ((pred - (noise - x0)).square() * weight).sum() / weight.sum()
+        else:
+            pred = transformer(xt, sigma * 1000.0, enc, return_dict=False)[0]
+            loss = F.mse_loss(pred, noise - x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
@@ -338,18 +388,24 @@ def run(out: Path, report_dir: Path, work: Path, cfg: TrainConfig, evaluate_fn: 
     """The whole recipe; returns the evaluation report (empty if `evaluate_fn` is None)."""
     work.mkdir(parents=True, exist_ok=True)
     cfg_path = work / "config.json"
-    if cfg_path.exists() and json.loads(cfg_path.read_text()) != asdict(cfg):
+    if cfg_path.exists() and json.loads(cfg_path.read_text()) != json.loads(json.dumps(asdict(cfg))):
         raise SystemExit(f"{work} holds a run with a different configuration; pass another --work-dir")
     cfg_path.write_text(json.dumps(asdict(cfg), indent=2))
     global _clock
     _clock = clock = TrainClock(work)
-    torch.manual_seed(cfg.seed)
-    tokenizer = C.build_tokenizer()
-    text_encoder = C.build_text_encoder(len(tokenizer), cfg.seed)
-    torch.manual_seed(cfg.seed + 1)
-    vae = C.build_vae(cfg.vae_compression, cfg.z_dim)
-    torch.manual_seed(cfg.seed + 2)
-    transformer = C.build_transformer(cfg.patch, cfg.z_dim)
+    if cfg.init_from:
+        from diffusers import WanPipeline
+
+        start = WanPipeline.from_pretrained(cfg.init_from)
+        tokenizer, text_encoder, vae, transformer = start.tokenizer, start.text_encoder, start.vae, start.transformer
+    else:
+        torch.manual_seed(cfg.seed)
+        tokenizer = C.build_tokenizer()
+        text_encoder = C.build_text_encoder(len(tokenizer), cfg.seed)
+        torch.manual_seed(cfg.seed + 1)
+        vae = C.build_vae(cfg.vae_compression, cfg.z_dim)
+        torch.manual_seed(cfg.seed + 2)
+        transformer = C.build_transformer(cfg.patch, cfg.z_dim)
     log.info(
         "parameters: vae %d, transformer %d, text encoder %d",
         sum(p.numel() for p in vae.parameters()),
@@ -361,15 +417,20 @@ def run(out: Path, report_dir: Path, work: Path, cfg: TrainConfig, evaluate_fn: 
     train_vae(vae, cfg, work, dev, "short")
     train_vae(vae, cfg, work, dev, "full")
     vae.requires_grad_(False)
-    data = encode_latents(vae, cfg, work, dev)
+    data = [encode_latents(vae, cfg, work, dev, frames) for frames in cfg.clip_frames]
     vae_check = reconstruction_check(vae, cfg, dev)
     log.info("vae reconstructions read by the checker: %s", vae_check)
     vae.cpu()
-    vae.register_to_config(latents_mean=data["mean"].tolist(), latents_std=data["std"].tolist())
+    stats = None
+    if cfg.init_from:
+        # The transformer it continues learned on these statistics; keep them.
+        stats = (torch.tensor(vae.config.latents_mean), torch.tensor(vae.config.latents_std))
+    else:
+        vae.register_to_config(latents_mean=data[0]["mean"].tolist(), latents_std=data[0]["std"].tolist())
 
     pipe = C.assemble_pipeline(tokenizer, text_encoder, vae, transformer, cfg.sampler_shift)
     text = prompt_table(pipe)
-    ema = train_transformer(transformer, data, text, cfg, work, dev, export_now).cpu()
+    ema = train_transformer(transformer, data, text, cfg, work, dev, export_now, stats).cpu()
 
     pipe = C.assemble_pipeline(tokenizer, text_encoder, vae, ema, cfg.sampler_shift)
     if out.exists():
@@ -415,6 +476,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="write the pipeline from the last transformer checkpoint without training further",
     )
     p.add_argument("--no-eval", action="store_true", help="skip evaluation after training")
+    p.add_argument(
+        "--long-recipe",
+        action="store_true",
+        help="continue the pipeline at --out for long videos (wrapping motion, longer VAE clips, context frames)",
+    )
     return p.parse_args(argv)
 
 
@@ -446,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
         dit_batch=args.batch,
         eval_seeds=args.eval_seeds,
     )
+    if args.long_recipe:
+        cfg = long_recipe(cfg, str(out))
     log.info("training demo model into %s (work %s): %s", out, work, asdict(cfg))
     evaluate_fn = None
     if not args.no_eval:

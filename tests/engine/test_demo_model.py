@@ -75,6 +75,27 @@ def test_clips_are_seeded_and_keep_the_shape_inside_the_frame() -> None:
         assert border.max() == 0
 
 
+def test_wrapping_clips_keep_the_whole_shape_while_it_crosses_the_edges() -> None:
+    rng = np.random.default_rng(2)
+    crossed = 0
+    for _ in range(40):
+        spec = clips.sample_spec(rng, clips.all_combos(), frames=65, wrap=True)
+        area = clips.render(spec, 65).max(axis=-1).astype(np.float32).sum(axis=(1, 2))
+        # The shape's area is the same in every frame: what leaves one edge enters at the opposite one.
+        assert area.max() - area.min() <= 0.06 * area.max()  # 4x supersampled edges vary a little with position
+        video = clips.render(spec, 65)
+        crossed += int(np.concatenate([video[:, 0], video[:, :, 0]]).max() > 0)
+    assert crossed == 40  # 65 frames at >= 1 pixel a frame cross an edge of a 32-pixel frame
+
+
+@pytest.mark.parametrize("frames", [9, 33, 161])
+def test_checker_reads_wrapping_clips_of_any_length(frames: int) -> None:
+    rng = np.random.default_rng(5)
+    specs = [clips.sample_spec(rng, clips.all_combos(), frames, wrap=True) for _ in range(60)]
+    result = checker.score([clips.render(s, frames) for s in specs], [(s.colour, s.shape, s.direction) for s in specs])
+    assert result["colour"] == result["shape"] == result["direction"] == 1.0, result
+
+
 def test_held_out_combinations_are_never_drawn_but_their_word_pairs_are() -> None:
     train = set(clips.training_combos())
     rng = np.random.default_rng(0)
