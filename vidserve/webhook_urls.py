@@ -48,9 +48,12 @@ def check_shape(url: str) -> tuple[str, str, int]:
     """(scheme, hostname, port) of an absolute http(s) URL without credentials; UnsafeWebhookURL otherwise."""
     try:
         parts = urlsplit(url)
-        port = parts.port
     except ValueError:
         raise UnsafeWebhookURL("must be an absolute http(s) URL with a host name") from None
+    try:
+        port = parts.port
+    except ValueError:  # past 65535, or not a number
+        raise UnsafeWebhookURL("must have a port between 1 and 65535") from None
     if parts.scheme not in DEFAULT_PORTS:
         raise UnsafeWebhookURL("must be an absolute http(s) URL with a host name")
     if parts.username is not None or parts.password is not None:

@@ -80,6 +80,8 @@ def test_a_url_that_resolves_to_a_non_public_address_is_refused(url: str) -> Non
         ("http://no-such-host.invalid/hook", "does not resolve"),
         ("http://93.184.215.14:0/hook", "port between 1 and 65535"),
         ("https://93.184.215.14:00/hook", "port between 1 and 65535"),
+        ("http://93.184.215.14:65536/hook", "port between 1 and 65535"),
+        ("http://93.184.215.14:99999999/hook", "port between 1 and 65535"),
     ],
 )
 def test_other_schemes_credentials_and_unknown_names_are_refused(url: str, rule: str) -> None:
