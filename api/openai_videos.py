@@ -20,7 +20,7 @@ from api import rate_limit
 from api.auth import principal, requires
 from api.errors import ApiError, InvalidField, TooManyJobs
 from api.extension import check_extendable, parse_extension
-from api.forms import FORM_MIMETYPES, parse_form
+from api.forms import FORM_MIMETYPES, Form, parse_form
 from api.idempotency import claimed_record_id, idempotent
 from api.query import integer_parameter
 from api.services import services
@@ -144,13 +144,18 @@ def video_object(job: Job, place: QueuePlace | None = None) -> dict[str, Any]:
     }
 
 
+def _parse_form() -> Form:
+    """The form body under the JSON body's UTF-8 rule (api/forms.py), its refusal in the OpenAI error shape."""
+    try:
+        return parse_form(request)
+    except ApiError as e:
+        raise OpenAIError(400, e.message, e.field, "invalid_value" if e.field else "invalid_body") from None
+
+
 def _parse_create_body() -> dict[str, Any]:
     # The SDK sends multipart/form-data (for the optional input_reference file); curl users send JSON.
     if request.mimetype in FORM_MIMETYPES:
-        try:
-            form = parse_form(request)
-        except ApiError as e:
-            raise OpenAIError(400, e.message, e.field, "invalid_value" if e.field else "invalid_body") from None
+        form = _parse_form()
         body: dict[str, Any] = dict(form.fields)
         if form.files:
             body["input_reference"] = True
@@ -237,14 +242,15 @@ def _frames_for_seconds(spec: ModelSpec, seconds: Any, fps: int) -> int:
 
 def _parse_extension_body() -> dict[str, Any]:
     """`prompt`, `seconds` and `video` ({"id": ...}) from the SDK's multipart form (`video[id]`) or JSON."""
-    if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+    if request.mimetype in FORM_MIMETYPES:
+        form = _parse_form()
         body: dict[str, Any] = {}
-        for name, value in request.form.items():
+        for name, value in form.fields.items():
             if name == "video[id]":
                 body["video"] = {"id": value}
             else:
                 body[name] = value
-        if request.files:
+        if form.files:
             body["video"] = None  # an uploaded file: refused below, only our own videos can be continued
             body["video_file"] = True
         return body

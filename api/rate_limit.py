@@ -65,12 +65,18 @@ class SubmissionLimiter:
         self.window_seconds = window_seconds
 
     def hit(
-        self, client: str, per_minute: int, scope: str = SUBMIT_SCOPE, what: str = "job submissions"
+        self,
+        client: str,
+        per_minute: int,
+        scope: str = SUBMIT_SCOPE,
+        what: str = "job submissions",
+        count: bool = True,
     ) -> RateState | None:
-        """Count one request of `client`; raise RateLimited over the limit, None when Redis is away (fail open)."""
+        """Count one request of `client` (with `count` False, only look whether one more would be allowed); raise
+        RateLimited over the limit, None when Redis is away (fail open)."""
         item = RateLimitItemPerSecond(per_minute, self.window_seconds)
         try:
-            allowed = self._limiter.hit(item, scope, client)
+            allowed = self._limiter.hit(item, scope, client) if count else self._limiter.test(item, scope, client)
             stats = self._limiter.get_window_stats(item, scope, client)
         except StorageError as e:
             log.warning("rate limit storage unreachable, request not limited: %s", e)
@@ -108,10 +114,12 @@ def check_submission_rate() -> None:
         g.rate_state = state
 
 
-def check_admin_login_rate() -> None:
-    """Count one admin sign-in attempt of this client address; RateLimited past ADMIN_LOGIN_ATTEMPTS_PER_MINUTE."""
+def check_admin_login_rate(count: bool = True) -> None:
+    """Count one admin sign-in attempt of this client address; RateLimited past ADMIN_LOGIN_ATTEMPTS_PER_MINUTE.
+    With `count` False, RateLimited when the address has no attempt left, counting none."""
     limiter: SubmissionLimiter = current_app.extensions[EXTENSION]
-    state = limiter.hit(f"addr:{request.remote_addr}", ADMIN_LOGIN_ATTEMPTS_PER_MINUTE, LOGIN_SCOPE, "sign-in attempts")
+    client = f"addr:{request.remote_addr}"
+    state = limiter.hit(client, ADMIN_LOGIN_ATTEMPTS_PER_MINUTE, LOGIN_SCOPE, "sign-in attempts", count)
     if state is not None:
         g.rate_state = state
 

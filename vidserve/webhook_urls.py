@@ -48,9 +48,12 @@ def check_shape(url: str) -> tuple[str, str, int]:
     """(scheme, hostname, port) of an absolute http(s) URL without credentials; UnsafeWebhookURL otherwise."""
     try:
         parts = urlsplit(url)
-        port = parts.port
     except ValueError:
         raise UnsafeWebhookURL("must be an absolute http(s) URL with a host name") from None
+    try:
+        port = parts.port
+    except ValueError:  # past 65535, or not a number
+        raise UnsafeWebhookURL("must have a port between 1 and 65535") from None
     if parts.scheme not in DEFAULT_PORTS:
         raise UnsafeWebhookURL("must be an absolute http(s) URL with a host name")
     if parts.username is not None or parts.password is not None:
@@ -147,11 +150,13 @@ def embedded_ipv4(address: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address
 
 def is_public(address: IPAddress) -> bool:
     """Globally routable unicast: in no special-purpose, multicast or reserved block, and for an IPv6 form that
-    carries IPv4 addresses, every one of those public."""
+    carries IPv4 addresses, every one of those public too. Only the mapped and NAT64 forms pass on what they carry:
+    a Teredo, SIIT or IPv4-compatible address sits in a special-purpose or reserved block of its own."""
     if isinstance(address, ipaddress.IPv6Address):
-        inner = embedded_ipv4(address)
-        if inner:
-            return all(is_public(v4) for v4 in inner)
+        if not all(is_public(v4) for v4 in embedded_ipv4(address)):
+            return False
+        if address in IPV4_MAPPED or address in NAT64_WELL_KNOWN:
+            return True  # the IPv4 host itself, written or translated as IPv6 (::/8 around them is reserved)
         blocks: tuple[IPNetwork, ...] = SPECIAL_PURPOSE_V6
     else:
         blocks = SPECIAL_PURPOSE_V4

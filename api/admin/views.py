@@ -53,6 +53,9 @@ def _authenticated() -> str | None:
     token = _token()
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer "):
+        # A bearer is a sign-in attempt too: a throttled address's is not compared (a guess learns nothing), a
+        # wrong one counts, so the sign-in form's limit cannot be bypassed through the header.
+        check_admin_login_rate(count=False)
         bearer = header[7:].strip()
         if token and hmac.compare_digest(bearer.encode(), token.encode()):
             g.admin_actor = "admin token"
@@ -61,6 +64,7 @@ def _authenticated() -> str | None:
         if key is not None and "admin" in key.scopes:
             g.admin_actor = f"admin key {key.id} ({key.name})"
             return "bearer"
+        check_admin_login_rate()
     cookie = request.cookies.get(COOKIE)
     if cookie and token:
         try:
@@ -354,6 +358,12 @@ def _page(
                 "description": "no admin credential (browsers are redirected to the sign-in page)",
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
             },
+            "429": {
+                "description": f"a Bearer credential after {ADMIN_LOGIN_ATTEMPTS_PER_MINUTE} wrong ones (or sign-in"
+                " attempts) from this address in a minute (`rate_limited`)",
+                "headers": {"Retry-After": {"required": True, "schema": {"type": "integer", "minimum": 1}}},
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            },
         },
     }
 
@@ -408,7 +418,8 @@ OPENAPI_PATHS: dict[str, Any] = {
         }
     },
 }
-# The answers only some pages give: a bad page number, a throttled sign-in.
+# The answers only some pages give: a bad page number, a throttled sign-in; the sign-in form is open to all.
+del OPENAPI_PATHS["/admin/login"]["get"]["responses"]["429"]
 OPENAPI_PATHS["/admin/"]["get"]["responses"]["422"] = {
     "description": "a query parameter is invalid (`invalid_field` naming it)",
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},

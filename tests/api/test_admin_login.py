@@ -73,3 +73,26 @@ def test_a_throttled_script_gets_the_json_error_and_a_browser_the_page(admin_app
 
     assert script.status_code == 429 and script.get_json()["error"]["code"] == "rate_limited"
     assert browser.status_code == 429 and b"sign-in attempts" in browser.data and "Retry-After" in browser.headers
+
+
+def test_bearer_guesses_on_admin_pages_draw_on_the_same_budget(admin_app: Flask) -> None:
+    # The header is a sign-in too: without counting it, the form's limit was bypassed by guessing as a Bearer.
+    client = admin_app.test_client()
+
+    def get(token: str) -> int:
+        headers = {"Authorization": f"Bearer {token}"}
+        return client.get("/admin/", headers=headers, environ_base={"REMOTE_ADDR": "198.51.100.12"}).status_code
+
+    assert get(ADMIN_TOKEN) == 200  # a right one costs nothing: scripts that poll are not throttled
+    assert [get(f"guess-{i}") for i in range(ADMIN_LOGIN_ATTEMPTS_PER_MINUTE)] == [
+        401
+    ] * ADMIN_LOGIN_ATTEMPTS_PER_MINUTE
+
+    response = client.get(
+        "/admin/", headers={"Authorization": "Bearer x"}, environ_base={"REMOTE_ADDR": "198.51.100.12"}
+    )
+    assert response.status_code == 429 and response.get_json()["error"]["code"] == "rate_limited"
+    assert "Retry-After" in response.headers
+    assert get(ADMIN_TOKEN) == 429  # throttled before the comparison, as at the form
+    assert _sign_in(admin_app, ADMIN_TOKEN, "198.51.100.12")[0] == 429
+    assert _sign_in(admin_app, ADMIN_TOKEN, "198.51.100.13")[0] == 302

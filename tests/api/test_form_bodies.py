@@ -5,10 +5,13 @@ never a job made from U+FFFD replacement characters.
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from flask.testing import FlaskClient
 
 BOUNDARY = "vidserve-test-boundary"
+URLENCODED = "application/x-www-form-urlencoded"
 
 
 def _multipart(*parts: tuple[str, bytes]) -> bytes:
@@ -68,3 +71,25 @@ def test_utf8_form_fields_make_the_same_video_as_json(client: FlaskClient, conte
 
     assert response.status_code == 200, response.get_json()
     assert (response.get_json()["prompt"], response.get_json()["size"]) == (prompt, "48x32")
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"prompt=%FF%FE+then+left&seconds=1&video%5Bid%5D=" + str(uuid.uuid4()).encode(), URLENCODED),
+        (
+            _multipart(("prompt", b"\xff\xfe then left"), ("seconds", b"1"), ("video[id]", str(uuid.uuid4()).encode())),
+            f"multipart/form-data; boundary={BOUNDARY}",
+        ),
+    ],
+    ids=["urlencoded", "multipart"],
+)
+def test_the_extension_form_is_held_to_the_same_utf8_rule(
+    client: FlaskClient, no_new_jobs, body: bytes, content_type: str
+) -> None:
+    # The extension's form was read with werkzeug's lenient decoding: U+FFFD in the prompt, then a 404 for the
+    # unknown video, where the create refused the same bytes with a 400.
+    response = client.post("/v1/videos/extensions", data=body, content_type=content_type)
+
+    assert response.status_code == 400, response.get_json()
+    assert response.get_json()["error"]["param"] == "prompt"

@@ -58,6 +58,7 @@ REFUSED = [
     "http://[::10.0.0.1]/hook",  # IPv4-compatible
     "http://[::ffff:0:a9fe:a9fe]/hook",  # SIIT IPv4-translated
     "http://[2001:0:4136:e378:8000:63bf:f5ff:fffe]/hook",  # Teredo, client 10.0.0.1
+    "http://[2001:0:808:808::f7f7:f7f7]/hook",  # Teredo, server and client 8.8.8.8: 2001::/23 is special
     "http://[fec0::1]/hook",  # site-local
 ]
 
@@ -79,6 +80,8 @@ def test_a_url_that_resolves_to_a_non_public_address_is_refused(url: str) -> Non
         ("http://no-such-host.invalid/hook", "does not resolve"),
         ("http://93.184.215.14:0/hook", "port between 1 and 65535"),
         ("https://93.184.215.14:00/hook", "port between 1 and 65535"),
+        ("http://93.184.215.14:65536/hook", "port between 1 and 65535"),
+        ("http://93.184.215.14:99999999/hook", "port between 1 and 65535"),
     ],
 )
 def test_other_schemes_credentials_and_unknown_names_are_refused(url: str, rule: str) -> None:
@@ -345,3 +348,14 @@ def test_a_public_ipv4_address_passes_bare_and_in_the_translated_forms(
     assert check_url(_url(v4), ()).address == v4
     address = _wrapped(v4, form, low)
     assert check_url(_url(address), ()).address == address
+
+
+@examples(max_examples=200, deadline=None)
+@given(v4=public_v4, form=st.sampled_from(["teredo", "translated", "compatible"]), low=low_bits)
+def test_the_forms_in_a_special_purpose_or_reserved_block_are_refused_whatever_they_carry(
+    v4: ipaddress.IPv4Address, form: str, low: int
+) -> None:
+    # Teredo is in 2001::/23, SIIT and IPv4-compatible in the reserved ::/8: like ipaddress, not global.
+    address = _wrapped(v4, form, low)
+    with pytest.raises(UnsafeWebhookURL, match="not a public address"):
+        check_url(_url(address), ())

@@ -152,7 +152,7 @@ class RestartingProcess:
             code = self.current.process.returncode
             self.current.stop(timeout=5.0)  # what is left of its group (gunicorn's workers) goes too
             self._restart_at = now + self._backoff
-            self._note(f"{self.name} (pid {self.current.pid}) exited with {code}; restarting in {self._backoff:.0f}s")
+            self._note(f"{self.name} (pid {self.current.pid}) exited with {code}; restarting in {self._backoff:g}s")
             self._backoff = min(self._backoff * 2, self.MAX_BACKOFF)
         elif now >= self._restart_at:
             self._restart_at = None
