@@ -5,9 +5,10 @@ Colour: the palette entry nearest the mean foreground chroma. Direction: the dom
 foreground centroid's travel. Shape: per frame, the best intersection-over-union of the thresholded foreground
 against a square, circle and apex-up triangle fitted to its bounding box, then a vote over frames.
 
-The frame is read as a torus, so a shape that wraps around the edges (the long-video clips) reads like one inside
-the frame: centroids are circular means, unwrapped from frame to frame, and each frame's mask is rolled to put
-the shape's centroid in the middle before its bounding box is taken.
+A shape that wraps around the edges (the long-video clips: what leaves one edge enters at the opposite one) is
+read on a torus: once foreground touches two opposite edges, centroids are circular means unwrapped from frame to
+frame, and such a frame's mask is rolled to put the shape's centroid in the middle before its bounding box is
+taken. A shape that stays inside the frame is read with plain centroids and boxes.
 """
 
 from __future__ import annotations
@@ -69,15 +70,30 @@ def _to_pixels(angle: float | np.ndarray, n: int) -> float | np.ndarray:
     return angle / (2 * np.pi) * n - 0.5
 
 
+def _touches_opposite_edges(mask: np.ndarray) -> bool:
+    """Whether foreground (frame or frames × H × W) sits on the left and right, or the top and bottom, edge."""
+    return bool((mask[..., 0].any() and mask[..., -1].any()) or (mask[..., 0, :].any() and mask[..., -1, :].any()))
+
+
+def _centres(weight: np.ndarray) -> np.ndarray:
+    """Per frame with foreground, its centroid (x, y) in pixels: circular means unwrapped over frames when the
+    shape wraps (one leaving at an edge and entering at the other keeps travelling the same way), else plain."""
+    h, w = weight.shape[1:]
+    frames = [wf for wf in weight if wf.sum() > 0]
+    if not frames:
+        return np.zeros((0, 2))
+    if any(_touches_opposite_edges(wf > 0) for wf in frames):
+        a = np.unwrap(np.asarray([(_circular_mean(wf, 1), _circular_mean(wf, 0)) for wf in frames]), axis=0)
+        return np.stack([_to_pixels(a[:, 0], w), _to_pixels(a[:, 1], h)], axis=1)
+    ys, xs = np.mgrid[0:h, 0:w]
+    return np.asarray([((wf * xs).sum() / wf.sum(), (wf * ys).sum() / wf.sum()) for wf in frames])
+
+
 def read_direction(frames: np.ndarray) -> str | None:
     weight = np.clip(frames.max(axis=-1) - _FOREGROUND_LEVEL, 0.0, None)
-    h, w = weight.shape[1:]
-    angles = [(_circular_mean(wf, 1), _circular_mean(wf, 0)) for wf in weight if wf.sum() > 0]
-    if len(angles) < 2:
+    c = _centres(weight)
+    if len(c) < 2:
         return None
-    # Unwrapped, a shape leaving at one edge and entering at the other keeps travelling the same way.
-    a = np.unwrap(np.asarray(angles), axis=0)
-    c = np.stack([_to_pixels(a[:, 0], w), _to_pixels(a[:, 1], h)], axis=1)
     t = np.arange(len(c)) - (len(c) - 1) / 2
     # A least-squares slope uses every frame, so one smeared frame does not flip the answer.
     vx, vy = (t[:, None] * (c - c.mean(axis=0))).sum(axis=0) / (t * t).sum()
@@ -108,8 +124,9 @@ def _frame_shape(mask: np.ndarray) -> str | None:
 
 
 def _centred(mask: np.ndarray) -> np.ndarray:
-    """The mask rolled so the shape's circular centroid sits in the middle: a wrapped shape becomes whole again."""
-    if not mask.any():
+    """A mask on two opposite edges rolled so the shape's circular centroid sits in the middle: a wrapped shape
+    becomes whole again (any other mask as it is)."""
+    if not _touches_opposite_edges(mask):
         return mask
     h, w = mask.shape
     cx = _to_pixels(_circular_mean(mask.astype(np.float32), 1), w)

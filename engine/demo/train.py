@@ -7,9 +7,10 @@ Seeded and resumable: every phase checkpoints into the work directory and a reru
 
     python -m engine.demo.train --out engine/weights/vidserve-shapes --report-dir docs/demo-model
 
-The shipped model was then continued for long videos (`--init-from`, no VAE phase 1): the VAE on longer clips, so
-its causal decoder stays true past the clip length it first learned, and the transformer on window-long clips whose
-shapes wrap around the edges, some with clean context frames at timestep 0 (what a continuation chunk sees):
+`--long-recipe` continues a trained pipeline for long videos (`long_recipe`): its decoder on long clips, so it stays
+true past the clip length it first learned, and its transformer on window-long clips whose shapes wrap around the
+edges, some with clean context frames at timestep 0 (what a continuation chunk sees). Measured and not shipped
+(docs/demo-model/README.md, "Long videos"):
 
     python -m engine.demo.train --out engine/weights/vidserve-shapes --report-dir docs/demo-model --long-recipe
 """
@@ -39,7 +40,7 @@ from engine.demo import components as C
 
 log = logging.getLogger("engine.demo.train")
 
-PHASE_VAE, PHASE_LATENTS, PHASE_DIT, PHASE_VAE_FULL = 1, 2, 3, 4
+PHASE_VAE, PHASE_LATENTS, PHASE_DIT, PHASE_VAE_FULL, PHASE_VAE_LONG = 1, 2, 3, 4, 5
 LATENT_NOISE = 0.05
 
 
@@ -77,20 +78,33 @@ class TrainConfig:
     # A pipeline directory to continue from (its VAE, transformer, text encoder and latent statistics); "" trains
     # from scratch.
     init_from: str = ""
+    # The decoder alone on clips this long (0 steps: no such stage), its gradient on `vae_long_span` latent frames.
+    vae_long_steps: int = 0
+    vae_long_frames: int = 97
+    vae_long_span: int = 5
     # Frames of the VAE's full-clip stage and of the transformer's clips (one latent set per length, used in turn).
     vae_tune_frames: int = clips.NUM_FRAMES
     clip_frames: tuple[int, ...] = (clips.NUM_FRAMES,)
-    # Shapes wrap around the frame's edges instead of staying inside it (motion that can go on).
-    wrap: bool = False
+    # Clip lengths (of `clip_frames`) whose shapes wrap around the frame's edges instead of staying inside it
+    # (motion that can go on); the decoder's long stage always wraps.
+    wrap: tuple[int, ...] = ()
     # Fraction of transformer samples whose first one or two latent frames are clean context at timestep 0.
     context_prob: float = 0.0
 
 
 def long_recipe(cfg: TrainConfig, init_from: str) -> TrainConfig:
-    """The continuation for long videos, from a trained pipeline: no VAE phase 1, 150 VAE steps on 21-frame clips,
-    1500 transformer steps on 9- and 17-frame (the window) wrapping clips, 30% with context frames."""
-    return replace(cfg, init_from=init_from, vae_steps=0, vae_tune_steps=150, vae_tune_lr=5e-4, vae_tune_frames=21,
-                   clip_frames=(9, 17), wrap=True, context_prob=0.3, dit_steps=1500, dit_lr=3e-4)  # fmt: skip
+    """The continuation for long videos, from a trained pipeline: its encoder (so the latent space) as it is, the
+    decoder 400 steps on 97-frame clips (`train_decoder_long`), then 1200 transformer steps on 9- and 17-frame (the
+    window) clips, the 17-frame ones wrapping, 30% with context frames; the 9-frame clips stay inside the frame, as the
+    shipped model's: trained on wrapping 9-frame clips too, its 9-frame videos lost 10 points of direction.
+
+    Why the decoder: a causal decoder trained on 9-frame clips never decodes past its receptive field (about 48
+    frames here) from the start, where every later frame lands: tuned on 21- or 45-frame clips, its frames past the
+    32nd or 48th came back with 10x the error of the first ones and drifted in colour. Whole 161-frame clips cost 3.5
+    s a step and did not learn in 200 steps; a warm-up without gradients reaches the same state for a fraction."""
+    return replace(cfg, init_from=init_from, vae_steps=0, vae_tune_steps=0, vae_batch=4, vae_tune_lr=5e-4,
+                   vae_long_steps=400, vae_long_frames=97, vae_long_span=5, clip_frames=(9, 17), wrap=(17,),
+                   context_prob=0.3, dit_steps=1500, dit_lr=3e-4)  # fmt: skip
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -166,6 +180,13 @@ def vae_loss(
     # hundreds of steps. Drawn on the CPU so a run sees the same numbers on any device.
     z = posterior.mean + LATENT_NOISE * torch.randn(posterior.mean.shape, generator=gen).to(video.device)
     rec = decode_unclamped(vae, z)
+    loss, parts = reconstruction_loss(rec, video, foreground_weight)
+    kl = posterior.kl().mean() / posterior.mean[0].numel()
+    return loss + 1e-4 * kl, parts
+
+
+def reconstruction_loss(rec: torch.Tensor, video: torch.Tensor, foreground_weight: float) -> tuple[torch.Tensor, dict]:
+    """MSE + L1 with the shape's pixels weighted, plus an edge term."""
     weight = 1.0 + foreground_weight * (video.amax(dim=1, keepdim=True) > -0.95).float()
     weight = weight / weight.mean()
     err = rec - video
@@ -173,9 +194,102 @@ def vae_loss(
     l1 = (weight * err.abs()).mean()
     # Edges carry the shape: penalise differences in spatial gradients so outlines stay sharp.
     edge = F.l1_loss(rec.diff(dim=-1), video.diff(dim=-1)) + F.l1_loss(rec.diff(dim=-2), video.diff(dim=-2))
-    kl = posterior.kl().mean() / posterior.mean[0].numel()
-    loss = mse + l1 + 0.5 * edge + 1e-4 * kl
+    loss = mse + l1 + 0.5 * edge
     return loss, {"mse": mse.item(), "edge": edge.item()}
+
+
+@torch.no_grad()
+def stitched_latents(vae: torch.nn.Module, video: torch.Tensor, piece: int = 10) -> torch.Tensor:
+    """Latents of a long clip made of fresh encodes of `piece` latent frames each (plus the first frame), every
+    piece inside the clip length the encoder was trained on: what the transformer's windows and chunks look like."""
+    t = vae.config.scale_factor_temporal
+    pieces, start = [], 0
+    while start < video.shape[2] - 1 or not pieces:
+        z = vae.encode(video[:, :, start : start + piece * t + 1]).latent_dist.mean
+        pieces.append(z if not pieces else z[:, :, 1:])  # a fresh encode's first latent is one frame: drop it
+        start += piece * t
+    return torch.cat(pieces, dim=2)
+
+
+def decode_span(vae: torch.nn.Module, z: torch.Tensor, warm: int, span: int) -> torch.Tensor:
+    """The decoder's raw (unclamped) frames of latent frames `warm` .. `warm + span`, the ones before decoded
+    without gradients: only their causal cache carries over, so the backward costs `span` latent frames whatever
+    the clip's length. With `warm` 0 and `span` all, `decode_unclamped`'s frames."""
+    x = vae.post_quant_conv(z)
+    vae.clear_cache()
+    outs = []
+    try:
+        for i in range(warm + span):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and i >= warm):
+                vae._conv_idx = [0]
+                out = vae.decoder(x[:, :, i : i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx,
+                                  first_chunk=i == 0)  # fmt: skip
+            if i >= warm:
+                outs.append(out)
+    finally:
+        vae.clear_cache()
+    return torch.cat(outs, dim=2)
+
+
+def first_frame(latent: int, temporal: int) -> int:
+    """The first frame a latent frame decodes to (the first latent frame is one frame, every later one `temporal`)."""
+    return 0 if latent == 0 else 1 + (latent - 1) * temporal
+
+
+def decoder_steady_loss(
+    vae: torch.nn.Module, video: torch.Tensor, warm: int, span: int, foreground_weight: float
+) -> tuple[torch.Tensor, dict]:
+    """The reconstruction loss of latent frames `warm` .. `warm + span` of a long clip (`decode_span`): the decoder
+    learns the steady state that short clips never reach."""
+    rec = decode_span(vae, stitched_latents(vae, video), warm, span)
+    first = first_frame(warm, vae.config.scale_factor_temporal)
+    return reconstruction_loss(rec, video[:, :, first : first + rec.shape[2]], foreground_weight)
+
+
+def train_decoder_long(vae: torch.nn.Module, cfg: TrainConfig, work: Path, device: torch.device) -> None:
+    """The decoder alone (the encoder, so the latent space, unchanged) on `vae_long_frames`-frame clips, each step's
+    gradient on `vae_long_span` latent frames from a random point (`decoder_steady_loss`)."""
+    steps = cfg.vae_long_steps
+    if steps == 0:
+        return
+    ckpt_path = work / "vae_long.pt"
+    vae.to(device)
+    params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.vae_tune_lr, betas=(0.9, 0.99), weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, 10))
+    start = 0
+    if (state := load_checkpoint(ckpt_path)) is not None:
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        start = state["step"]
+        log.info("vae decoder long: resumed at step %d", start)
+    vae.train()
+    latents = 1 + (cfg.vae_long_frames - 1) // vae.config.scale_factor_temporal
+    every = min(cfg.checkpoint_every, max(1, steps // 4))
+    bar = _progress(steps, start, "vae decoder long")
+    t0 = time.time()
+    for step in range(start, steps):
+        rng, _ = step_rng(cfg.seed, PHASE_VAE_LONG, step)
+        video, _ = clips.batch(rng, cfg.vae_batch, clips.all_combos(), cfg.vae_long_frames, True)
+        warm = int(rng.integers(0, latents - cfg.vae_long_span + 1))
+        loss, parts = decoder_steady_loss(vae, torch.from_numpy(video).to(device), warm, cfg.vae_long_span,
+                                          cfg.vae_foreground_weight)  # fmt: skip
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", mse=f"{parts['mse']:.5f}")
+        done = step + 1
+        if done % every == 0 or done == steps:
+            save_checkpoint(ckpt_path, {"model": vae.state_dict(), "opt": opt.state_dict(),
+                                        "sched": sched.state_dict(), "step": done})  # fmt: skip
+            log.info("vae decoder long step %d/%d loss %.4f mse %.5f (warm %d) (%.0fs)", done, steps, loss.item(),
+                     parts["mse"], warm, time.time() - t0)  # fmt: skip
+    bar.close()
+    vae.eval()
 
 
 def train_vae(vae: torch.nn.Module, cfg: TrainConfig, work: Path, device: torch.device, stage: str = "short") -> None:
@@ -215,8 +329,9 @@ def train_vae(vae: torch.nn.Module, cfg: TrainConfig, work: Path, device: torch.
     for step in range(start, steps):
         rng, gen = step_rng(cfg.seed, phase, step)
         # The first recipe drew 9-frame clips and cut them to the stage's length; drawing the same keeps it exact.
-        drawn = frames if cfg.wrap else max(frames, clips.NUM_FRAMES)
-        video, _ = clips.batch(rng, cfg.vae_batch, clips.all_combos(), drawn, cfg.wrap)
+        wrap = frames in cfg.wrap
+        drawn = frames if wrap else max(frames, clips.NUM_FRAMES)
+        video, _ = clips.batch(rng, cfg.vae_batch, clips.all_combos(), drawn, wrap)
         video = np.ascontiguousarray(video[:, :, :frames])
         loss, parts = vae_loss(vae, torch.from_numpy(video).to(device), gen, cfg.vae_foreground_weight)
         opt.zero_grad(set_to_none=True)
@@ -243,7 +358,7 @@ def reconstruction_check(vae: torch.nn.Module, cfg: TrainConfig, device: torch.d
     from engine.demo import checker
 
     rng, _ = step_rng(cfg.seed, PHASE_LATENTS, 1)
-    video, specs = clips.batch(rng, n, clips.all_combos(), cfg.vae_tune_frames, cfg.wrap)
+    video, specs = clips.batch(rng, n, clips.all_combos(), cfg.vae_tune_frames, cfg.vae_tune_frames in cfg.wrap)
     rec = vae.decode(vae.encode(torch.from_numpy(video).to(device)).latent_dist.mean).sample.cpu()
     frames = ((rec.permute(0, 2, 3, 4, 1).numpy() + 1.0) / 2.0).clip(0.0, 1.0)
     return checker.score(list(frames), [(s.colour, s.shape, s.direction) for s in specs])
@@ -260,7 +375,7 @@ def encode_latents(vae: torch.nn.Module, cfg: TrainConfig, work: Path, device: t
     combos = clips.training_combos()
     latents, prompts = [], []
     for _ in tqdm(range(0, cfg.latent_clips, 64), desc=f"encode {frames}", mininterval=5.0, file=sys.stderr):
-        video, specs = clips.batch(rng, 64, combos, frames, cfg.wrap)
+        video, specs = clips.batch(rng, 64, combos, frames, frames in cfg.wrap)
         latents.append(vae.encode(torch.from_numpy(video).to(device)).latent_dist.mean.cpu())
         prompts.extend(s.prompt for s in specs)
     z = torch.cat(latents)[: cfg.latent_clips]
@@ -416,6 +531,7 @@ def run(out: Path, report_dir: Path, work: Path, cfg: TrainConfig, evaluate_fn: 
     dev = torch.device(device)
     train_vae(vae, cfg, work, dev, "short")
     train_vae(vae, cfg, work, dev, "full")
+    train_decoder_long(vae, cfg, work, dev)
     vae.requires_grad_(False)
     data = [encode_latents(vae, cfg, work, dev, frames) for frames in cfg.clip_frames]
     vae_check = reconstruction_check(vae, cfg, dev)

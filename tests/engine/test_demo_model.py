@@ -158,6 +158,46 @@ def test_vae_training_resumes_exactly_after_a_crash(tmp_path: Path, monkeypatch:
         torch.testing.assert_close(a, b)
 
 
+def test_the_decoders_span_training_decodes_what_the_whole_decode_does() -> None:
+    from engine.demo import train
+
+    torch.manual_seed(0)
+    vae = C.build_vae(4, 4).eval()
+    z = torch.randn(1, 4, 6, 4, 4)
+    with torch.no_grad():
+        whole = train.decode_unclamped(vae, z)
+        assert torch.equal(train.decode_span(vae, z, warm=0, span=6), whole)
+        # From latent 3 on, after a warm-up without gradients: the same frames, the cache carried over.
+        tail = train.decode_span(vae, z, warm=3, span=3)
+    assert torch.equal(tail, whole[:, :, train.first_frame(3, 4) :])
+    rec = train.decode_span(vae, z, warm=3, span=3)
+    rec.square().mean().backward()
+    assert all(p.grad is not None for p in vae.decoder.parameters() if p.requires_grad)
+
+
+def test_stitched_latents_are_fresh_encodes_of_each_piece() -> None:
+    from engine.demo import train
+
+    torch.manual_seed(0)
+    vae = C.build_vae(4, 4).eval()
+    video, _ = clips.batch(np.random.default_rng(0), 1, clips.all_combos(), 33, wrap=True)
+    video = torch.from_numpy(video)
+    z = train.stitched_latents(vae, video, piece=4)  # frames 0-16 and 16-32, each encoded on its own
+    assert z.shape[2] == 9
+    with torch.no_grad():
+        first = vae.encode(video[:, :, :17]).latent_dist.mean
+        second = vae.encode(video[:, :, 16:33]).latent_dist.mean
+    assert torch.equal(z[:, :, :5], first) and torch.equal(z[:, :, 5:], second[:, :, 1:])
+
+
+def test_context_frames_get_timestep_zero_and_the_rest_their_own_noise_level() -> None:
+    from engine.demo import train
+
+    t = train.frame_timesteps(torch.tensor([0.5, 0.25]), torch.tensor([2, 0]), frames=3, tokens_per_frame=4)
+    assert t.shape == (2, 12)
+    assert t[0].tolist() == [0.0] * 8 + [500.0] * 4 and t[1].tolist() == [250.0] * 12
+
+
 def test_lr_warms_up_then_decays() -> None:
     from engine.demo.train import lr_factor
 
