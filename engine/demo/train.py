@@ -246,6 +246,35 @@ def decoder_steady_loss(
     return reconstruction_loss(rec, video[:, :, first : first + rec.shape[2]], foreground_weight)
 
 
+def _optimise(loss: torch.Tensor, parts: dict, params: list, opt: torch.optim.Optimizer, sched: object,
+              bar: tqdm) -> None:  # fmt: skip
+    """One VAE optimiser step (gradients clipped to norm 1) and its progress-bar line."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    bar.update(1)
+    bar.set_postfix(loss=f"{loss.item():.4f}", mse=f"{parts['mse']:.5f}")
+
+
+def _resume_vae_stage(path: Path, vae: torch.nn.Module, opt: torch.optim.Optimizer, sched: object, name: str) -> int:
+    """Load a VAE stage's checkpoint if there is one; the step it reached (0: none)."""
+    if (state := load_checkpoint(path)) is None:
+        return 0
+    vae.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    log.info("vae %s: resumed at step %d", name, state["step"])
+    return state["step"]
+
+
+def _save_vae_stage(path: Path, vae: torch.nn.Module, opt: torch.optim.Optimizer, sched: object, done: int) -> None:
+    save_checkpoint(
+        path, {"model": vae.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": done}
+    )
+
+
 def train_decoder_long(vae: torch.nn.Module, cfg: TrainConfig, work: Path, device: torch.device) -> None:
     """The decoder alone (the encoder, so the latent space, unchanged) on `vae_long_frames`-frame clips, each step's
     gradient on `vae_long_span` latent frames from a random point (`decoder_steady_loss`)."""
@@ -257,13 +286,7 @@ def train_decoder_long(vae: torch.nn.Module, cfg: TrainConfig, work: Path, devic
     params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.vae_tune_lr, betas=(0.9, 0.99), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, 10))
-    start = 0
-    if (state := load_checkpoint(ckpt_path)) is not None:
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        start = state["step"]
-        log.info("vae decoder long: resumed at step %d", start)
+    start = _resume_vae_stage(ckpt_path, vae, opt, sched, "decoder long")
     vae.train()
     latents = 1 + (cfg.vae_long_frames - 1) // vae.config.scale_factor_temporal
     every = min(cfg.checkpoint_every, max(1, steps // 4))
@@ -275,17 +298,10 @@ def train_decoder_long(vae: torch.nn.Module, cfg: TrainConfig, work: Path, devic
         warm = int(rng.integers(0, latents - cfg.vae_long_span + 1))
         loss, parts = decoder_steady_loss(vae, torch.from_numpy(video).to(device), warm, cfg.vae_long_span,
                                           cfg.vae_foreground_weight)  # fmt: skip
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", mse=f"{parts['mse']:.5f}")
+        _optimise(loss, parts, params, opt, sched, bar)
         done = step + 1
         if done % every == 0 or done == steps:
-            save_checkpoint(ckpt_path, {"model": vae.state_dict(), "opt": opt.state_dict(),
-                                        "sched": sched.state_dict(), "step": done})  # fmt: skip
+            _save_vae_stage(ckpt_path, vae, opt, sched, done)
             log.info("vae decoder long step %d/%d loss %.4f mse %.5f (warm %d) (%.0fs)", done, steps, loss.item(),
                      parts["mse"], warm, time.time() - t0)  # fmt: skip
     bar.close()
@@ -316,13 +332,7 @@ def train_vae(vae: torch.nn.Module, cfg: TrainConfig, work: Path, device: torch.
     vae.to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup))
-    start = 0
-    if (state := load_checkpoint(ckpt_path)) is not None:
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        start = state["step"]
-        log.info("vae %s: resumed at step %d", stage, start)
+    start = _resume_vae_stage(ckpt_path, vae, opt, sched, stage)
     vae.train()
     bar = _progress(steps, start, f"vae {stage}")
     t0 = time.time()
@@ -334,17 +344,10 @@ def train_vae(vae: torch.nn.Module, cfg: TrainConfig, work: Path, device: torch.
         video, _ = clips.batch(rng, cfg.vae_batch, clips.all_combos(), drawn, wrap)
         video = np.ascontiguousarray(video[:, :, :frames])
         loss, parts = vae_loss(vae, torch.from_numpy(video).to(device), gen, cfg.vae_foreground_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", mse=f"{parts['mse']:.5f}")
+        _optimise(loss, parts, list(vae.parameters()), opt, sched, bar)
         done = step + 1
         if done % every == 0 or done == steps:
-            save_checkpoint(ckpt_path, {"model": vae.state_dict(), "opt": opt.state_dict(),
-                                        "sched": sched.state_dict(), "step": done})  # fmt: skip
+            _save_vae_stage(ckpt_path, vae, opt, sched, done)
             log.info("vae %s step %d/%d loss %.4f mse %.5f edge %.4f (%.0fs)", stage, done, steps, loss.item(),
                      parts["mse"], parts["edge"], time.time() - t0)  # fmt: skip
     bar.close()
