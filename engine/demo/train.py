@@ -94,14 +94,15 @@ class TrainConfig:
 
 def long_recipe(cfg: TrainConfig, init_from: str) -> TrainConfig:
     """The continuation for long videos, from a trained pipeline: its encoder (so the latent space) as it is, the
-    decoder 400 steps on 97-frame clips (`train_decoder_long`), then 1200 transformer steps on 9- and 17-frame (the
+    decoder 400 steps on 97-frame clips (`train_decoder_long`), then 1500 transformer steps on 9- and 17-frame (the
     window) clips, the 17-frame ones wrapping, 30% with context frames; the 9-frame clips stay inside the frame, as the
     shipped model's: trained on wrapping 9-frame clips too, its 9-frame videos lost 10 points of direction.
 
     Why the decoder: a causal decoder trained on 9-frame clips never decodes past its receptive field (about 48
     frames here) from the start, where every later frame lands: tuned on 21- or 45-frame clips, its frames past the
     32nd or 48th came back with 10x the error of the first ones and drifted in colour. Whole 161-frame clips cost 3.5
-    s a step and did not learn in 200 steps; a warm-up without gradients reaches the same state for a fraction."""
+    s a step and did not learn in 200 steps; a warm-up without gradients reaches that state at a fraction of the cost
+    (it halved the error past frame 48; docs/demo-model/README.md has what it did and did not change)."""
     return replace(cfg, init_from=init_from, vae_steps=0, vae_tune_steps=0, vae_batch=4, vae_tune_lr=5e-4,
                    vae_long_steps=400, vae_long_frames=97, vae_long_span=5, clip_frames=(9, 17), wrap=(17,),
                    context_prob=0.3, dit_steps=1500, dit_lr=3e-4)  # fmt: skip
