@@ -55,7 +55,7 @@ BAD_FIELDS: list[tuple[str, dict[str, Any], str, str]] = [
     ("webhook url relative", {"webhook_url": "/hook"}, "webhook_url", "http(s) URL"),
     ("webhook url without host", {"webhook_url": "http:///hook"}, "webhook_url", "http(s) URL"),
     ("webhook url with spaces", {"webhook_url": "http://exa mple.com/"}, "webhook_url", "http(s) URL"),
-    ("webhook url with a bad port", {"webhook_url": "http://example.com:99999/"}, "webhook_url", "http(s) URL"),
+    ("webhook url with a bad port", {"webhook_url": "http://example.com:99999/"}, "webhook_url", "port between 1"),
     ("webhook url too long", {"webhook_url": "https://example.com/" + "a" * 2100}, "webhook_url", "at most 2048"),
     ("metadata not an object", {"metadata": ["a"]}, "metadata", "must be a JSON object"),
     ("metadata too large", {"metadata": {"blob": "x" * 5000}}, "metadata", "at most 4096 bytes"),

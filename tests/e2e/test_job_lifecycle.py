@@ -128,10 +128,16 @@ def test_cancel_while_running_stops_at_the_next_step(
     assert [h.json["type"] for h in hooks] == ["job.running", "job.canceled"]
 
 
-def test_several_jobs_in_flight_all_succeed(stack: Stack) -> None:
-    jobs = [submit(stack, prompt=f"a small fish number {i}", seed=i, num_inference_steps=8) for i in range(6)]
+def test_several_jobs_in_flight_all_succeed(stack: Stack, gated_jobs: StepGate) -> None:
+    # Four jobs (the worker's slots) wait at the step gate until all four are there, so they are in flight together
+    # however fast or loaded the machine is; released, they finish their steps in the same engine.
+    jobs = [submit(stack, **{**GATED_JOB, "prompt": f"a small fish number {i}", "seed": i}) for i in range(4)]
+    for job in jobs:
+        wait_until(lambda j=job: held_at_gate(stack.store, j["id"], GATED_STEPS), 120, interval=0.05, what="held")
+    for job in jobs:
+        gated_jobs.release(job["id"])
     done = [wait_status(stack, job["id"], TERMINAL) for job in jobs]
-    assert [d["status"] for d in done] == ["succeeded"] * 6, [d["error"] for d in done]
+    assert [d["status"] for d in done] == ["succeeded"] * 4, [d["error"] for d in done]
     for d in done:
         assert decode_mp4(requests.get(d["output"]["url"], timeout=10).content).shape == (9, 32, 32, 3)
     # The window hands waiting jobs to one engine, which advances them together.
