@@ -129,8 +129,8 @@ def _centred(mask: np.ndarray) -> np.ndarray:
     if not _touches_opposite_edges(mask):
         return mask
     h, w = mask.shape
-    cx = _to_pixels(_circular_mean(mask.astype(np.float32), 1), w)
-    cy = _to_pixels(_circular_mean(mask.astype(np.float32), 0), h)
+    weight = mask.astype(np.float32)
+    cx, cy = _to_pixels(_circular_mean(weight, 1), w), _to_pixels(_circular_mean(weight, 0), h)
     return np.roll(mask, (int(round(h / 2 - cy)), int(round(w / 2 - cx))), axis=(0, 1))
 
 
